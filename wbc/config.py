@@ -1,0 +1,312 @@
+"""Configuration: frozen dataclasses loaded from ``configs/*.yaml`` plus ``--set`` overrides.
+
+Every key has a default here, so a YAML file only needs the keys it changes. Unknown keys are
+errors with a close-match hint, because a typo (``augment.per_clas``) would otherwise silently
+train with the default and waste an afternoon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from wbc.errors import ConfigError
+
+CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
+
+
+@dataclass(frozen=True)
+class RenameConfig:
+    classes: tuple[str, ...] = CLASSES  # which single-class labels to keep (basophil is too rare)
+    find_duplicates: bool = True  # detect same-field image pairs (needs OpenCV matching)
+    duplicate_min_inliers: int = 40  # RANSAC inliers needed to call two images one field
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    mode: str = "none"  # none | boxes | detect
+    padding: float = 0.15  # extra margin around the cell, as a fraction of the box side
+    size: int = 256  # side in pixels of the saved square crop
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    per_class: int = 3000
+    rotation_range: float = 180.0
+    width_shift_range: float = 0.1
+    height_shift_range: float = 0.1
+    shear_range: float = 0.15
+    zoom_range: float = 0.0
+    horizontal_flip: bool = True
+    vertical_flip: bool = True
+    fill_mode: str = "nearest"
+    engine: str = "imagedatagenerator"  # imagedatagenerator | opencv
+    workers: int = 0  # 0 = all cores
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    protocol: str = "grouped"  # grouped | report
+    test_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class SubsetsConfig:
+    small: int = 300
+    medium: int = 900
+    full: int = 3000
+    train_fraction: float = 0.9
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    filters: tuple[int, ...] = (8, 16, 16, 16)
+    kernel_size: int = 3
+    dense_units: int = 32
+    l2: float = 0.01
+    dropout: str = "none"  # none | 2_v2 | before_dense | after_dense
+    dropout_rate: float = 0.3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    subset: str = "full"  # small | medium | full
+    image_size: tuple[int, int] = (120, 160)  # height, width
+    batch_size: int = 16
+    epochs: int = 150
+    steps_per_epoch: Union[str, int] = "auto"
+    patience: Optional[int] = 20
+    class_weight: str = "none"  # none | balanced
+    optimizer: str = "rmsprop"  # rmsprop | adam | nadam
+    learning_rate: float = 0.001
+    feed: str = "tfdata"  # tfdata | imagedatagenerator
+    cache: bool = True
+    collapse_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    # Pinned public sources of the dataset-master layout; name a mirror here if needed.
+    bccd_url: str = (
+        "https://github.com/Shenggan/BCCD_Dataset/archive/"
+        "d272fb14cdff6e473fafeeeba32aba5f560e9e43.zip"
+    )
+    bccd_sha256: str = ""  # optional: checked when set
+    labels_url: str = (
+        "https://raw.githubusercontent.com/dhruvp/wbc-classification/"
+        "0b22eb2084b1004d464fb5ab87adc85ab94b2079/labels.csv"
+    )
+    labels_sha256: str = "2a11d215cade403d4fdb02b27b914c505bf59d4879b9b911fe97830b90c4e1a2"
+    timeout: float = 60.0  # seconds without data before a download fails
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 42
+    rename: RenameConfig = field(default_factory=RenameConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    subsets: SubsetsConfig = field(default_factory=SubsetsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "crop.mode": ("none", "boxes", "detect"),
+    "augment.engine": ("imagedatagenerator", "opencv"),
+    "augment.fill_mode": ("nearest", "constant", "reflect", "wrap"),
+    "split.protocol": ("grouped", "report"),
+    "model.dropout": ("none", "2_v2", "before_dense", "after_dense"),
+    "train.subset": ("small", "medium", "full"),
+    "train.class_weight": ("none", "balanced"),
+    "train.optimizer": ("rmsprop", "adam", "nadam"),
+    "train.feed": ("tfdata", "imagedatagenerator"),
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _hint(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(sorted(valid))})"
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check and convert one YAML value to the dataclass field's type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {annotation!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{where}'" + _hint(key, names))
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a section of keys, got {value!r}")
+            kwargs[key] = _build(annotation, value, f"{where}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, where)
+            choices = CHOICES.get(where)
+            if choices and kwargs[key] not in choices:
+                raise ConfigError(
+                    f"{where}: '{kwargs[key]}' is not one of {', '.join(map(str, choices))}"
+                )
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> None:
+    checks = [
+        (config.augment.per_class >= 1, "augment.per_class must be at least 1"),
+        (config.augment.workers >= 0, "augment.workers must be 0 (all cores) or more"),
+        (0 < config.split.test_fraction < 1, "split.test_fraction must be between 0 and 1"),
+        (0 < config.subsets.train_fraction <= 1, "subsets.train_fraction must be in (0, 1]"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (config.train.learning_rate > 0, "train.learning_rate must be positive"),
+        (min(config.train.image_size) >= 8, "train.image_size must be at least 8x8"),
+        (len(config.model.filters) >= 1, "model.filters needs at least one layer"),
+        (0 <= config.model.dropout_rate < 1, "model.dropout_rate must be in [0, 1)"),
+        (config.crop.padding >= 0, "crop.padding must not be negative"),
+    ]
+    spe = config.train.steps_per_epoch
+    checks.append(
+        (spe == "auto" or (isinstance(spe, int) and spe >= 1),
+         "train.steps_per_epoch must be 'auto' or a positive integer")
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``section.key=value`` into a nested dict; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = [p.strip() for p in dotted.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set '{text}': expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        config = _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _validate(config)
+    return config
+
+
+def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Load ``path`` (or the defaults), then apply ``section.key=value`` overrides in order."""
+    data = read_yaml(path) if path else {}
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(data, str(path) if path else "config")
+
+
+def dump_config(config: Config, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,211 @@
+"""Stage bookkeeping: manifests, skip-if-unchanged, and atomic output folders.
+
+A stage builds its output in a hidden temporary folder beside the destination and renames it into
+place only when complete, so a run killed at any moment leaves the old output or none, never half
+of one. Its ``manifest.json`` records a key (stage name, parameters, input digests) and the SHA-256
+of every output file; a rerun whose key matches and whose files are all there is skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from wbc.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def list_files(root: Path) -> list[str]:
+    """Relative POSIX paths of the regular files under ``root``, sorted, manifest excluded."""
+    root = Path(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(root).as_posix()
+            if rel != MANIFEST_NAME and full.is_file():
+                found.append(rel)
+    return sorted(found)
+
+
+def digest_files(root: Path, relpaths: Iterable[str] | None = None) -> dict[str, str]:
+    root = Path(root)
+    rels = list_files(root) if relpaths is None else list(relpaths)
+    return {rel: sha256_file(root / rel) for rel in rels}
+
+
+@dataclass
+class Manifest:
+    stage: str
+    key: str
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: dict[str, str]
+    summary: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    seconds: float = 0.0
+    format: int = FORMAT_VERSION
+    skipped: bool = field(default=False, compare=False)
+
+    @property
+    def digest(self) -> str:
+        """One hash for all outputs: what a downstream stage records as its input."""
+        return sha256_json(self.outputs)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("skipped")
+        data["digest"] = self.digest
+        return json.dumps(data, indent=2, sort_keys=False)
+
+    def save(self, folder: Path) -> None:
+        (Path(folder) / MANIFEST_NAME).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "Manifest":
+        path = Path(folder) / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no manifest; run the stage that makes {folder} first") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable manifest ({exc})") from None
+        data.pop("digest", None)
+        try:
+            return cls(**data)
+        except TypeError:
+            raise DataError(f"{path}: not a wbc manifest") from None
+
+    def outputs_present(self, folder: Path) -> bool:
+        folder = Path(folder)
+        return all((folder / rel).is_file() for rel in self.outputs)
+
+
+def stage_key(stage: str, params: dict[str, Any], inputs: dict[str, Any]) -> str:
+    return sha256_json({"stage": stage, "params": params, "inputs": inputs, "format": FORMAT_VERSION})
+
+
+def load_if_current(dst: Path, key: str) -> Manifest | None:
+    """The existing manifest at ``dst`` when it matches ``key`` and its files are all there."""
+    if not (Path(dst) / MANIFEST_NAME).is_file():
+        return None
+    try:
+        existing = Manifest.load(dst)
+    except DataError:
+        return None
+    if existing.key == key and existing.outputs_present(dst):
+        existing.skipped = True
+        return existing
+    return None
+
+
+def _temp_path(dst: Path, tag: str) -> Path:
+    return dst.parent / f".{dst.name}.{tag}"
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def replace_dir(tmp: Path, dst: Path) -> None:
+    """Move ``tmp`` to ``dst``; between the two renames a kill leaves no ``dst``, never a mix."""
+    old = _temp_path(dst, "old")
+    remove_tree(old)
+    if dst.exists() or dst.is_symlink():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    remove_tree(old)
+
+
+def os_error_message(exc: OSError, fallback: Path) -> str:
+    where = exc.filename or fallback
+    if exc.errno == errno.ENOSPC:
+        what = "no space left on device"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "not writable (permission denied or read-only file system)"
+    else:
+        what = exc.strerror or str(exc)
+    return f"{where}: {what}"
+
+
+def run_stage(
+    stage: str,
+    dst: Path,
+    params: dict[str, Any],
+    inputs: dict[str, Any],
+    build: Callable[[Path], dict[str, Any]],
+    force: bool = False,
+) -> Manifest:
+    """Run ``build(tmp_folder) -> summary`` unless ``dst`` already holds this exact result."""
+    dst = Path(dst)
+    key = stage_key(stage, params, inputs)
+    if not force:
+        current = load_if_current(dst, key)
+        if current is not None:
+            return current
+    tmp = _temp_path(dst, "tmp")
+    started = time.time()
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        remove_tree(tmp)
+        tmp.mkdir()
+        summary = build(tmp)
+        manifest = Manifest(
+            stage=stage,
+            key=key,
+            params=params,
+            inputs=inputs,
+            outputs=digest_files(tmp),
+            summary=summary,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            seconds=round(time.time() - started, 3),
+        )
+        manifest.save(tmp)
+        replace_dir(tmp, dst)
+    except OSError as exc:
+        _discard(tmp)
+        raise DataError(os_error_message(exc, dst)) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    return manifest
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        remove_tree(tmp)
+    except OSError:
+        pass
+
+
+def upstream(folder: Path, stage_hint: str) -> Manifest:
+    """The manifest of the stage whose output ``folder`` is, or a clear error naming it."""
+    if not (Path(folder) / MANIFEST_NAME).is_file():
+        raise DataError(f"{folder}: missing; run `wbc prepare --stage {stage_hint}` first")
+    return Manifest.load(folder)

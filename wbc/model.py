@@ -1,0 +1,64 @@
+"""The study's CNN, as a pure function of its parameters.
+
+Default parameters give exactly the study's final model for 120x160x3 input and 4 classes:
+Conv2D(8)-Pool-Conv2D(16)-Pool-Conv2D(16)-Pool-Conv2D(16)-Flatten-Dense(32, L2 0.01)-Dense(4),
+96,308 parameters (its Figure 9).
+"""
+
+from __future__ import annotations
+
+from wbc.config import ModelConfig
+
+# Where the study's dropout variants put Dropout layers, relative to the first Dense layer.
+DROPOUT_LAYOUTS = {
+    "none": (False, False),
+    "before_dense": (True, False),
+    "after_dense": (False, True),
+    "2_v2": (True, True),  # the study's "2_v2": before and after the first dense layer
+}
+
+
+def build_model(params: ModelConfig, image_size: tuple[int, int] = (120, 160), n_classes: int = 4):
+    """A compiled-free ``keras.Sequential`` for ``image_size`` (height, width) RGB input."""
+    import keras
+    from keras import layers, regularizers
+
+    if params.dropout not in DROPOUT_LAYOUTS:
+        raise ValueError(f"model.dropout: unknown layout '{params.dropout}'")
+    before, after = DROPOUT_LAYOUTS[params.dropout]
+    height, width = image_size
+    stack: list = [keras.Input(shape=(height, width, 3), name="image")]
+    for index, filters in enumerate(params.filters):
+        if index > 0:
+            stack.append(layers.MaxPooling2D(2, name=f"pool{index}"))
+        stack.append(
+            layers.Conv2D(filters, params.kernel_size, activation="relu", name=f"conv{index + 1}")
+        )
+    stack.append(layers.Flatten(name="flatten"))
+    if before:
+        stack.append(layers.Dropout(params.dropout_rate, name="dropout_before_dense"))
+    stack.append(
+        layers.Dense(
+            params.dense_units,
+            activation="relu",
+            kernel_regularizer=regularizers.l2(params.l2) if params.l2 > 0 else None,
+            name="dense",
+        )
+    )
+    if after:
+        stack.append(layers.Dropout(params.dropout_rate, name="dropout_after_dense"))
+    stack.append(layers.Dense(n_classes, activation="softmax", name="probabilities"))
+    return keras.Sequential(stack, name="wbc_cnn")
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    optimizers = {
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "nadam": keras.optimizers.Nadam,
+    }
+    if name not in optimizers:
+        raise ValueError(f"train.optimizer: unknown optimizer '{name}'")
+    return optimizers[name](learning_rate=learning_rate)
