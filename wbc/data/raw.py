@@ -80,14 +80,17 @@ def safe_extract(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive}: cannot extract ({exc.strerror or exc})") from None
 
 
-def _find_labels(root: Path) -> Path | None:
+def _labels_files(root: Path) -> list[Path]:
+    """labels.csv files up to a few folders down (the Kaggle zip nests dataset-master twice)."""
+    found = []
     for depth in range(_MAX_DEPTH + 1):
         pattern = "/".join(["*"] * depth + [LABELS_NAME])
-        hits = sorted(p for p in root.glob(pattern) if p.is_file() and (p.parent / IMAGES_DIR).is_dir())
-        if hits:
-            return hits[0]
-    direct = root / LABELS_NAME
-    return direct if direct.is_file() else None
+        found.extend(sorted(p for p in root.glob(pattern) if p.is_file()))
+    return found
+
+
+def _find_labels(root: Path) -> Path | None:
+    return next((p for p in _labels_files(root) if (p.parent / IMAGES_DIR).is_dir()), None)
 
 
 def extract_zip(archive: Path, raw_dir: Path) -> Path:
@@ -112,9 +115,9 @@ def locate_raw(raw: Path, raw_dir: Path | None = None) -> RawFolder:
         raw = extract_zip(raw, Path(raw_dir) if raw_dir else raw.parent)
     labels = _find_labels(raw)
     if labels is None:
-        if any(raw.glob("**/" + LABELS_NAME)) or (raw / LABELS_NAME).exists():
-            where = next(iter(raw.glob("**/" + LABELS_NAME)), raw / LABELS_NAME)
-            raise DataError(f"{where.parent / IMAGES_DIR}: missing; expected the images beside {LABELS_NAME}")
+        lonely = next(iter(_labels_files(raw)), None)
+        if lonely is not None:
+            raise DataError(f"{lonely.parent / IMAGES_DIR}: missing; expected the images beside {lonely}")
         raise DataError(f"{raw}: no {LABELS_NAME} found (expected the Kaggle dataset-master layout)")
     root = labels.parent
     annotations = root / ANNOTATIONS_DIR

@@ -1,0 +1,154 @@
+"""The data stages in order: what ``wbc prepare`` runs.
+
+Folder names follow the stage that writes them (DVC / cookiecutter-data-science style), so a
+folder under ``data/`` says where it came from, and its ``manifest.json`` says how.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from wbc.config import Config
+from wbc.errors import DataError
+from wbc.manifest import Manifest, os_error_message
+
+STAGES = ("rename", "crop", "augment", "split", "subsets")
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def default_raw(self) -> Path:
+        return self.raw / "dataset-master"
+
+    @property
+    def renamed(self) -> Path:
+        return self.root / "interim" / "renamed"
+
+    @property
+    def cropped(self) -> Path:
+        return self.root / "interim" / "cropped"
+
+    @property
+    def augmented(self) -> Path:
+        return self.root / "interim" / "augmented"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "processed" / "split"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed"
+
+    def subset(self, name: str) -> Path:
+        return self.processed / name
+
+
+def _describe(manifest: Manifest) -> str:
+    summary = manifest.summary
+    counts = summary.get("counts")
+    if isinstance(counts, dict) and counts:
+        parts = []
+        for cls, value in counts.items():
+            if isinstance(value, dict):
+                parts.append(f"{cls} " + "/".join(str(v) for v in value.values()))
+            else:
+                parts.append(f"{cls} {value}")
+        return "; ".join(parts)
+    return f"{len(manifest.outputs)} files"
+
+
+def _report(echo: Callable[[str], None], name: str, manifest: Manifest, dst: Path) -> None:
+    if manifest.skipped:
+        echo(f"{name}: up to date, skipped (manifest matches) -> {dst}")
+    else:
+        echo(f"{name}: done in {manifest.seconds:.1f}s -> {dst} ({_describe(manifest)})")
+    for line in manifest.summary.get("shortfalls", []) if not manifest.skipped else []:
+        echo(f"  {name}: fewer images than asked in {line}")
+
+
+def _ensure_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".wbc-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError(os_error_message(exc, root)) from None
+
+
+def prepare(
+    config: Config,
+    data_dir: Path,
+    raw: Path | None = None,
+    only: str | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Manifest]:
+    """Run every stage (or only ``only``) and return their manifests by stage name."""
+    from wbc.stages.augment import augment
+    from wbc.stages.rename import rename
+    from wbc.stages.split import split
+    from wbc.stages.subsets import subsets
+
+    if only is not None and only not in STAGES:
+        raise DataError(f"unknown stage '{only}' (stages: {', '.join(STAGES)})")
+    paths = DataPaths(Path(data_dir))
+    _ensure_writable(paths.root)
+    cropping = config.crop.mode != "none"
+    results: dict[str, Manifest] = {}
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if wanted("rename"):
+        from wbc.data.raw import locate_raw
+
+        source = Path(raw) if raw is not None else paths.default_raw
+        if raw is None and not source.exists():
+            raise DataError(
+                f"{source}: no raw data; pass --raw PATH (the dataset-master folder or its zip) "
+                "or run `wbc fetch`"
+            )
+        located = locate_raw(source, raw_dir=paths.raw)
+        results["rename"] = rename(located.root, paths.renamed, config, force=force, echo=echo)
+        _report(echo, "rename", results["rename"], paths.renamed)
+        summary = results["rename"].summary
+        echo(f"  rename: kept {summary['kept']}, skipped {summary['skipped']} "
+             f"(see {paths.renamed / 'skipped.csv'}); same-field groups: "
+             f"{summary['duplicate_groups']}")
+
+    if wanted("crop"):
+        if cropping:
+            from wbc.stages.crop import crop
+
+            results["crop"] = crop(paths.renamed, paths.cropped, config,
+                                   boxes_csv=paths.renamed / "boxes.csv", force=force)
+            _report(echo, "crop", results["crop"], paths.cropped)
+        elif only == "crop":
+            echo("crop: nothing to do (crop.mode is none)")
+
+    if wanted("augment"):
+        source = paths.cropped if cropping else paths.renamed
+        results["augment"] = augment(source, paths.augmented, config, force=force, echo=echo)
+        _report(echo, "augment", results["augment"], paths.augmented)
+
+    if wanted("split"):
+        results["split"] = split(paths.augmented, paths.split, config,
+                                 groups_csv=paths.renamed / "groups.csv", force=force)
+        _report(echo, "split", results["split"], paths.split)
+
+    if wanted("subsets"):
+        for name, manifest in subsets(paths.split, paths.processed, config, force=force).items():
+            results[f"subsets:{name}"] = manifest
+            _report(echo, f"subsets/{name}", manifest, paths.subset(name))
+    return results
