@@ -26,6 +26,7 @@ from wbc.manifest import Manifest, run_stage, sha256_file
 from wbc.stages.naming import original_name
 
 STAGE = "rename"
+MIN_SIDE = 16  # pixels: anything smaller cannot show a cell
 _IMAGE_NAME = re.compile(r"^BloodImage_(\d+)\.jpe?g$", re.IGNORECASE)
 
 
@@ -130,7 +131,10 @@ def rename(
         for image_id in sorted(chosen):
             path = raw.image_path(image_id)
             try:
-                read_rgb(path)  # a full decode: a JPEG header can be fine while its data are cut
+                pixels = read_rgb(path)  # a full decode: a JPEG header can be fine, its data cut
+                if min(pixels.shape[:2]) < MIN_SIDE:
+                    raise BadImage(path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} "
+                                         f"pixels, need {MIN_SIDE})")
                 if not is_plain_rgb_jpeg(path):
                     converted.append(image_id)
                 readable[image_id] = chosen[image_id]
