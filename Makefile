@@ -9,9 +9,10 @@ CONFIG ?= configs/default.yaml
 SUBSET ?= small
 EPOCHS ?=
 ARGS ?=
+RUN := runs/$(shell date +%Y%m%d-%H%M%S)-$(SUBSET)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test prepare train plot fetch all bench clean
+.PHONY: help install test prepare train plot fetch all bench robustness clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -31,7 +32,23 @@ prepare: ## Prepare the data: make prepare RAW=../shared/data/dataset-master
 	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW)) $(ARGS)
 
 train: ## Train on a subset: make train SUBSET=small EPOCHS=30
-	$(WBC) train --config $(CONFIG) --data-dir $(DATA) --subset $(SUBSET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+	$(WBC) train --config $(CONFIG) --data-dir $(DATA) --subset $(SUBSET) --run-dir $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
+plot: ## Redraw a run's curves: make plot RUN=runs/<name>
+	$(WBC) plot $(RUN)
+
+all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-master] [SUBSET=small]
+	$(if $(RAW),,$(WBC) fetch --config $(CONFIG) --data-dir $(DATA))
+	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW))
+	$(WBC) train --config $(CONFIG) --data-dir $(DATA) --subset $(SUBSET) --run-dir $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(WBC) plot $(RUN)
+	@echo "model:   $(RUN)/model.keras"
+	@echo "plots:   $(RUN)/curves.png $(RUN)/confusion_matrix.png"
+	@echo "metrics: $(RUN)/metrics.json"
+	@$(WBC) evaluate --model $(RUN)/model.keras --data $(DATA)/processed/$(SUBSET)/test
+
+fetch: ## Download the public dataset into data/raw/dataset-master
+	$(WBC) fetch --config $(CONFIG) --data-dir $(DATA) $(ARGS)
 
 clean: ## Remove generated data, runs and caches (keeps .venv and the raw data you gave)
 	rm -rf $(DATA)/interim $(DATA)/processed runs .pytest_cache .hypothesis

@@ -82,8 +82,12 @@ def test_grouped_split_has_no_source_on_both_sides(prepared):
 
 def test_every_class_is_augmented_to_the_target(prepared):
     _, data, _, _ = prepared
+    renamed = json.loads((data / "interim/renamed/manifest.json").read_text())["summary"]["counts"]
     for cls in CLASSES:
-        assert len(list((data / "interim/augmented" / cls).glob("*.jpg"))) == 40
+        files = list((data / "interim/augmented" / cls).glob("*.jpg"))
+        originals = [p for p in files if parse_name(p.name).copy is None]
+        assert len(originals) == renamed[cls]
+        assert len(files) == max(40, renamed[cls])  # originals are all kept, even above the target
 
 
 def test_raw_folder_is_unchanged(prepared):
