@@ -26,7 +26,7 @@ CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
 class RenameConfig:
     classes: tuple[str, ...] = CLASSES  # which single-class labels to keep (basophil is too rare)
     find_duplicates: bool = True  # detect same-field image pairs (needs OpenCV matching)
-    duplicate_min_inliers: int = 40  # RANSAC inliers needed to call two images one field
+    duplicate_min_inliers: int = 5  # RANSAC inliers (with the overlap-correlation check)
 
 
 @dataclass(frozen=True)

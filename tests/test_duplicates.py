@@ -1,0 +1,98 @@
+"""Same-field duplicate detection (wbc.data.duplicates) on synthetic slides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from wbc.data.duplicates import PairMatch, find_duplicates, group_ids, is_duplicate
+
+
+def slide(seed: int, height: int = 420, width: int = 560) -> np.ndarray:
+    """A synthetic smear bigger than one photo: pink red cells with pale centres, one WBC."""
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), (222, 218, 212), np.uint8)
+    for _ in range(110):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        radius = int(rng.integers(14, 24))
+        tone = tuple(int(v) for v in rng.integers((190, 120, 130), (215, 150, 160)))
+        cv2.circle(image, centre, radius, tone, -1, cv2.LINE_AA)
+        cv2.circle(image, centre, radius, tuple(v - 40 for v in tone), 2, cv2.LINE_AA)
+        cv2.circle(image, centre, max(3, radius // 3), (225, 200, 200), -1, cv2.LINE_AA)
+    # The WBC near the middle: a lilac cell with a lobed purple nucleus.
+    cy, cx = height // 2, width // 2
+    cv2.circle(image, (cx, cy), 46, (205, 185, 215), -1, cv2.LINE_AA)
+    for dx, dy in ((-14, -8), (10, -12), (16, 12), (-8, 14)):
+        cv2.circle(image, (cx + dx, cy + dy), 13, (110, 60, 180), -1, cv2.LINE_AA)
+    noise = rng.normal(0, 3, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def view(field: np.ndarray, x: int, y: int, angle: float = 0.0, size=(240, 320)) -> np.ndarray:
+    """A photo of ``field``: a window at (x, y), optionally rotated about the slide centre."""
+    if angle:
+        h, w = field.shape[:2]
+        rotation = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+        field = cv2.warpAffine(field, rotation, (w, h), borderMode=cv2.BORDER_REFLECT)
+    return np.ascontiguousarray(field[y:y + size[0], x:x + size[1]])
+
+
+def save(folder: Path, image_id: int, image: np.ndarray) -> Path:
+    path = folder / f"BloodImage_{image_id:05d}.jpg"
+    Image.fromarray(image).save(path, quality=92)
+    return path
+
+
+def test_a_shifted_and_rotated_copy_is_found_and_other_fields_are_not(tmp_path):
+    field = slide(1)
+    images = {
+        3: save(tmp_path, 3, view(field, 110, 80)),
+        8: save(tmp_path, 8, view(field, 140, 100, angle=3.0)),  # shifted 30/20 px, 3 degrees
+    }
+    for image_id, seed in ((1, 2), (5, 3), (6, 4), (9, 5)):
+        images[image_id] = save(tmp_path, image_id, view(slide(seed), 120, 90))
+    pairs = find_duplicates(images)
+    assert [(a, b) for a, b, _ in pairs] == [(3, 8)]
+    assert pairs[0][2] >= 20
+
+
+def test_two_different_images_are_not_a_pair(tmp_path):
+    images = {1: save(tmp_path, 1, view(slide(10), 120, 90)),
+              2: save(tmp_path, 2, view(slide(11), 120, 90))}
+    assert find_duplicates(images) == []
+
+
+def test_unreadable_and_single_images_give_no_pairs(tmp_path):
+    bad = tmp_path / "BloodImage_00002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = save(tmp_path, 1, view(slide(12), 100, 100))
+    assert find_duplicates({1: good, 2: bad}) == []
+    assert find_duplicates({1: good}) == []
+    assert find_duplicates({}) == []
+
+
+def test_the_rule_needs_every_piece_of_evidence():
+    strong = PairMatch(inliers=50, correlation=0.9, overlap=0.6, same_cell=True, transform=None)
+    assert is_duplicate(strong)
+    assert is_duplicate(PairMatch(50, 0.9, 0.6, None, None))  # no cell detected: field decides
+    assert not is_duplicate(PairMatch(50, 0.9, 0.6, False, None))  # overlap without the cell
+    assert not is_duplicate(PairMatch(50, 0.1, 0.6, True, None))  # dust-like chance transform
+    assert not is_duplicate(PairMatch(3, 0.9, 0.6, True, None))
+    assert not is_duplicate(PairMatch(50, 0.9, 0.6, True, None), min_inliers=60)
+
+
+@pytest.mark.parametrize(
+    "pairs, expected",
+    [
+        ([], {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6}),
+        ([(1, 2), (2, 3)], {1: 1, 2: 1, 3: 1, 4: 4, 5: 5, 6: 6}),  # transitive
+        ([(3, 2, 9.0), (5, 4, 7.0), (4, 2, 8.0)], {1: 1, 2: 2, 3: 2, 4: 2, 5: 2, 6: 6}),
+        ([(6, 1), (1, 99)], {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 1}),  # unknown ids are ignored
+    ],
+)
+def test_group_ids(pairs, expected):
+    assert group_ids([6, 5, 4, 3, 2, 1], pairs) == expected
