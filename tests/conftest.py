@@ -100,7 +100,7 @@ def tiny_raw(tmp_path) -> Path:
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_raw() -> Path:
     """The real dataset-master at $WBC_RAW; required (never skipped) when CI is set."""
     value = os.environ.get("WBC_RAW")

@@ -43,8 +43,8 @@ def expected_counts(raw):
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, request):
-    raw = request.getfixturevalue("real_raw")
+def prepared(tmp_path_factory, real_raw):
+    raw = real_raw
     data = tmp_path_factory.mktemp("real") / "data"
     before = tree_hash(raw)
     result = CliRunner().invoke(cli, ["prepare", "--raw", str(raw), "--data-dir", str(data), *SMALL])
