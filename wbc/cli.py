@@ -115,6 +115,35 @@ def prepare(config_path, overrides, data_dir, raw, stage, force):
 
 @cli.command()
 @config_options
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to assemble the dataset-master layout in (default: DATA_DIR/raw/dataset-master).",
+)
+@click.option("--force", is_flag=True,
+              help="Download again even when DEST already holds a complete earlier fetch.")
+@handle_errors
+def fetch(config_path, overrides, data_dir, dest, force):
+    """Download the public dataset into the dataset-master layout.
+
+    Fetches the BCCD images and VOC annotations (MIT licence) and the study's labels.csv from
+    the commits pinned in config.fetch, checks them (labels SHA-256, sizes, every JPEG decodes)
+    and writes JPEGImages/, Annotations/, labels.csv and LICENSE into DEST. A complete earlier
+    fetch of the same sources is reused without network access. Name a mirror with
+    --set fetch.bccd_url=... / fetch.labels_url=...
+
+    Example: wbc fetch && wbc prepare
+    """
+    from wbc.fetch import default_dest, fetch_dataset
+
+    config = load(config_path, overrides)
+    result = fetch_dataset(config, dest or default_dest(data_dir), force=force, echo=_echo_err)
+    click.echo(result.summary())
+
+
+@cli.command()
+@config_options
 @click.option("--subset", type=click.Choice(["small", "medium", "full"]), default=None,
               help="Which prepared subset to train on (default: train.subset).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
@@ -122,28 +151,40 @@ def prepare(config_path, overrides, data_dir, raw, stage, force):
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: runs/<timestamp>-<subset>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, help="Continue a killed run from its last finished epoch.")
+              default=None, metavar="RUN_DIR",
+              help="Continue this run from its last finished epoch, with its own config.yaml "
+                   "(--epochs may raise the total).")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
               default="default", show_default=True,
-              help="tf.distribute strategy: mirrored = all local GPUs, multiworker = TF_CONFIG.")
+              help="tf.distribute strategy: mirrored = all local GPUs (else all logical CPUs), "
+                   "multiworker = the workers in TF_CONFIG.")
 @click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Start from this trained model's weights (fine-tuning).")
+              default=None, metavar="MODEL.keras",
+              help="Start from this trained model's weights (same architecture; fine-tuning).")
 @handle_errors
 def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy,
           init_model):
     """Train the study's CNN on a prepared subset and evaluate it on the test side.
 
-    Writes model.keras (best val_loss), last.keras, history.csv, config.yaml, classes.json,
-    metrics.json, curves.png and confusion_matrix.png into the run folder.
+    Reads DATA_DIR/processed/SUBSET/{train,test}; the test side is also the validation data,
+    as in the study. Writes model.keras (best val_loss), last.keras, history.csv, config.yaml,
+    classes.json, metrics.json, curves.png, confusion_matrix.png and backup/ into the run
+    folder, and ends with one summary line. A killed run continues with --resume RUN_DIR.
 
-    Example: wbc train --subset small --epochs 30
+    Example: wbc train --subset small --epochs 30 --set train.patience=10
     """
     from wbc.train import train as run_train
 
     config = load(config_path, overrides)
+    # On --resume without --data-dir, the run's own recorded data folder is used.
+    source = click.get_current_context().get_parameter_source("data_dir")
+    explicit = source is not click.core.ParameterSource.DEFAULT
+    if resume_dir is not None and (config_path or overrides):
+        _echo_err(f"note: --config/--set are ignored with --resume; {resume_dir}/config.yaml "
+                  "is used (--epochs can still raise the total)")
     run_train(
         config,
-        data_dir=data_dir,
+        data_dir=data_dir if explicit or resume_dir is None else None,
         subset=subset,
         epochs=epochs,
         run_dir=run_dir,
@@ -152,6 +193,236 @@ def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir,
         init_model=init_model,
         echo=click.echo,
     )
+
+
+MODEL_HELP = (
+    "Trained model: a .keras file or a run folder (default: the newest runs/*/model.keras)."
+)
+INPUT_HELP = (
+    "For models trained on cell crops: smear = whole-field photos (cut out the WBC first), "
+    "crop = already cell crops, auto = square images are taken as crops."
+)
+
+
+def _progress(total: int, label: str):
+    """A progress bar on stderr when stderr is a terminal; otherwise none (stdout stays clean)."""
+    import contextlib
+
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext(None)
+    return click.progressbar(length=total, label=label, file=sys.stderr)
+
+
+def _write_output(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
+    _echo_err(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path),
+                metavar="IMAGE_OR_FOLDER...")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help=MODEL_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format (csv and json are for other programs).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the results to this file instead of stdout.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the most likely classes to list per image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per inference batch.")
+@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
+              default="auto", show_default=True, help=INPUT_HELP)
+@handle_errors
+def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
+    """Name the white blood cell type in each image.
+
+    Folders are searched for jpg, jpeg, png, bmp and tif images (not following symlinked
+    folders). Each image is preprocessed as the model's training images were (image size and
+    cropping come from the run's config.yaml). An unreadable image gets a row with an error and
+    the others go on; the exit code is then 1.
+
+    Example: wbc predict smears/ --format csv --output predictions.csv --top 2
+    """
+    from wbc.predict import format_predictions, predict_files, require_images
+    from wbc.runs import load_run, resolve_model_path
+
+    files = require_images(paths)
+    run = load_run(resolve_model_path(model_path))
+    with _progress(len(files), "predicting") as bar:
+        rows = predict_files(run, files, top=top, input_kind=input_kind, batch_size=batch_size,
+                             progress=bar.update if bar is not None else None)
+    text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
+    _write_output(text, output)
+    failed = sum(1 for row in rows if row["error"])
+    if failed:
+        _echo_err(f"{failed} of {len(rows)} images could not be classified")
+        click.get_current_context().exit(1)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help=MODEL_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save a bar chart of the differential to this PNG file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Cells per inference batch.")
+@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
+              default="auto", show_default=True, help=INPUT_HELP)
+@handle_errors
+def count(folder, model_path, fmt, plot, batch_size, input_kind):
+    """Count the white blood cells of one sample by type (a WBC differential).
+
+    Classifies every image in FOLDER and prints the count and percentage per class. A model
+    trained on cell crops (crop.mode boxes/detect) counts every WBC the detector finds in each
+    image; otherwise each image is one cell. Unreadable images are listed and not counted (exit
+    code 1).
+
+    Example: wbc count sample-042/ --plot differential.png
+    """
+    from wbc.predict import count_cells, format_count, plot_counts, require_images
+    from wbc.runs import load_run, resolve_model_path
+
+    if not folder.is_dir():
+        problem = "not a folder" if folder.exists() else "folder not found"
+        raise click.ClickException(f"{folder}: {problem}")
+    files = require_images([folder])
+    run = load_run(resolve_model_path(model_path))
+    with _progress(len(files), "counting") as bar:
+        result = count_cells(run, folder, files=files, input_kind=input_kind,
+                             batch_size=batch_size,
+                             progress=bar.update if bar is not None else None)
+    for item in result["failed"]:
+        _echo_err(f"{item['file']}: {item['error']}")
+    if result["no_cells"]:
+        _echo_err(f"no white blood cell found in {len(result['no_cells'])} image(s)")
+    if fmt == "table":
+        if result["per"] == "cell":
+            what = f"{result['cells']} cells in {result['classified_images']} images"
+        else:
+            what = f"{result['cells']} images (one cell each)"
+        click.echo(f"{folder}: {what}; model {run.model_path}")
+    click.echo(format_count(result, fmt), nl=False)
+    if plot is not None:
+        plot_counts(result, plot)
+        _echo_err(f"wrote {plot}")
+    if result["failed"]:
+        _echo_err(f"{len(result['failed'])} of {result['images']} images could not be read")
+        click.get_current_context().exit(1)
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help=MODEL_HELP)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="PNG file to write: the image with the heat map over it, same size.")
+@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
+              default="auto", show_default=True, help=INPUT_HELP)
+@handle_errors
+def explain(image, model_path, output, input_kind):
+    """Show which part of an image made the model choose its class (Grad-CAM).
+
+    Computes the gradient of the predicted class's score with respect to the last convolution
+    layer's output and draws the resulting heat map (red = most important) over the image. For
+    a model trained on cell crops, the heat map covers the WBC's crop square (outlined).
+
+    Example: wbc explain smear.jpg --output smear-gradcam.png
+    """
+    from wbc.predict import explain_image
+    from wbc.runs import load_run, resolve_model_path
+
+    run = load_run(resolve_model_path(model_path))
+    result = explain_image(run, image, output, input_kind=input_kind)
+    click.echo(f"{result['file']}: {result['class']} ({result['probability']:.3f})")
+    _echo_err(f"wrote {output}")
+
+
+@cli.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help=MODEL_HELP)
+@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of class folders (DATA/CLASS/*.jpg|png|bmp|tif), e.g. the test side "
+                   "data/processed/small/test.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Print a readable table or JSON.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the metrics as JSON to this file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per inference batch.")
+@handle_errors
+def evaluate(model_path, data, fmt, output, batch_size):
+    """Score a trained model on a folder of class folders.
+
+    Prints accuracy, macro-F1, per-class precision, recall, F1 and support, and the confusion
+    matrix (rows: true class). Images are preprocessed exactly as the model's training images
+    (settings from the run's config.yaml); a class folder the model does not know is an error,
+    and unreadable images are skipped and listed.
+
+    Example: wbc evaluate --model runs/20240101-120000-small/model.keras --data data/processed/small/test
+    """
+    import json
+
+    from wbc.evaluate import evaluate as run_evaluate
+    from wbc.evaluate import format_table, write_metrics
+
+    metrics = run_evaluate(model_path, data, batch_size=batch_size, echo=_echo_err)
+    if fmt == "json":
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        click.echo(format_table(metrics))
+    if output is not None:
+        try:
+            write_metrics(metrics, output)
+        except OSError as exc:
+            raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
+        _echo_err(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG file to write (default: RUN_DIR/curves.png).")
+@handle_errors
+def plot(run_dir, output):
+    """Draw a run's training curves from its history.csv.
+
+    Two panels (accuracy and loss, train and validation, per epoch) under the study's caption
+    line: acc=... (val_acc=...) | loss=... (val_loss=...) | lowest val_loss=... . Works while the
+    run is still training. Also redraws confusion_matrix.png when metrics.json is there.
+
+    Example: wbc plot runs/20240101-120000-small
+    """
+    import json
+
+    from wbc.plots import caption, plot_confusion, plot_history, read_history
+
+    if not run_dir.is_dir():
+        raise click.ClickException(f"{run_dir}: folder not found")
+    target = output or run_dir / "curves.png"
+    plot_history(run_dir / "history.csv", target, title=run_dir.name)
+    click.echo(caption(read_history(run_dir / "history.csv")))
+    _echo_err(f"wrote {target}")
+    metrics_path = run_dir / "metrics.json"
+    if output is None and metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            matrix, classes = metrics["confusion_matrix"], metrics["classes"]
+        except (OSError, ValueError, KeyError, TypeError):
+            _echo_err(f"{metrics_path}: unreadable; confusion_matrix.png not redrawn")
+            return
+        plot_confusion(matrix, classes, run_dir / "confusion_matrix.png",
+                       title=f"{run_dir.name}: test side")
+        _echo_err(f"wrote {run_dir / 'confusion_matrix.png'}")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ def build_model(params: ModelConfig, image_size: tuple[int, int] = (120, 160), n
         raise ValueError(f"model.dropout: unknown layout '{params.dropout}'")
     before, after = DROPOUT_LAYOUTS[params.dropout]
     height, width = image_size
+    check_input_size(params, image_size)
     stack: list = [keras.Input(shape=(height, width, 3), name="image")]
     for index, filters in enumerate(params.filters):
         if index > 0:
@@ -49,6 +50,30 @@ def build_model(params: ModelConfig, image_size: tuple[int, int] = (120, 160), n
         stack.append(layers.Dropout(params.dropout_rate, name="dropout_after_dense"))
     stack.append(layers.Dense(n_classes, activation="softmax", name="probabilities"))
     return keras.Sequential(stack, name="wbc_cnn")
+
+
+def feature_size(params: ModelConfig, image_size: tuple[int, int]) -> tuple[int, int]:
+    """Height and width of the last convolution's output ('valid' convs, 2x2 pooling between)."""
+    height, width = image_size
+    shrink = params.kernel_size - 1
+    for index in range(len(params.filters)):
+        if index > 0:
+            height, width = height // 2, width // 2
+        height, width = height - shrink, width - shrink
+    return height, width
+
+
+def check_input_size(params: ModelConfig, image_size: tuple[int, int]) -> None:
+    """A ConfigError when ``image_size`` is too small for the convolution stack."""
+    from wbc.errors import ConfigError
+
+    height, width = feature_size(params, image_size)
+    if height < 1 or width < 1:
+        raise ConfigError(
+            f"train.image_size {image_size[0]}x{image_size[1]} is too small for "
+            f"{len(params.filters)} conv layers of kernel {params.kernel_size} "
+            "(use a larger image_size or fewer model.filters)"
+        )
 
 
 def make_optimizer(name: str, learning_rate: float):

@@ -90,7 +90,7 @@ def test_training_killed_mid_run_resumes_at_the_next_epoch(tmp_path):
                            seed=len(side))
     run_dir = tmp_path / "run"
     command = wbc("train", "--data-dir", data, "--subset", "small", "--epochs", 6,
-                  "--run-dir", run_dir, "--set", "train.image_size=[24, 32]",
+                  "--run-dir", run_dir, "--set", "train.image_size=[48, 64]",
                   "--set", "train.patience=null")
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,184 @@
+"""Score a trained model on any folder of class folders: accuracy, macro-F1, per class, confusion.
+
+The model's settings travel with it: ``classes.json`` (class order) and ``config.yaml`` (image size,
+crop mode) are read from the model's folder, never re-typed, and every image goes through
+``wbc.preprocess`` exactly as in training. Metrics are computed with numpy (no scikit-learn).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from wbc.errors import DataError
+
+CHUNK = 256  # images held in memory at once while scoring a folder
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- metrics (pure numpy)
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` int counts: rows are true classes, columns predicted ones."""
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError("y_true and y_pred differ in length")
+    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0
+                        or max(y_true.max(), y_pred.max()) >= n_classes):
+        raise ValueError("class index out of range")
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (y_true, y_pred), 1)
+    return matrix
+
+
+def metrics_from_confusion(matrix, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision/recall/F1/support from a confusion matrix.
+
+    A class with no predictions has precision 0; one with no images has recall 0. Macro-F1 averages
+    the classes that occur in the truth or the predictions (as scikit-learn does by default).
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
+    total = int(matrix.sum())
+    true_pos = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_pos / predicted, 0.0)
+        recall = np.where(support > 0, true_pos / support, 0.0)
+        denominator = precision + recall
+        f1 = np.where(denominator > 0, 2 * precision * recall / denominator, 0.0)
+    present = (support > 0) | (predicted > 0)
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(classes)
+    }
+    return {
+        "accuracy": float(true_pos.sum() / total) if total else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "classes": list(classes),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "n_images": total,
+    }
+
+
+def compute_metrics(y_true, y_pred, classes: Sequence[str]) -> dict[str, Any]:
+    return metrics_from_confusion(confusion_matrix(y_true, y_pred, len(classes)), classes)
+
+
+# --------------------------------------------------------------------------- model folder
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class order of a run: ``classes.json`` (a JSON list of names)."""
+    from wbc.runs import _read_classes
+
+    return list(_read_classes(Path(path)))
+
+
+def write_classes(classes: Sequence[str], path: Path) -> None:
+    Path(path).write_text(json.dumps(list(classes), indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def predict_files(model, files: Sequence[Path], spec, batch_size: int = 64,
+                  echo: Callable[[str], None] = _quiet):
+    """``(probabilities, kept, bad)`` for ``files``, read with the model's preprocessing."""
+    from wbc.feeds import load_images
+    from wbc.preprocess import scale
+
+    probabilities = []
+    kept_all: list[int] = []
+    bad = []
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start:start + CHUNK]
+        images, kept, chunk_bad = load_images(chunk, spec.image_size, echo=echo)
+        bad.extend(chunk_bad)
+        if len(kept):
+            probabilities.append(
+                np.asarray(model.predict(scale(images), batch_size=batch_size, verbose=0))
+            )
+            kept_all.extend(int(start + k) for k in kept)
+    n_out = int(model.output_shape[-1])
+    probs = np.concatenate(probabilities) if probabilities else np.zeros((0, n_out), np.float32)
+    return probs, np.asarray(kept_all, dtype=np.int64), bad
+
+
+def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
+             echo: Callable[[str], None] = _quiet) -> dict[str, Any]:
+    """Score a trained model on ``data_dir/CLASS/*`` (jpg, jpeg, png, bmp, tif).
+
+    ``model_path``: a ``.keras`` file or a run folder (None: the newest run). Its classes and
+    preprocessing come from the ``classes.json`` and ``config.yaml`` beside it. Returns the
+    metrics dict (see ``metrics_from_confusion``) plus ``errors``: one ``{"path", "reason"}`` per
+    unreadable image (skipped), ``model`` and ``data``.
+    """
+    from wbc.feeds import list_class_files
+    from wbc.runs import load_run
+
+    data_dir = Path(data_dir)
+    run = load_run(model_path)
+    classes = list(run.classes)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: folder not found")
+    _, files, labels = list_class_files(data_dir, classes)
+    echo(f"evaluating {run.model_path} on {len(files)} images in {data_dir}")
+    probs, kept, bad = predict_files(run.model, files, run.spec, batch_size, echo)
+    metrics = compute_metrics(labels[kept], probs.argmax(axis=1), classes)
+    metrics["errors"] = [{"path": b.path, "reason": b.reason} for b in bad]
+    metrics["model"] = str(run.model_path)
+    metrics["data"] = str(data_dir)
+    return metrics
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """A plain-text report: totals, per-class P/R/F1/support, and the confusion matrix."""
+    classes = metrics["classes"]
+    width = max(9, *(len(c) for c in classes))
+    lines = [
+        f"images    {metrics['n_images']}"
+        + (f"   (skipped {len(metrics.get('errors', []))} unreadable)"
+           if metrics.get("errors") else ""),
+        f"accuracy  {metrics['accuracy']:.4f}",
+        f"macro-F1  {metrics['macro_f1']:.4f}",
+        "",
+        f"{'class':<{width}}  precision  recall      f1  support",
+    ]
+    for name in classes:
+        row = metrics["per_class"][name]
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}"
+            f"  {row['support']:7d}"
+        )
+    matrix = metrics["confusion_matrix"]
+    cell = max(6, max((len(str(v)) for r in matrix for v in r), default=1) + 1,
+               *(len(c[:10]) + 1 for c in classes))
+    lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+    lines.append(" " * width + "".join(f"{c[:10]:>{cell}}" for c in classes))
+    for name, row in zip(classes, matrix):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    for error in metrics.get("errors", []):
+        lines.append(f"skipped {error['path']}: {error['reason']}")
+    return "\n".join(lines)
+
+
+def write_metrics(metrics: dict[str, Any], path: Path) -> None:
+    Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,621 @@
+"""``wbc train``: fit the study's CNN on a prepared subset, then score it on the test side.
+
+A run folder (default ``runs/<YYYYmmdd-HHMMSS>-<subset>``) holds:
+
+- ``config.yaml``   the resolved config (overrides, subset and epochs included)
+- ``classes.json``  the class order (sorted class folders of the training side)
+- ``history.csv``   one row per finished epoch: epoch (0-based, as Keras' CSVLogger; the
+                    progress bar's "Epoch 1/N" is epoch 0), loss, accuracy, val_loss,
+                    val_accuracy, lr, seconds; appended as each epoch ends, so a killed run
+                    keeps its history
+- ``model.keras``   the model with the lowest val_loss so far; ``last.keras`` the latest epoch
+                    (both written to a temporary file first and renamed, so a kill never leaves
+                    half a model)
+- ``backup/``       Keras ``BackupAndRestore`` state: ``wbc train --resume RUN_DIR`` continues
+                    from the last finished epoch
+- ``run.json``      where the data came from (so --resume finds it) and how the run was started
+- ``metrics.json``, ``curves.png``, ``confusion_matrix.png``  written at the end
+
+As in the study, the validation data is the test side of the subset.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from wbc.config import Config, config_from_dict, dump_config, read_yaml
+from wbc.errors import ConfigError, DataError, ModelError
+from wbc.plots import HISTORY_COLUMNS
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+COLLAPSE_TOLERANCE = 0.02  # |loss - ln(n_classes)| below this counts as "stuck"
+COLLAPSE_ACCURACY_MARGIN = 0.05  # accuracy at most the majority share plus this
+
+Echo = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- small pure helpers
+
+
+class CollapseDetector:
+    """Spots the study's failure mode: the net predicts one class and the loss sits at ln(n).
+
+    ``update(loss, accuracy)`` once per epoch; it returns True on the epoch where the loss has
+    stayed within ``tolerance`` of ``reference`` (ln(n_classes) for balanced data) for ``epochs``
+    epochs in a row while the accuracy is no better than always naming the largest class.
+    ``collapsed`` is the state now: a run that leaves the plateau later (accuracy clearly above
+    the majority share) is no longer collapsed, but ``warned`` stays True.
+    """
+
+    def __init__(self, n_classes: int, majority_share: float, epochs: int = 3,
+                 reference: Optional[float] = None, tolerance: float = COLLAPSE_TOLERANCE,
+                 accuracy_margin: float = COLLAPSE_ACCURACY_MARGIN):
+        self.n_classes = n_classes
+        self.majority_share = majority_share
+        self.epochs = max(1, epochs)
+        self.reference = math.log(n_classes) if reference is None else reference
+        self.tolerance = tolerance
+        self.accuracy_margin = accuracy_margin
+        self.streak = 0
+        self.collapsed = False
+        self.warned = False
+        self.recovered = False  # set by the update that ends a collapse
+
+    def update(self, loss: float, accuracy: float) -> bool:
+        """Record one epoch; True when a collapse starts (warn once per collapse)."""
+        stuck = (
+            math.isfinite(loss)
+            and abs(loss - self.reference) <= self.tolerance
+            and accuracy <= self.majority_share + self.accuracy_margin
+        )
+        self.streak = self.streak + 1 if stuck else 0
+        self.recovered = False
+        if self.collapsed and not stuck and accuracy > self.majority_share + self.accuracy_margin:
+            self.collapsed = False
+            self.recovered = True
+        if self.streak >= self.epochs and not self.collapsed:
+            self.collapsed = self.warned = True
+            return True
+        return False
+
+    def message(self, loss: float, accuracy: float) -> str:
+        balanced = abs(self.reference - math.log(self.n_classes)) < 1e-6
+        where = (f"ln({self.n_classes})={self.reference:.3f}" if balanced
+                 else f"the class-prior entropy {self.reference:.3f}")
+        return (
+            f"warning: collapse: loss stuck at {where} for {self.streak} epochs "
+            f"(loss {loss:.3f}, accuracy {accuracy:.3f} ~ the majority share "
+            f"{self.majority_share:.3f}): the model predicts one class; "
+            "try a lower train.learning_rate or crop.mode"
+        )
+
+
+class PatienceTracker:
+    """Early stopping on val_loss that can replay an earlier history (for --resume)."""
+
+    def __init__(self, patience: Optional[int]):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch: Optional[int] = None
+        self.wait = 0
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record one epoch; True when training should stop."""
+        if math.isfinite(val_loss) and val_loss < self.best:
+            self.best, self.best_epoch, self.wait = val_loss, epoch, 0
+        else:
+            self.wait += 1
+        return self.patience is not None and self.wait >= self.patience
+
+
+def balanced_class_weights(counts: Sequence[int]) -> dict[int, float]:
+    """``n / (n_classes * count)`` per class, as scikit-learn's 'balanced'."""
+    total = sum(counts)
+    present = [c for c in counts if c > 0]
+    return {i: (total / (len(present) * c) if c else 0.0) for i, c in enumerate(counts)}
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def read_history_rows(path: Path) -> list[dict[str, float]]:
+    from wbc.plots import read_history
+
+    return read_history(path) if Path(path).is_file() else []
+
+
+def write_history_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    tmp = Path(path).with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HISTORY_COLUMNS)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in HISTORY_COLUMNS])
+    os.replace(tmp, path)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.6g}"
+
+
+def _append_history(path: Path, row: dict[str, Any]) -> None:
+    new = not Path(path).is_file() or Path(path).stat().st_size == 0
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(HISTORY_COLUMNS)
+        writer.writerow([_cell(row.get(c)) for c in HISTORY_COLUMNS])
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def default_run_dir(subset: str, root: Path = Path("runs")) -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<subset>``, with -2, -3, ... if that folder exists already."""
+    base = Path(root) / f"{datetime.now():%Y%m%d-%H%M%S}-{subset}"
+    path, number = base, 1
+    while path.exists():
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a run folder (no config.yaml); cannot resume it")
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def backup_epoch(run_dir: Path) -> int:
+    """How many epochs the run's ``backup/`` holds as finished (0 when there is none)."""
+    path = Path(run_dir) / "backup" / "training_metadata.json"
+    weights = Path(run_dir) / "backup" / "latest.weights.h5"
+    if not (path.is_file() and weights.is_file()):
+        return 0
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def recorded_data_dir(run_dir: Path) -> Optional[Path]:
+    """The data folder a run was trained from (``run.json``), if it still exists."""
+    try:
+        info = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        path = Path(info["data_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return path if path.is_dir() else None
+
+
+def _write_run_info(run_dir: Path, data_dir: Path, strategy: str, resuming: bool) -> None:
+    from wbc import __version__
+
+    path = Path(run_dir) / "run.json"
+    info: dict[str, Any] = {}
+    if resuming and path.is_file():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+    info.setdefault("started", datetime.now().isoformat(timespec="seconds"))
+    info.update(data_dir=str(Path(data_dir).resolve()), strategy=strategy, wbc=__version__)
+    if resuming:
+        info["resumed"] = info.get("resumed", 0) + 1
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def has_progress(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a run with at least one finished epoch (never overwritten)."""
+    run_dir = Path(run_dir)
+    return (backup_epoch(run_dir) > 0 or (run_dir / "model.keras").exists()
+            or bool(read_history_rows(run_dir / "history.csv")))
+
+
+def subset_folders(data_dir: Path, subset: str) -> tuple[Path, Path]:
+    base = Path(data_dir) / "processed" / subset
+    train_dir, test_dir = base / "train", base / "test"
+    for folder in (train_dir, test_dir):
+        if not folder.is_dir():
+            raise DataError(
+                f"{folder}: not found; run `wbc prepare` first (or check --data-dir)"
+            )
+    return train_dir, test_dir
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def make_strategy(name: str, echo: Echo):
+    """A ``tf.distribute`` strategy: default, mirrored (local GPUs, else every logical CPU)."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus:
+            strategy = tf.distribute.MirroredStrategy()
+        else:
+            cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+            strategy = tf.distribute.MirroredStrategy(devices=cpus)
+        echo(f"strategy: mirrored over {strategy.num_replicas_in_sync} device(s)")
+        return strategy
+    if name == "multiworker":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        echo(f"strategy: multiworker, {strategy.num_replicas_in_sync} replica(s) in sync "
+             "(workers from TF_CONFIG)")
+        return strategy
+    raise ConfigError(f"--strategy: unknown strategy '{name}' (use {', '.join(STRATEGIES)})")
+
+
+def cluster_workers() -> int:
+    """How many tasks (chief + workers) TF_CONFIG names; 1 without TF_CONFIG."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError:
+        return 1
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def is_chief() -> bool:
+    """False on a non-chief multi-worker task (TF_CONFIG), which must not write the run folder."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        task = json.loads(raw).get("task", {})
+        cluster = json.loads(raw).get("cluster", {})
+    except ValueError:
+        return True
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind == "chief":
+        return True
+    if kind == "worker":
+        return "chief" not in cluster and index == 0
+    return False
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def _human(epoch: Optional[int], total: int) -> str:
+    """A 0-based history epoch as Keras' progress bar names it: '7/150' for epoch 6."""
+    return "?" if epoch is None else f"{epoch + 1}/{total}"
+
+
+def _run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience: PatienceTracker,
+                  collapse: CollapseDetector, echo: Echo, write: bool, total: int):
+    """One Keras callback that keeps history.csv, the checkpoints, early stopping and collapse."""
+
+    class RunLog(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.rows = list(prior)
+            self.started = 0.0
+            self.stopped_early = False
+            self.epochs_this_call = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+            # A row at or after this epoch means the kill fell between history and backup.
+            if any(r["epoch"] >= epoch for r in self.rows):
+                self.rows = [r for r in self.rows if r["epoch"] < epoch]
+                if write:
+                    write_history_rows(run_dir / "history.csv", self.rows)
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {
+                "epoch": int(epoch),
+                "loss": float(logs.get("loss", math.nan)),
+                "accuracy": float(logs.get("accuracy", math.nan)),
+                "val_loss": float(logs.get("val_loss", math.nan)),
+                "val_accuracy": float(logs.get("val_accuracy", math.nan)),
+                "lr": _learning_rate(self.model),
+                "seconds": round(time.perf_counter() - self.started, 3),
+            }
+            self.rows.append(row)
+            self.epochs_this_call += 1
+            improved = math.isfinite(row["val_loss"]) and row["val_loss"] < patience.best
+            stop = patience.update(row["epoch"], row["val_loss"])
+            if write:
+                _append_history(run_dir / "history.csv", row)
+                if improved:
+                    _save_atomic(self.model, run_dir / "model.keras")
+                _save_atomic(self.model, run_dir / "last.keras")
+            if collapse.update(row["loss"], row["accuracy"]):
+                echo(collapse.message(row["loss"], row["accuracy"]))
+            elif collapse.recovered:
+                echo(f"collapse over at epoch {_human(row['epoch'], total)}: "
+                     f"accuracy {row['accuracy']:.3f} "
+                     f"is above the majority share {collapse.majority_share:.3f}")
+            if stop:
+                self.stopped_early = True
+                self.model.stop_training = True
+                echo(f"early stopping: val_loss has not improved for {patience.patience} epochs "
+                     f"(best {patience.best:.4f} at epoch {_human(patience.best_epoch, total)})")
+
+    return RunLog()
+
+
+def _learning_rate(model) -> float:
+    try:
+        import keras
+
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:  # noqa: BLE001 - a schedule or an unusual optimizer: leave it blank
+        return math.nan
+
+
+def _save_atomic(model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp, overwrite=True)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- train
+
+
+def resolve_config(config: Config, subset: Optional[str], epochs: Optional[int]) -> Config:
+    train_cfg = config.train
+    if subset is not None:
+        train_cfg = dataclasses.replace(train_cfg, subset=subset)
+    if epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, epochs=int(epochs))
+    return dataclasses.replace(config, train=train_cfg)
+
+
+def train(
+    config: Config,
+    data_dir: Optional[Path] = None,
+    subset: Optional[str] = None,
+    epochs: Optional[int] = None,
+    run_dir: Optional[Path] = None,
+    resume_dir: Optional[Path] = None,
+    strategy: str = "default",
+    init_model: Optional[Path] = None,
+    echo: Echo = print,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train on ``data_dir/processed/<subset>/train``, validate and test on ``.../test``.
+
+    ``data_dir`` None: ``data`` (on resume: the data folder the run recorded in run.json).
+    ``resume_dir``: continue that run from its last finished epoch; its ``config.yaml`` is used
+    (``epochs`` may raise the total). ``init_model``: start from a trained model's weights (same
+    architecture). ``callbacks``: extra Keras callbacks (tests use them). Returns the run folder.
+    """
+    wall_start = time.perf_counter()
+    if strategy not in STRATEGIES:
+        raise ConfigError(
+            f"--strategy: unknown strategy '{strategy}' (use {', '.join(STRATEGIES)})"
+        )
+    resuming = resume_dir is not None
+    if resuming:
+        run_dir = Path(resume_dir)
+        saved = read_run_config(run_dir)
+        if subset is not None and subset != saved.train.subset:
+            raise ConfigError(
+                f"{run_dir}: this run trains on subset '{saved.train.subset}', not '{subset}'"
+            )
+        config = resolve_config(saved, None, epochs)
+        if data_dir is None:
+            data_dir = recorded_data_dir(run_dir)
+    else:
+        config = resolve_config(config, subset, epochs)
+    data_dir = Path("data") if data_dir is None else Path(data_dir)
+    tc = config.train
+    subset = tc.subset
+    train_dir, test_dir = subset_folders(data_dir, subset)
+    if run_dir is None:
+        run_dir = default_run_dir(subset)
+    run_dir = Path(run_dir)
+    if not resuming and has_progress(run_dir):
+        raise DataError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                        "or choose another --run-dir")
+
+    import keras
+    import tensorflow as tf
+
+    from wbc import evaluate as ev
+    from wbc.feeds import make_feed
+    from wbc.model import build_model, make_optimizer
+
+    dist = make_strategy(strategy, echo)  # before any other TF work (multiworker needs that)
+    keras.utils.set_random_seed(config.seed)
+    chief = is_chief()
+    out_dir = run_dir if chief else Path(_worker_dir(run_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if chief:  # first, so that a run killed while loading its data can still be resumed
+        dump_config(config, out_dir / "config.yaml")
+        _write_run_info(out_dir, data_dir, strategy, resuming)
+
+    # Data: the training side fixes the classes; validation = the test side (as in the study).
+    image_size = tuple(tc.image_size)
+    common = dict(image_size=image_size, batch_size=tc.batch_size, seed=config.seed,
+                  cache=tc.cache, feed=tc.feed, echo=echo)
+    echo(f"loading {train_dir} and {test_dir} ({tc.feed} feed"
+         f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
+    train_feed = make_feed(train_dir, training=True, steps_per_epoch=tc.steps_per_epoch, **common)
+    classes = train_feed.classes
+    if resuming and (run_dir / "classes.json").is_file():
+        old = ev.read_classes(run_dir / "classes.json")
+        if old != classes:
+            raise DataError(f"{train_dir}: classes {classes} differ from the run's {old}")
+    val_feed = make_feed(test_dir, training=False, classes=classes, **common)
+    counts = train_feed.class_counts
+    echo(f"train: {train_feed.n_images} images, test: {val_feed.n_images} images, classes: "
+         + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+
+    if chief:
+        ev.write_classes(classes, out_dir / "classes.json")
+
+    # Where to start: the backup's last finished epoch (resume) or 0.
+    history_path = out_dir / "history.csv"
+    done = backup_epoch(out_dir) if resuming else 0
+    prior = [r for r in read_history_rows(history_path) if r["epoch"] < done] if done else []
+    if chief:
+        if prior or history_path.exists():
+            write_history_rows(history_path, prior)
+    if resuming:
+        echo(f"resuming {run_dir} after epoch {done} of {tc.epochs}" if done
+             else f"resuming {run_dir}: no finished epoch in backup/, starting at epoch 1")
+
+    patience = PatienceTracker(tc.patience)
+    total = sum(counts)
+    shares = [c / total for c in counts]
+    # The loss of always answering the class shares: ln(n) for (nearly) balanced classes.
+    entropy = -sum(s * math.log(s) for s in shares if s > 0)
+    reference = (math.log(len(classes))
+                 if tc.class_weight == "balanced" or math.log(len(classes)) - entropy < 0.01
+                 else entropy)
+    collapse = CollapseDetector(len(classes), max(shares), tc.collapse_epochs, reference)
+    stop_before = False
+    for row in prior:
+        stop_before = patience.update(row["epoch"], row["val_loss"]) or stop_before
+        collapse.update(row["loss"], row["accuracy"])
+
+    with dist.scope():
+        model = build_model(config.model, image_size, len(classes))
+        model.compile(
+            optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        if init_model is not None and not done:
+            _load_initial_weights(model, Path(init_model))
+            echo(f"initial weights from {init_model}")
+
+    class_weight = balanced_class_weights(counts) if tc.class_weight == "balanced" else None
+    log = _run_callback(keras, out_dir, prior, patience, collapse, echo, write=True,
+                        total=tc.epochs)
+    # Kept after the run (a finished run can be extended with --resume --epochs N); two
+    # generations, so a kill while the backup is being written falls back to the one before.
+    backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"), delete_checkpoint=False,
+                                              double_checkpoint=True)
+    verbose = 1 if sys.stdout.isatty() else 2
+
+    if done >= tc.epochs:
+        echo(f"{run_dir}: all {tc.epochs} epochs already done; evaluating")
+    elif stop_before:
+        echo(f"{run_dir}: stopped early before (no val_loss improvement for {tc.patience} "
+             "epochs); evaluating")
+        log.stopped_early = True
+    else:
+        echo(f"training {model.count_params():,} parameters for epochs {done + 1}..{tc.epochs} "
+             f"(batch {tc.batch_size}, {tc.optimizer} lr {tc.learning_rate:g}) -> {run_dir}")
+        try:
+            model.fit(
+                train_feed.data,
+                validation_data=val_feed.data,
+                epochs=tc.epochs,
+                steps_per_epoch=train_feed.steps_per_epoch,
+                class_weight=class_weight,
+                shuffle=False,  # the feed shuffles, with the seed
+                callbacks=[log, backup, *callbacks],
+                verbose=verbose,
+            )
+        except tf.errors.ResourceExhaustedError:
+            raise MemoryError from None
+        except (ValueError, TypeError) as exc:
+            if strategy == "multiworker" and cluster_workers() > 1:
+                reason = str(exc).strip().splitlines()[0][:160]
+                raise ConfigError(
+                    f"--strategy multiworker: Keras {keras.__version__}'s fit failed across "
+                    f"{cluster_workers()} workers ({reason}); Keras 3 does not yet train with "
+                    "MultiWorkerMirroredStrategy over several workers (keras-team/keras#20585); "
+                    "use --strategy mirrored on one machine"
+                ) from None
+            raise
+
+    rows = log.rows
+    if not chief:
+        return run_dir
+
+    # Score the best model on the test side; draw the curves and the confusion matrix.
+    best_path = out_dir / "model.keras"
+    if not best_path.is_file():
+        if not (out_dir / "last.keras").is_file():
+            raise ModelError(f"{out_dir}: no model was saved (did any epoch finish?)")
+        echo("warning: val_loss was never finite; scoring last.keras instead of model.keras")
+        best_path = out_dir / "last.keras"
+    metrics = ev.evaluate(best_path, test_dir, echo=echo)
+    wall = time.perf_counter() - wall_start
+    metrics.update(
+        subset=subset,
+        evaluated_model=best_path.name,
+        epochs_run=len(rows),
+        epochs_planned=tc.epochs,
+        best_epoch=patience.best_epoch,
+        best_val_loss=None if patience.best_epoch is None else patience.best,
+        stopped_early=bool(log.stopped_early),
+        collapsed=bool(collapse.collapsed),
+        collapse_warned=bool(collapse.warned),
+        strategy=strategy,
+        feed=tc.feed,
+        train_images=train_feed.n_images,
+        skipped_train_images=[{"path": b.path, "reason": b.reason} for b in train_feed.bad],
+        wall_seconds=round(wall, 1),
+    )
+    ev.write_metrics(metrics, out_dir / "metrics.json")
+    from wbc.plots import plot_confusion, plot_history
+
+    if rows:
+        plot_history(history_path, out_dir / "curves.png", title=f"{run_dir.name}")
+    plot_confusion(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
+                   title=f"{run_dir.name}: test side")
+    best = ("no finite val_loss" if patience.best_epoch is None
+            else f"best val_loss {patience.best:.4f} at epoch "
+                 f"{_human(patience.best_epoch, tc.epochs)}")
+    echo(
+        f"done: {len(rows)} epoch{'s' if len(rows) != 1 else ''} in {format_seconds(wall)}"
+        f"{' (stopped early)' if log.stopped_early else ''}"
+        f"{' (COLLAPSED)' if collapse.collapsed else ''}, {best}; "
+        f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
+        f"on {metrics['n_images']} images; run folder {run_dir}"
+    )
+    return run_dir
+
+
+def _worker_dir(run_dir: Path) -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=f"wbc-worker-{Path(run_dir).name}-")
+
+
+def _load_initial_weights(model, path: Path) -> None:
+    from wbc.runs import load_model_file
+
+    source = load_model_file(path)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as exc:
+        reason = str(exc).split("\n")[0][:200]
+        raise ModelError(f"{path}: its weights do not fit this model's architecture "
+                         f"(model.* or train.image_size differ?): {reason}") from None
