@@ -93,3 +93,29 @@ def test_every_class_is_augmented_to_the_target(prepared):
 def test_raw_folder_is_unchanged(prepared):
     raw, _, before, _ = prepared
     assert tree_hash(raw) == before
+
+
+def test_train_one_epoch_on_the_small_subset_then_evaluate_and_predict(prepared, tmp_path):
+    raw, data, _, _ = prepared
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(data), "--subset", "small",
+                                      "--epochs", "1", "--run-dir", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    for name in ("model.keras", "last.keras", "history.csv", "config.yaml", "classes.json",
+                 "metrics.json", "curves.png", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test_images = len(list((data / "processed/small/test").rglob("*.jpg")))
+    assert metrics["n_images"] == test_images
+    evaluated = CliRunner().invoke(cli, ["evaluate", "--model", str(run_dir / "model.keras"),
+                                         "--data", str(data / "processed/small/test"),
+                                         "--format", "json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.stdout)["n_images"] == test_images
+    image = raw / "JPEGImages" / "BloodImage_00000.jpg"
+    predicted = CliRunner().invoke(cli, ["predict", str(image), "--model",
+                                         str(run_dir / "model.keras"), "--format", "json"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    rows = rows if isinstance(rows, list) else rows["predictions"]
+    assert len(rows) == 1 and rows[0]["class"] in CLASSES

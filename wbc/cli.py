@@ -70,6 +70,19 @@ def handle_errors(func):
     return wrapper
 
 
+def needs_tensorflow(func):
+    """Load TensorFlow quietly before a command that uses it (its start-up chatter hidden)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from wbc.tfsetup import import_tensorflow
+
+        import_tensorflow()
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 def load(config_path: Path | None, overrides: tuple[str, ...]):
     from wbc.config import load_config
 
@@ -162,6 +175,7 @@ def fetch(config_path, overrides, data_dir, dest, force):
               default=None, metavar="MODEL.keras",
               help="Start from this trained model's weights (same architecture; fine-tuning).")
 @handle_errors
+@needs_tensorflow
 def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy,
           init_model):
     """Train the study's CNN on a prepared subset and evaluate it on the test side.
@@ -200,7 +214,8 @@ MODEL_HELP = (
 )
 INPUT_HELP = (
     "For models trained on cell crops: smear = whole-field photos (cut out the WBC first), "
-    "crop = already cell crops, auto = square images are taken as crops."
+    "crop = already cell crops, auto = square (or nearly: sides within 20%) images are taken "
+    "as crops."
 )
 
 
@@ -240,6 +255,7 @@ def _write_output(text: str, output: Path | None) -> None:
 @click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
               default="auto", show_default=True, help=INPUT_HELP)
 @handle_errors
+@needs_tensorflow
 def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
     """Name the white blood cell type in each image.
 
@@ -279,6 +295,7 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
 @click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
               default="auto", show_default=True, help=INPUT_HELP)
 @handle_errors
+@needs_tensorflow
 def count(folder, model_path, fmt, plot, batch_size, input_kind):
     """Count the white blood cells of one sample by type (a WBC differential).
 
@@ -329,6 +346,7 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind):
 @click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
               default="auto", show_default=True, help=INPUT_HELP)
 @handle_errors
+@needs_tensorflow
 def explain(image, model_path, output, input_kind):
     """Show which part of an image made the model choose its class (Grad-CAM).
 
@@ -360,6 +378,7 @@ def explain(image, model_path, output, input_kind):
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per inference batch.")
 @handle_errors
+@needs_tensorflow
 def evaluate(model_path, data, fmt, output, batch_size):
     """Score a trained model on a folder of class folders.
 
@@ -423,6 +442,98 @@ def plot(run_dir, output):
         plot_confusion(matrix, classes, run_dir / "confusion_matrix.png",
                        title=f"{run_dir.name}: test side")
         _echo_err(f"wrote {run_dir / 'confusion_matrix.png'}")
+
+
+@cli.command()
+@config_options
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Number of folds K (each trains one model).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per fold (default: train.epochs).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: runs/cv-<timestamp>); rerun with the same --out to "
+                   "continue: finished folds are not retrained.")
+@click.option("--per-class", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N training images per class per fold (a seeded draw spread evenly "
+                   "over the sources; default: all).")
+@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cross-validate this plain folder of class folders (DATA/CLASS/*.jpg, no "
+                   "augmentation) instead of the prepared data; folds are stratified over files.")
+@click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="MODEL.keras",
+              help="Start every fold from this trained model's weights (fine-tuning).")
+@click.option("--score", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="Which model the headline numbers score: last = the final epoch; best = the "
+                   "lowest val_loss epoch, chosen on the test fold itself (optimistic).")
+@handle_errors
+def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, init_model,
+       score):
+    """Cross-validate: K models on grouped, stratified folds of the source images.
+
+    Per class, the source images (same-field duplicates kept together) are dealt into K folds.
+    Fold k trains on every augmented image of the other folds' sources and is tested on the
+    original images of its own sources only. Writes one run folder per fold, cv.json and cv.md
+    (each fold's accuracy, macro-F1, per-class F1 and n_test; mean +/- std; the config) and
+    prints the table. Needs `wbc prepare` (rename and augment; crop when crop.mode is set); an
+    augment setting that differs from the prepared one is augmented into the output folder.
+
+    Example: wbc cv --folds 5 --epochs 30 --per-class 600 --out runs/cv-baseline
+    """
+    from wbc.cv import cross_validate, format_table, headline
+
+    config = load(config_path, overrides)
+    report = cross_validate(config, data_dir=data_dir, folds=folds, epochs=epochs, out=out,
+                            per_class=per_class, data=data, init_model=init_model, score=score,
+                            echo=_echo_err, train_echo=click.echo)
+    click.echo(format_table(report))
+    click.echo(headline(report))
+    _echo_err(f"wrote {Path(report['out']) / 'cv.json'} and cv.md")
+
+
+@cli.command()
+@config_options
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("configs/grid.yaml"), show_default=True,
+              help="YAML file mapping dotted config keys to lists of values to try.")
+@click.option("--subset", type=click.Choice(["small", "medium", "full"]), default=None,
+              help="Prepared subset every cell trains on (default: train.subset).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per run (default: train.epochs; a grid may list train.epochs).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: runs/tune-<grid name>); finished cells in it are "
+                   "not rerun.")
+@click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Score each cell by K-fold cross-validation instead of the single split "
+                   "(then augment.* keys may be tuned too).")
+@click.option("--per-class", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --cv: at most N training images per class per fold (default: all).")
+@click.option("--sort", "sort", default=None, metavar="COLUMN",
+              help="Results column to rank by (default: val_acc_final; with --cv: "
+                   "cv_macro_f1). Losses, std, epochs and seconds rank ascending.")
+@handle_errors
+def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_folds, per_class,
+         sort):
+    """Train every combination of a grid of settings and rank them.
+
+    Each cell of the cross product of the grid's values trains on the prepared subset (or,
+    with --cv K, is cross-validated) with --config/--set as the base. Writes a run folder per
+    cell (OUT/cell-<hash of its settings>) and results.csv and results.md, best first: the
+    settings, final and best val accuracy, lowest val loss, epochs and seconds per run. A
+    rerun skips finished cells.
+
+    Example: wbc tune --grid configs/grid.yaml --subset small --epochs 10
+    """
+    from wbc.tune import tune as run_tune
+
+    if per_class is not None and cv_folds is None:
+        raise click.UsageError("--per-class needs --cv")
+    config = load(config_path, overrides)
+    result = run_tune(config, grid_path, data_dir=data_dir, subset=subset, epochs=epochs,
+                      out=out, cv=cv_folds, per_class=per_class, sort=sort, echo=_echo_err,
+                      train_echo=click.echo)
+    click.echo(result["table"])
+    _echo_err(f"{result['trained']} cell(s) trained, {result['skipped']} done before; wrote "
+              f"{result['out'] / 'results.csv'} and results.md")
 
 
 def main() -> None:

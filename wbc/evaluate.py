@@ -15,9 +15,6 @@ import numpy as np
 
 from wbc.errors import DataError
 
-CHUNK = 256  # images held in memory at once while scoring a folder
-
-
 def _quiet(_message: str) -> None:
     pass
 
@@ -96,27 +93,23 @@ def write_classes(classes: Sequence[str], path: Path) -> None:
 # --------------------------------------------------------------------------- evaluate
 
 
-def predict_files(model, files: Sequence[Path], spec, batch_size: int = 64,
-                  echo: Callable[[str], None] = _quiet):
-    """``(probabilities, kept, bad)`` for ``files``, read with the model's preprocessing."""
-    from wbc.feeds import load_images
-    from wbc.preprocess import scale
+def predict_files(run, files: Sequence[Path], batch_size: int = 64):
+    """``(probabilities, kept, bad)`` for ``files``, through predict's shared preprocessing.
 
-    probabilities = []
-    kept_all: list[int] = []
-    bad = []
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start:start + CHUNK]
-        images, kept, chunk_bad = load_images(chunk, spec.image_size, echo=echo)
-        bad.extend(chunk_bad)
-        if len(kept):
-            probabilities.append(
-                np.asarray(model.predict(scale(images), batch_size=batch_size, verbose=0))
-            )
-            kept_all.extend(int(start + k) for k in kept)
-    n_out = int(model.output_shape[-1])
-    probs = np.concatenate(probabilities) if probabilities else np.zeros((0, n_out), np.float32)
-    return probs, np.asarray(kept_all, dtype=np.int64), bad
+    The same path as ``wbc predict`` (crop of the main WBC when the model was trained on crops and
+    an image is a whole smear), so evaluation scores exactly what a user would get.
+    """
+    from wbc.errors import BadImage
+    from wbc.predict import Predictor, classify_files
+
+    results = classify_files(Predictor.from_run(run), files, run.spec, run.crop_size,
+                             batch_size=batch_size)
+    kept = [i for i, r in enumerate(results) if r.error is None]
+    bad = [BadImage(r.path, r.error) for r in results if r.error is not None]
+    n_out = len(run.classes)
+    probs = (np.stack([results[i].probabilities[0] for i in kept]) if kept
+             else np.zeros((0, n_out), np.float32))
+    return probs, np.asarray(kept, dtype=np.int64), bad
 
 
 def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
@@ -138,7 +131,7 @@ def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
         raise DataError(f"{data_dir}: folder not found")
     _, files, labels = list_class_files(data_dir, classes)
     echo(f"evaluating {run.model_path} on {len(files)} images in {data_dir}")
-    probs, kept, bad = predict_files(run.model, files, run.spec, batch_size, echo)
+    probs, kept, bad = predict_files(run, files, batch_size)
     metrics = compute_metrics(labels[kept], probs.argmax(axis=1), classes)
     metrics["errors"] = [{"path": b.path, "reason": b.reason} for b in bad]
     metrics["model"] = str(run.model_path)

@@ -2,9 +2,10 @@
 
 A run folder (written by ``wbc train``) holds ``model.keras`` (best epoch), ``config.yaml`` (the
 resolved config: image size, crop mode) and ``classes.json`` (class names in output order).
-``load_run`` reads all three, so prediction preprocesses new images exactly like the training
-images, and refuses model files that carry code: a ``.keras`` file with a ``Lambda`` layer could
-run anything on load, so it is rejected before Keras sees it (and Keras runs in ``safe_mode``).
+``load_run`` reads all three (and ``stain_reference.json`` when ``color.normalize`` is set), so
+prediction preprocesses new images exactly like the training images, and refuses model files
+that carry code: a ``.keras`` file with a ``Lambda`` layer could run anything on load, so it is
+rejected before Keras sees it (and Keras runs in ``safe_mode``).
 """
 
 from __future__ import annotations
@@ -158,13 +159,9 @@ def _read_config(path: Path) -> Config:
 
 
 def tf_environment() -> None:
-    """Settings that only count before TensorFlow is first imported (user values are kept).
+    from wbc.tfsetup import tf_environment as settings
 
-    oneDNN kernels are off by default on CPUs without AVX-512; turned on they make this small
-    CNN's convolutions 5-10x faster on an AVX2 CPU (fp32, only the summation order changes).
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    settings()
 
 
 def load_model_file(path: Path | str):
@@ -200,8 +197,13 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
     _check_archive(path)
     config = _read_config(path.parent / CONFIG_NAME)
     classes = _read_classes(path.parent / CLASSES_NAME)
+    reference = None
+    if config.color.normalize != "none":  # the stain reference computed from the training set
+        from wbc.color import read_reference
+
+        reference = read_reference(path.parent, config.color.normalize)
     model = load_model_file(path)
-    spec = InputSpec.from_config(config)
+    spec = InputSpec.from_config(config, reference)
     try:
         input_shape = tuple(model.inputs[0].shape)
         output_units = int(model.outputs[0].shape[-1])
