@@ -6,6 +6,7 @@ shape depend on the class, so that a small CNN can learn them and the stain dete
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -89,6 +90,25 @@ def make_class_folders(root: Path, counts: dict[str, int], size=(48, 64), seed: 
             Image.fromarray(array).save(root / cls / f"{cls}.{image_id}{ext}", quality=95)
             image_id += 1
     return root
+
+
+def make_run(run_dir: Path, overrides=(), image_size=(40, 56), seed: int = 0) -> Path:
+    """A run folder as `wbc train` leaves it: model.keras, config.yaml, classes.json."""
+    import keras
+
+    from wbc.config import dump_config, load_config
+    from wbc.model import build_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = load_config(
+        overrides=[f"train.image_size=[{image_size[0]}, {image_size[1]}]", *overrides]
+    )
+    keras.utils.set_random_seed(seed)
+    model = build_model(config.model, config.train.image_size, len(CLASSES))
+    model.save(run_dir / "model.keras")
+    dump_config(config, run_dir / "config.yaml")
+    (run_dir / "classes.json").write_text(json.dumps(list(CLASSES)))
+    return run_dir / "model.keras"
 
 
 @pytest.fixture

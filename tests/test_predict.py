@@ -14,30 +14,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLASSES, make_class_folders, synthetic_smear
+from conftest import CLASSES, make_class_folders, make_run, synthetic_smear
 from wbc.cli import cli
 from wbc.errors import ModelError
 
 IMAGE_SIZE = (40, 56)
-
-
-def make_run(run_dir: Path, overrides=(), image_size=IMAGE_SIZE, seed: int = 0) -> Path:
-    """A run folder as `wbc train` leaves it: model.keras, config.yaml, classes.json."""
-    import keras
-
-    from wbc.config import dump_config, load_config
-    from wbc.model import build_model
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = load_config(
-        overrides=[f"train.image_size=[{image_size[0]}, {image_size[1]}]", *overrides]
-    )
-    keras.utils.set_random_seed(seed)
-    model = build_model(config.model, config.train.image_size, len(CLASSES))
-    model.save(run_dir / "model.keras")
-    dump_config(config, run_dir / "config.yaml")
-    (run_dir / "classes.json").write_text(json.dumps(list(CLASSES)))
-    return run_dir / "model.keras"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from wbc.cli import cli
 @dataclass
 class Outcome:
     exit_code: int
-    output: str
+    output: str  # stdout and stderr, as a terminal shows them
+    stdout: str = ""
 
     @property
     def lines(self) -> list[str]:
@@ -36,7 +37,7 @@ def run(args: list[str]) -> Outcome:
         import traceback
 
         text += "".join(traceback.format_exception(result.exception))
-    return Outcome(result.exit_code, text)
+    return Outcome(result.exit_code, text, result.stdout)
 
 
 def clean_error(outcome: Outcome, names: str) -> bool:
