@@ -89,3 +89,27 @@ def test_prepare_end_to_end_then_skips(tmp_path, tiny_raw):
     assert second.output.count("skipped") >= 5
     one = CliRunner().invoke(cli, args + ["--stage", "split", "--force"])
     assert one.exit_code == 0 and "split: done" in one.output and "rename" not in one.output
+
+
+def test_prepared_crop_is_read_from_the_manifests(tmp_path, tiny_raw):
+    from wbc.pipeline import prepared_crop
+
+    assert prepared_crop(tmp_path / "nothing") is None
+    for mode in ("none", "detect"):
+        data = tmp_path / mode
+        result = CliRunner().invoke(cli, ["prepare", "--raw", str(tiny_raw), "--data-dir", str(data),
+                                          "--set", f"crop.mode={mode}", "--set", "crop.size=48",
+                                          "--set", "augment.per_class=12", "--set", "augment.workers=1",
+                                          "--set", "augment.engine=opencv", "--stage", "rename"])
+        assert result.exit_code == 0, result.output
+        for stage in ("crop", "augment"):
+            result = CliRunner().invoke(cli, ["prepare", "--data-dir", str(data), "--raw", str(tiny_raw),
+                                              "--set", f"crop.mode={mode}", "--set", "crop.size=48",
+                                              "--set", "augment.per_class=12", "--set",
+                                              "augment.workers=1", "--set", "augment.engine=opencv",
+                                              "--stage", stage])
+            assert result.exit_code == 0, result.output
+        found = prepared_crop(data)
+        assert found["mode"] == mode
+        if mode == "detect":
+            assert found["size"] == 48 and found["padding"] == 0.15

@@ -22,6 +22,22 @@ from wbc.errors import ConfigError
 CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
 
 
+class FrozenMap(dict):
+    """A read-only dict that hashes: the value of a ``dict[str, int]`` key in a frozen config."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def __reduce__(self):  # pickles (to augment workers) without calling __setitem__
+        return (FrozenMap, (dict(self),))
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("config values are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class RenameConfig:
     classes: tuple[str, ...] = CLASSES  # which single-class labels to keep (basophil is too rare)
@@ -50,6 +66,19 @@ class AugmentConfig:
     engine: str = "imagedatagenerator"  # imagedatagenerator | opencv
     workers: int = 0  # 0 = all cores
     jpeg_quality: int = 95
+    # CLASS -> images after augmentation for that class (others: per_class); empty = per_class
+    per_class_targets: dict[str, int] = field(default_factory=FrozenMap)
+
+
+@dataclass(frozen=True)
+class ColorConfig:
+    # Training colour jitter (tf.data, training batches only; 0 = off), per image, uniform:
+    brightness: float = 0.0  # add U(-b, b) to the pixels (scaled to [0, 1])
+    contrast: float = 0.0  # contrast factor U(1-c, 1+c) around each channel's mean
+    saturation: float = 0.0  # saturation factor U(1-s, 1+s)
+    hue: float = 0.0  # hue shift U(-h, h), in turns (0.5 = half the colour circle)
+    input: str = "rgb"  # rgb | gray | hematoxylin: what the model sees (train, evaluate, predict)
+    normalize: str = "none"  # none | reinhard | macenko: stain normalisation to the training set
 
 
 @dataclass(frozen=True)
@@ -90,6 +119,7 @@ class TrainConfig:
     feed: str = "tfdata"  # tfdata | imagedatagenerator
     cache: bool = True
     collapse_epochs: int = 3
+    freeze: str = "none"  # with --init: none | features (conv layers frozen) | all_but_head
 
 
 @dataclass(frozen=True)
@@ -114,6 +144,7 @@ class Config:
     rename: RenameConfig = field(default_factory=RenameConfig)
     crop: CropConfig = field(default_factory=CropConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    color: ColorConfig = field(default_factory=ColorConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     subsets: SubsetsConfig = field(default_factory=SubsetsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -137,12 +168,17 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.class_weight": ("none", "balanced"),
     "train.optimizer": ("rmsprop", "adam", "nadam"),
     "train.feed": ("tfdata", "imagedatagenerator"),
+    "train.freeze": ("none", "features", "all_but_head"),
+    "color.input": ("rgb", "gray", "hematoxylin"),
+    "color.normalize": ("none", "reinhard", "macenko"),
 }
 
 
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _to_plain(v) for key, v in value.items()}
     if isinstance(value, tuple):
         return [_to_plain(v) for v in value]
     return value
@@ -169,6 +205,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of key: value, got {value!r}")
+        return FrozenMap((_coerce(k, args[0], where), _coerce(v, args[1], f"{where}.{k}"))
+                         for k, v in value.items())
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -232,7 +273,19 @@ def _validate(config: Config) -> None:
         (len(config.model.filters) >= 1, "model.filters needs at least one layer"),
         (0 <= config.model.dropout_rate < 1, "model.dropout_rate must be in [0, 1)"),
         (config.crop.padding >= 0, "crop.padding must not be negative"),
+        (all(0 <= getattr(config.color, k) <= 1 for k in ("brightness", "contrast", "saturation")),
+         "color.brightness, color.contrast and color.saturation must be in [0, 1]"),
+        (0 <= config.color.hue <= 0.5, "color.hue must be in [0, 0.5] (turns)"),
+        (config.train.feed == "tfdata" or not any(
+            getattr(config.color, k) > 0 for k in ("brightness", "contrast", "saturation", "hue")),
+         "color jitter (color.brightness/contrast/saturation/hue) needs train.feed: tfdata"),
+        (all(n >= 1 for n in config.augment.per_class_targets.values()),
+         "augment.per_class_targets: every target must be at least 1"),
     ]
+    for name in config.augment.per_class_targets:
+        if name not in config.rename.classes:
+            raise ConfigError(f"augment.per_class_targets: unknown class '{name}'"
+                              + _hint(name, list(config.rename.classes)))
     spe = config.train.steps_per_epoch
     checks.append(
         (spe == "auto" or (isinstance(spe, int) and spe >= 1),

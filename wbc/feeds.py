@@ -28,7 +28,7 @@ import numpy as np
 
 from wbc.errors import BadImage, DataError
 from wbc.imageio import is_image_name
-from wbc.preprocess import load_resized
+from wbc.preprocess import InputSpec, load_resized
 
 Echo = Callable[[str], None]
 
@@ -93,9 +93,11 @@ def load_images(
     image_size: tuple[int, int],
     workers: int = 0,
     echo: Echo = _quiet,
+    spec: Optional[InputSpec] = None,
 ) -> tuple[np.ndarray, np.ndarray, list[BadImage]]:
     """Read ``paths`` into one ``(n_ok, H, W, 3)`` uint8 array with a thread pool.
 
+    ``spec``: also apply its colour steps (``color.input``, ``color.normalize``).
     Returns ``(images, kept, bad)``: ``kept`` are the indices into ``paths`` of the rows of
     ``images`` (in order); each unreadable file is a ``BadImage`` in ``bad`` and a warning line.
     """
@@ -106,7 +108,7 @@ def load_images(
 
     def load(index: int):
         try:
-            images[index] = load_resized(paths[index], image_size)
+            images[index] = load_resized(paths[index], image_size, spec)
             ok[index] = True
         except BadImage as exc:
             return exc
@@ -158,18 +160,23 @@ def make_feed(
     feed: str = "tfdata",
     workers: int = 0,
     echo: Echo = _quiet,
+    spec: Optional[InputSpec] = None,
+    jitter=None,
 ) -> Feed:
     """The input pipeline for one side (``train`` or ``test``) of a prepared subset.
 
     ``training`` shuffles (with ``seed``); ``steps_per_epoch`` an int repeats the data so that an
-    epoch can be longer than one pass ('auto' = one pass).
+    epoch can be longer than one pass ('auto' = one pass). ``spec``: the colour steps of
+    ``color.input`` / ``color.normalize`` (every image, both sides). ``jitter``: a
+    ``ColorConfig`` whose brightness/contrast/saturation/hue jitter the batches, with ``training``
+    only (``wbc.color.add_jitter``, tfdata feed; seeded, fresh every epoch).
     """
     classes, files, labels = list_class_files(folder, classes)
     if not files:
         raise DataError(f"{folder}: no images in the class folders")
     if feed == "imagedatagenerator":
         return _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-                         steps_per_epoch, workers, echo)
+                         steps_per_epoch, workers, echo, spec)
     if feed != "tfdata":
         raise DataError(f"train.feed: unknown feed '{feed}'")
     import tensorflow as tf
@@ -182,14 +189,14 @@ def make_feed(
 
     bad: list[BadImage] = []
     if cache:
-        images, kept, bad = load_images(files, image_size, workers, echo)
+        images, kept, bad = load_images(files, image_size, workers, echo, spec)
         files = [files[i] for i in kept]
         labels = labels[kept]
         if not len(files):
             raise DataError(f"{folder}: none of the images could be read")
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     else:
-        dataset = _stream(files, labels, image_size, echo)
+        dataset = _stream(files, labels, image_size, echo, spec)
     if training:
         dataset = dataset.shuffle(
             len(files) if cache else min(len(files), 4096), seed=seed,
@@ -204,12 +211,17 @@ def make_feed(
         lambda images, label: one_hot(scale(images), label),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
+    if training and jitter is not None:
+        from wbc.color import add_jitter
+
+        dataset = add_jitter(dataset, jitter, seed)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     counts = np.bincount(labels, minlength=n_classes).tolist()
     return Feed(dataset, list(classes), len(files), counts, steps, bad, list(files))
 
 
-def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], echo: Echo):
+def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], echo: Echo,
+            spec: Optional[InputSpec] = None):
     """A dataset that reads each file when it is needed (``train.cache: false``)."""
     import tensorflow as tf
 
@@ -220,7 +232,7 @@ def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], 
     def load(path_bytes):
         path = Path(path_bytes.decode("utf-8"))
         try:
-            return load_resized(path, image_size), True
+            return load_resized(path, image_size, spec), True
         except BadImage as exc:
             with lock:
                 if str(path) not in warned:
@@ -241,7 +253,7 @@ def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], 
 
 
 def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-              steps_per_epoch, workers, echo) -> Feed:
+              steps_per_epoch, workers, echo, spec=None) -> Feed:
     """The study's ``ImageDataGenerator(rescale=1/255).flow_from_directory`` feed."""
     import tensorflow as tf
 
@@ -249,7 +261,14 @@ def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, trai
 
     # flow_from_directory would crash on an unreadable file: check them first, skip the bad ones.
     _, kept, bad = load_images(files, (8, 8), workers, echo)
-    generator = ImageDataGenerator(rescale=1.0 / 255)
+    recolor = None
+    if spec is not None and spec.recolors:  # colour steps on the resized image, before rescale
+        from wbc.preprocess import recolor as apply
+
+        def recolor(x):
+            return apply(np.clip(x, 0, 255).astype(np.uint8), spec).astype(x.dtype)
+
+    generator = ImageDataGenerator(rescale=1.0 / 255, preprocessing_function=recolor)
     common = dict(
         target_size=tuple(image_size),
         batch_size=batch_size,

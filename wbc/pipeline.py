@@ -53,6 +53,38 @@ class DataPaths:
         return self.processed / name
 
 
+def prepared_crop(data_dir: Path) -> dict | None:
+    """The crop settings the prepared training images were made with, read from the manifests.
+
+    The augment stage records the digest of the folder it read: the crop stage's output (then
+    the crop manifest's params say how) or the rename stage's (no crop). None when unknown
+    (nothing prepared, or folders made by hand). Training trusts this over the config it is
+    given, because a model must record how ITS images were cut for predict to repeat it.
+    """
+    import dataclasses
+
+    from wbc.config import CropConfig
+
+    paths = DataPaths(Path(data_dir))
+    try:
+        augmented = Manifest.load(paths.augmented)
+    except DataError:
+        return None
+    source = augmented.inputs.get("images")
+    for folder in (paths.cropped, paths.renamed):
+        try:
+            manifest = Manifest.load(folder)
+        except DataError:
+            continue
+        if manifest.digest != source:
+            continue
+        if folder == paths.renamed:
+            return {"mode": "none"}
+        names = {f.name for f in dataclasses.fields(CropConfig)}
+        return {k: v for k, v in manifest.params.items() if k in names}
+    return None
+
+
 def _describe(manifest: Manifest) -> str:
     summary = manifest.summary
     counts = summary.get("counts")

@@ -2,7 +2,8 @@
 
 Images are preprocessed exactly like the training images, from the run's ``config.yaml``:
 ``wbc.imageio.read_rgb`` -> (when ``crop.mode`` is not ``none``: the main WBC's square crop from
-``wbc.crop``, unless the image already is a crop) -> ``wbc.preprocess.resize`` -> ``scale``.
+``wbc.crop``, unless the image already is a crop) -> ``wbc.preprocess.to_input`` (resize, then
+the colour steps of ``color.input`` / ``color.normalize``) -> ``scale``.
 ``model_inputs`` is that one function; evaluation can call it too.
 
 Speed: files are decoded by a thread pool (Pillow and OpenCV release the GIL) while the main
@@ -28,9 +29,12 @@ import numpy as np
 
 from wbc.errors import BadImage, DataError
 from wbc.imageio import IMAGE_EXTENSIONS, is_image_name, read_rgb
-from wbc.preprocess import InputSpec, resize, scale
+from wbc.preprocess import InputSpec, resize, scale, to_input
 
 INPUT_KINDS = ("auto", "smear", "crop")
+# input_kind auto: sides within this ratio = already a cell crop. Other labs' crops are often a
+# few pixels off square (tecom-crops: 104x120, ratio 1.15); smears are 4:3, 5:4 or wider.
+CROP_ASPECT = 1.2
 FORMATS = ("table", "csv", "json")
 DEFAULT_BATCH = 64
 Box = tuple[int, int, int, int]
@@ -104,7 +108,8 @@ def takes_crop(rgb: np.ndarray, spec: InputSpec, input_kind: str = "auto") -> bo
     """Whether ``rgb`` must be cropped to its WBC first (the model was trained on crops).
 
     ``input_kind``: ``smear`` (a whole-field photo: crop it), ``crop`` (already a cell crop) or
-    ``auto``: a square image is taken to be a crop already (crops are square; smears are not).
+    ``auto``: a square or nearly square image (longer side at most ``CROP_ASPECT`` times the
+    shorter) is taken to be a crop already (crops are about square; smears are not).
     """
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, not {input_kind!r}")
@@ -112,7 +117,8 @@ def takes_crop(rgb: np.ndarray, spec: InputSpec, input_kind: str = "auto") -> bo
         return False
     if input_kind == "smear":
         return True
-    return rgb.shape[0] != rgb.shape[1]
+    height, width = rgb.shape[:2]
+    return max(height, width) > CROP_ASPECT * min(height, width)
 
 
 def model_inputs(
@@ -136,7 +142,7 @@ def model_inputs(
     Not scaled: pass the batch through ``scale`` (or ``Predictor``, which does).
     """
     if not takes_crop(rgb, spec, input_kind):
-        return [CellInput(resize(rgb, spec.image_size), None)]
+        return [CellInput(to_input(rgb, spec), None)]
     crop = _crop_module()
     if not all_cells:
         cells = crop.crop_cells(rgb, spec.crop_mode, spec.crop_padding, crop_size)
@@ -144,13 +150,13 @@ def model_inputs(
         for cell in cells:
             padding = 0.0 if cell.source == "centre" else spec.crop_padding
             region = crop.square_box(cell.box, padding, rgb.shape)
-            inputs.append(CellInput(resize(cell.image, spec.image_size), tuple(region)))
+            inputs.append(CellInput(to_input(cell.image, spec), tuple(region)))
         return inputs
     inputs = []
     for box in crop.detect_cells(rgb):
         pixels = crop.crop_square(rgb, box, spec.crop_padding, crop_size)
         region = crop.square_box(box, spec.crop_padding, rgb.shape)
-        inputs.append(CellInput(resize(pixels, spec.image_size), tuple(region)))
+        inputs.append(CellInput(to_input(pixels, spec), tuple(region)))
     return inputs
 
 

@@ -14,6 +14,8 @@ A run folder (default ``runs/<YYYYmmdd-HHMMSS>-<subset>``) holds:
 - ``backup/``       Keras ``BackupAndRestore`` state: ``wbc train --resume RUN_DIR`` continues
                     from the last finished epoch
 - ``run.json``      where the data came from (so --resume finds it) and how the run was started
+- ``stain_reference.json``  with ``color.normalize``: the training set's stain statistics
+                    (``wbc.color``), read back by evaluate and predict
 - ``metrics.json``, ``curves.png``, ``confusion_matrix.png``  written at the end
 
 As in the study, the validation data is the test side of the subset.
@@ -181,6 +183,23 @@ def default_run_dir(subset: str, root: Path = Path("runs")) -> Path:
         number += 1
         path = base.with_name(f"{base.name}-{number}")
     return path
+
+
+def _with_prepared_crop(config: Config, data_dir: Path, echo) -> Config:
+    """Record the crop the prepared images really had, so predict crops new images the same way."""
+    import dataclasses
+
+    from wbc.pipeline import prepared_crop
+
+    found = prepared_crop(data_dir)
+    if not found:
+        return config
+    crop = dataclasses.replace(config.crop, **found)
+    if crop != config.crop:
+        echo(f"note: the prepared images in {data_dir} were made with crop.mode={crop.mode}; "
+             "the run records that (not the config's crop.mode={config.crop.mode})")
+        config = dataclasses.replace(config, crop=crop)
+    return config
 
 
 def read_run_config(run_dir: Path) -> Config:
@@ -403,13 +422,16 @@ def train(
     init_model: Optional[Path] = None,
     echo: Echo = print,
     callbacks: Sequence[Any] = (),
+    folders: Optional[tuple[Path, Path]] = None,
 ) -> Path:
     """Train on ``data_dir/processed/<subset>/train``, validate and test on ``.../test``.
 
     ``data_dir`` None: ``data`` (on resume: the data folder the run recorded in run.json).
     ``resume_dir``: continue that run from its last finished epoch; its ``config.yaml`` is used
     (``epochs`` may raise the total). ``init_model``: start from a trained model's weights (same
-    architecture). ``callbacks``: extra Keras callbacks (tests use them). Returns the run folder.
+    architecture). ``callbacks``: extra Keras callbacks (tests use them). ``folders``: explicit
+    ``(train_dir, test_dir)`` class folders instead of the subset's (``wbc cv`` folds). Returns
+    the run folder.
     """
     wall_start = time.perf_counter()
     if strategy not in STRATEGIES:
@@ -430,12 +452,20 @@ def train(
     else:
         config = resolve_config(config, subset, epochs)
     data_dir = Path("data") if data_dir is None else Path(data_dir)
+    if not resuming and folders is None:
+        config = _with_prepared_crop(config, data_dir, echo)
     tc = config.train
     subset = tc.subset
-    train_dir, test_dir = subset_folders(data_dir, subset)
+    if folders is None:
+        train_dir, test_dir = subset_folders(data_dir, subset)
+    else:
+        train_dir, test_dir = Path(folders[0]), Path(folders[1])
     if run_dir is None:
         run_dir = default_run_dir(subset)
     run_dir = Path(run_dir)
+    if tc.freeze != "none" and init_model is None and not resuming:
+        raise ConfigError(f"train.freeze {tc.freeze}: freezing layers is for fine-tuning; "
+                          "give the trained model to start from with --init MODEL.keras")
     if not resuming and has_progress(run_dir):
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --run-dir")
@@ -456,13 +486,22 @@ def train(
         dump_config(config, out_dir / "config.yaml")
         _write_run_info(out_dir, data_dir, strategy, resuming)
 
+    # Colour: color.normalize's stain reference comes from the training images and goes into
+    # the run folder (evaluate and predict read it back); color.input applies to both sides.
+    from wbc.color import run_reference
+    from wbc.preprocess import InputSpec
+
+    spec = InputSpec.from_config(
+        config, run_reference(config, train_dir, out_dir, reuse=resuming, echo=echo))
+
     # Data: the training side fixes the classes; validation = the test side (as in the study).
     image_size = tuple(tc.image_size)
     common = dict(image_size=image_size, batch_size=tc.batch_size, seed=config.seed,
-                  cache=tc.cache, feed=tc.feed, echo=echo)
+                  cache=tc.cache, feed=tc.feed, echo=echo, spec=spec)
     echo(f"loading {train_dir} and {test_dir} ({tc.feed} feed"
          f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
-    train_feed = make_feed(train_dir, training=True, steps_per_epoch=tc.steps_per_epoch, **common)
+    train_feed = make_feed(train_dir, training=True, steps_per_epoch=tc.steps_per_epoch,
+                           jitter=config.color, **common)
     classes = train_feed.classes
     if resuming and (run_dir / "classes.json").is_file():
         old = ev.read_classes(run_dir / "classes.json")
@@ -503,6 +542,9 @@ def train(
 
     with dist.scope():
         model = build_model(config.model, image_size, len(classes))
+        frozen = freeze_layers(model, tc.freeze)  # before compile; only with --init (checked)
+        if frozen:
+            echo(f"train.freeze {tc.freeze}: frozen layers {', '.join(frozen)}")
         model.compile(
             optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
             loss="categorical_crossentropy",
@@ -607,6 +649,32 @@ def _worker_dir(run_dir: Path) -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix=f"wbc-worker-{Path(run_dir).name}-")
+
+
+FREEZE_MODES = ("none", "features", "all_but_head")
+
+
+def freeze_layers(model, mode: str) -> list[str]:
+    """Mark layers not trainable for fine-tuning; the names of the frozen weighted layers.
+
+    ``none``: every layer trains. ``features``: the Conv2D layers (the feature extractor) are
+    frozen, the dense layers train. ``all_but_head``: only the last (output) layer trains.
+    Call before ``compile``.
+    """
+    import keras
+
+    if mode not in FREEZE_MODES:
+        raise ConfigError(f"train.freeze: '{mode}' is not one of {', '.join(FREEZE_MODES)}")
+    layers = list(model.layers)
+    if mode == "features":
+        chosen = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+    elif mode == "all_but_head":
+        chosen = layers[:-1]
+    else:
+        chosen = []
+    for layer in chosen:
+        layer.trainable = False
+    return [layer.name for layer in chosen if layer.weights]
 
 
 def _load_initial_weights(model, path: Path) -> None:

@@ -1,5 +1,8 @@
 """Stage 2: top every class up to ``augment.per_class`` images with augmented copies.
 
+``augment.per_class_targets`` (CLASS -> count) sets another target for the classes it names, e.g.
+to compare over-sampling the rare classes with ``train.class_weight: balanced``.
+
 The study balanced its classes by augmenting each up to the same count before splitting. Every copy
 keeps its source id in its name (``CLASS.ID.aNNNN.jpg``) so the grouped split can keep a cell and
 all its copies on one side. Copy k of a class comes from source k % n and from a seed derived from
@@ -45,8 +48,16 @@ def augment_params(config: Config) -> dict:
     """What decides the output: every augment setting except ``workers``, and the seed."""
     params = {f.name: getattr(config.augment, f.name) for f in dataclasses.fields(AugmentConfig)}
     params.pop("workers")
+    targets = params.pop("per_class_targets")
+    if targets:  # only when set, so that manifests made before the key existed stay current
+        params["per_class_targets"] = dict(sorted(targets.items()))
     params["seed"] = config.seed
     return params
+
+
+def class_target(config: AugmentConfig, cls: str) -> int:
+    """Images wanted for ``cls`` after augmentation: ``per_class_targets[cls]`` or ``per_class``."""
+    return config.per_class_targets.get(cls, config.per_class)
 
 
 def copy_seed(seed: int, cls: str, copy: int) -> int:
@@ -96,17 +107,19 @@ def augment(
             (tmp / cls).mkdir()
             for source_id, path in sources[cls]:
                 shutil.copyfile(path, tmp / cls / original_name(cls, source_id))
-            class_jobs = plan_copies(cls, sources[cls], config.augment.per_class)
+            target = class_target(config.augment, cls)
+            class_jobs = plan_copies(cls, sources[cls], target)
             jobs.extend(class_jobs)
             n = len(sources[cls])
             made = sum(len(job.copies) for job in class_jobs)
             counts[cls] = {"originals": n, "copies": made, "total": n + made}
-            if n > config.augment.per_class:
+            if n > target:
                 over[cls] = n
         run_jobs(jobs, tmp, config, echo=echo)
         return {
             "counts": counts,
             "per_class": config.augment.per_class,
+            "per_class_targets": dict(config.augment.per_class_targets),
             "engine": config.augment.engine,
             "over_per_class": over,  # classes that already had more originals: kept, no copies
         }
