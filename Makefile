@@ -12,7 +12,7 @@ ARGS ?=
 RUN := runs/$(shell date +%Y%m%d-%H%M%S)-$(SUBSET)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test prepare train plot fetch all bench robustness clean
+.PHONY: help install test prepare train plot cv tune fetch all bench robustness clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ train: ## Train on a subset: make train SUBSET=small EPOCHS=30
 plot: ## Redraw a run's curves: make plot RUN=runs/<name>
 	$(WBC) plot $(RUN)
 
+cv: ## Cross-validate: make cv FOLDS=5 EPOCHS=30 [ARGS='--per-class 600 --out runs/cv-x']
+	$(WBC) cv --config $(CONFIG) --data-dir $(DATA) --folds $(or $(FOLDS),5) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
+tune: ## Rank a grid of settings: make tune GRID=configs/grid.yaml SUBSET=small EPOCHS=10
+	$(WBC) tune --config $(CONFIG) --data-dir $(DATA) --grid $(or $(GRID),configs/grid.yaml) --subset $(SUBSET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
 all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-master] [SUBSET=small]
 	$(if $(RAW),,$(WBC) fetch --config $(CONFIG) --data-dir $(DATA))
 	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW))
@@ -49,6 +55,9 @@ all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-ma
 
 fetch: ## Download the public dataset into data/raw/dataset-master
 	$(WBC) fetch --config $(CONFIG) --data-dir $(DATA) $(ARGS)
+
+bench: ## Measure training feed, augmentation, predict and CLI speed
+	$(WBC) bench $(if $(RAW),--raw $(RAW)) $(ARGS)
 
 clean: ## Remove generated data, runs and caches (keeps .venv and the raw data you gave)
 	rm -rf $(DATA)/interim $(DATA)/processed runs .pytest_cache .hypothesis

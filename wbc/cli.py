@@ -466,6 +466,7 @@ def plot(run_dir, output):
               help="Which model the headline numbers score: last = the final epoch; best = the "
                    "lowest val_loss epoch, chosen on the test fold itself (optimistic).")
 @handle_errors
+@needs_tensorflow
 def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, init_model,
        score):
     """Cross-validate: K models on grouped, stratified folds of the source images.
@@ -511,6 +512,7 @@ def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, in
               help="Results column to rank by (default: val_acc_final; with --cv: "
                    "cv_macro_f1). Losses, std, epochs and seconds rank ascending.")
 @handle_errors
+@needs_tensorflow
 def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_folds, per_class,
          sort):
     """Train every combination of a grid of settings and rank them.
@@ -534,6 +536,34 @@ def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_fo
     click.echo(result["table"])
     _echo_err(f"{result['trained']} cell(s) trained, {result['skipped']} done before; wrote "
               f"{result['out'] / 'results.csv'} and results.md")
+
+
+@cli.command(hidden=True)  # a developer tool (`make bench`), kept out of the user's command list
+@click.option("--raw", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Measure on this dataset-master folder's JPEGs (default: generated 640x480 "
+                   "smears).")
+@click.option("--quick", is_flag=True, help="Fewer repeats and images: a smoke run (< 2 min).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="JSON file to write (default: runs/bench-<timestamp>.json).")
+@click.option("--only", multiple=True,
+              type=click.Choice(["cli", "matmul", "train", "augment", "predict", "memory"]),
+              help="Run only this section (repeatable; default: all).")
+@handle_errors
+def bench(raw, quick, json_path, only):
+    """Measure training feeds, augmentation, predict and CLI speed on this machine.
+
+    Prints a table (medians of several repeats after a warm-up, with the load average) and
+    writes a JSON file. TF_ENABLE_ONEDNN_OPTS=0 in the environment measures without oneDNN.
+    See docs/PERFORMANCE.md.
+
+    Example: wbc bench --quick --only train
+    """
+    from wbc.bench import run as run_bench
+    from wbc.bench import table
+
+    results = run_bench(raw=raw, quick=quick, json_path=json_path, only=only, echo=_echo_err)
+    click.echo(table(results))
+    _echo_err(f"wrote {results['json_path']}")
 
 
 def main() -> None:
