@@ -27,6 +27,20 @@ _CLASS_SHAPES = {
 }
 
 
+def tree_hash(root: Path) -> str:
+    """One hash of every path and byte under ``root`` (links by target): "byte-identical"."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_symlink():
+            digest.update(str(path.readlink()).encode())
+        elif path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def synthetic_smear(cls: str, rng: np.random.Generator, size=(48, 64)) -> tuple[np.ndarray, tuple]:
     """An (H, W, 3) uint8 image with one class-shaped purple blob, and the blob's box."""
     height, width = size

@@ -4,13 +4,13 @@ Small settings (40 images per class, one epoch) keep it to a few minutes on 2 co
 exercising every stage, the real labels.csv quirks and the real images.
 """
 
-import hashlib
 import json
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import tree_hash
 from wbc.cli import cli
 from wbc.stages.naming import parse_name
 
@@ -19,15 +19,6 @@ pytestmark = pytest.mark.realdata
 CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
 SMALL = ["--set", "augment.per_class=40", "--set", "subsets.small=40",
          "--set", "subsets.medium=40", "--set", "subsets.full=40"]
-
-
-def tree_hash(root):
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def expected_counts(raw):

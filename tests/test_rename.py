@@ -1,25 +1,16 @@
 import csv
-import hashlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tree_hash
 from wbc.config import load_config
 from wbc.errors import DataError
 from wbc.stages.rename import rename
 from wbc.stages.naming import parse_name
 
 NO_DUPES = ["rename.find_duplicates=false"]
-
-
-def tree_hash(root):
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def skipped_reasons(dst):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from tests.conftest import tree_hash  # noqa: F401  (re-exported for the suite)
 from wbc.cli import cli
 
 
@@ -45,17 +45,6 @@ def clean_error(outcome: Outcome, names: str) -> bool:
     errors = [line for line in outcome.lines if line.startswith("Error:")]
     return (outcome.exit_code != 0 and len(errors) == 1 and names in errors[0]
             and not outcome.traceback)
-
-
-def tree_hash(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            digest.update(str(path.readlink()).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def manifest_digests(data: Path) -> dict[str, str]:
