@@ -17,7 +17,8 @@ One run measures, on the same machine and one after the other (issue 6):
 3. prediction: ``scripts/bench_predict.py`` (single-image latency, folder throughput vs decoding
    alone), imported and run on the same images;
 4. ``wbc --help`` wall time (subprocesses);
-5. the peak RSS of ``wbc train`` on a full-size subset (10,800 + 1,200 generated 120x160 images);
+5. the peak RSS of ``wbc train`` on a full-size subset (10,800 + 1,200 120x160 JPEGs made from the
+   images; ``--quick``: a quarter of that, and no goal check);
 6. the float32 matmul peak of the machine (numpy and TensorFlow), to put the training rate in
    GFLOP/s and in a share of what the CPU can do.
 
@@ -113,7 +114,7 @@ def _median(values: Sequence[float]) -> float:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, memory and the versions that matter (imports nothing heavy)."""
+    """CPU model and flags, core counts, memory, OS and Python (imports nothing heavy)."""
     model = platform.processor() or platform.machine()
     flags: list[str] = []
     try:
@@ -375,7 +376,7 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
     tf = import_tensorflow()
     import keras
 
-    from wbc.config import load_config
+    from wbc.config import CLASSES, load_config
     from wbc.feeds import list_class_files, load_images, make_feed
     from wbc.model import build_model, make_optimizer
 
@@ -385,8 +386,6 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
     batch = tc.batch_size
     n = plan.train_steps * batch
     folder = tmp / "train"
-    from wbc.config import CLASSES
-
     fill_class_folders(folder, augmented_copies(tmp / "train-src", sources, n, config), n,
                        CLASSES)
     echo(f"training feeds: {n} images of 640x480 in {len(CLASSES)} class folders, "
