@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbc.runs import tf_environment  # noqa: E402
+from wbc.tfsetup import tf_environment  # noqa: E402
 
 tf_environment()  # as `wbc predict` does, before TensorFlow is imported
 

@@ -70,6 +70,13 @@ def handle_errors(func):
     return wrapper
 
 
+def exit_if_failed(failed: int, total: int, what: str) -> None:
+    """A batch goes on past bad items, then says how many and exits 1."""
+    if failed:
+        _echo_err(f"{failed} of {total} images could not be {what}")
+        click.get_current_context().exit(1)
+
+
 def needs_tensorflow(func):
     """Load TensorFlow quietly before a command that uses it (its start-up chatter hidden)."""
 
@@ -276,10 +283,7 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
                              progress=bar.update if bar is not None else None)
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     _write_output(text, output)
-    failed = sum(1 for row in rows if row["error"])
-    if failed:
-        _echo_err(f"{failed} of {len(rows)} images could not be classified")
-        click.get_current_context().exit(1)
+    exit_if_failed(sum(1 for row in rows if row["error"]), len(rows), "classified")
 
 
 @cli.command()
@@ -332,9 +336,7 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind):
     if plot is not None:
         plot_counts(result, plot)
         _echo_err(f"wrote {plot}")
-    if result["failed"]:
-        _echo_err(f"{len(result['failed'])} of {result['images']} images could not be read")
-        click.get_current_context().exit(1)
+    exit_if_failed(len(result["failed"]), result["images"], "read")
 
 
 @cli.command()

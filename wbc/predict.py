@@ -180,9 +180,6 @@ class Predictor:
     """
 
     def __init__(self, model, image_size: tuple[int, int]):
-        from wbc.runs import tf_environment
-
-        tf_environment()
         import tensorflow as tf
 
         height, width = image_size

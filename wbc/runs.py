@@ -158,17 +158,10 @@ def _read_config(path: Path) -> Config:
         raise ModelError(str(exc)) from None
 
 
-def tf_environment() -> None:
-    from wbc.tfsetup import tf_environment as settings
-
-    settings()
-
-
 def load_model_file(path: Path | str):
     """Load a ``.keras`` file safely (no code, ``safe_mode=True``, not compiled)."""
     path = Path(path)
     _check_archive(path)
-    tf_environment()
     import keras
 
     try:

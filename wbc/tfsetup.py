@@ -15,8 +15,9 @@ import sys
 def tf_environment() -> None:
     """Settings that only count before TensorFlow is first imported (user values are kept).
 
-    oneDNN kernels are off by default on CPUs without AVX-512; turned on they make this small
-    CNN's convolutions several times faster on an AVX2 CPU (fp32; only summation order changes).
+    oneDNN kernels are off by default on CPUs without AVX-512; turned on they make this CNN's
+    training ~3x and inference ~10x faster on an AVX2 CPU (fp32; only summation order changes).
+    Called when the ``wbc`` package loads.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

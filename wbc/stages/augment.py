@@ -183,7 +183,6 @@ def _chunk(jobs: list[SourceJob], size: int) -> list[list[SourceJob]]:
 
 
 def _init_worker() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import cv2
 
     cv2.setNumThreads(1)  # one process per core already; threads would only contend
