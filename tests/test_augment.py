@@ -235,3 +235,24 @@ def test_engines_make_the_same_image_from_the_same_transform(params, fill_mode):
     # Bound: under half a grey level on average and 3 at most (measured: ~0.05 and 1).
     assert difference.mean() < 0.5 and difference.max() <= 3
     assert np.abs(from_keras - image).mean() > 5  # the transform really moved the image
+
+
+def test_keras_engine_workers_start_quietly(src, tmp_path):
+    # Each spawned worker imports TensorFlow; its C++ start-up lines (absl, oneDNN, CUDA probing)
+    # would otherwise land on the user's terminal once per worker and bury wbc's own messages.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from wbc.config import load_config; "
+        "from wbc.stages.augment import augment; "
+        "augment(Path(sys.argv[1]), Path(sys.argv[2]), "
+        "load_config(None, ['augment.per_class=8', 'augment.workers=2']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    chatter = [line for line in done.stderr.splitlines()
+               if "absl" in line or "oneDNN" in line or "cuda" in line.lower()]
+    assert chatter == []
+    assert len(list((tmp_path / "out").glob("*/*.jpg"))) == 3 * 8

@@ -47,7 +47,11 @@ class KerasAugmenter:
     """The study's engine: ``ImageDataGenerator.get_random_transform`` + ``apply_transform``."""
 
     def __init__(self, config: AugmentConfig):
-        import tensorflow as tf  # lazy: slow to import, and only this engine needs it
+        from wbc.tfsetup import import_tensorflow
+
+        # Lazy (slow to import, and only this engine needs it) and quiet: in a spawned worker
+        # a plain import would print TensorFlow's start-up chatter once per worker.
+        tf = import_tensorflow()
 
         self.generator = tf.keras.preprocessing.image.ImageDataGenerator(
             rotation_range=config.rotation_range,
