@@ -125,6 +125,20 @@ def make_run(run_dir: Path, overrides=(), image_size=(40, 56), seed: int = 0) ->
     return run_dir / "model.keras"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def litert_cache(tmp_path_factory):
+    """Converted models go to a per-session folder, not the user's ~/.cache (also in the
+    subprocesses that tests start, which inherit the environment)."""
+    folder = tmp_path_factory.mktemp("litert-cache")
+    saved = os.environ.get("WBC_CACHE_DIR")
+    os.environ["WBC_CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("WBC_CACHE_DIR", None)
+    else:
+        os.environ["WBC_CACHE_DIR"] = saved
+
+
 @pytest.fixture
 def tiny_raw(tmp_path) -> Path:
     """A small raw folder: 12 neutrophils, 8 eosinophils, 6 lymphocytes, 5 monocytes."""

@@ -224,6 +224,20 @@ INPUT_HELP = (
     "crop = already cell crops, auto = square (or nearly: sides within 20%) images are taken "
     "as crops."
 )
+ENGINE_HELP = (
+    "Inference runtime: litert (fast on CPU; the model is converted once and cached), "
+    "tensorflow, or auto = litert, else tensorflow with a note."
+)
+
+
+def _predictor(run, engine: str):
+    """The run's model on ``engine``; a note on stderr when auto had to fall back."""
+    from wbc.predict import Predictor
+
+    predictor = Predictor.from_run(run, engine)
+    if predictor.fallback:
+        _echo_err(f"note: {predictor.fallback}")
+    return predictor
 
 
 def _progress(total: int, label: str):
@@ -261,9 +275,11 @@ def _write_output(text: str, output: Path | None) -> None:
               help="Images per inference batch.")
 @click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
               default="auto", show_default=True, help=INPUT_HELP)
+@click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
 @handle_errors
 @needs_tensorflow
-def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
+def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine):
     """Name the white blood cell type in each image.
 
     Folders are searched for jpg, jpeg, png, bmp and tif images (not following symlinked
@@ -278,9 +294,11 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
 
     files = require_images(paths)
     run = load_run(resolve_model_path(model_path))
+    predictor = _predictor(run, engine)
     with _progress(len(files), "predicting") as bar:
         rows = predict_files(run, files, top=top, input_kind=input_kind, batch_size=batch_size,
-                             progress=bar.update if bar is not None else None)
+                             progress=bar.update if bar is not None else None,
+                             predictor=predictor)
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     _write_output(text, output)
     exit_if_failed(sum(1 for row in rows if row["error"]), len(rows), "classified")
@@ -298,9 +316,11 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind):
               help="Cells per inference batch.")
 @click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
               default="auto", show_default=True, help=INPUT_HELP)
+@click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]), default="auto",
+              show_default=True, help=ENGINE_HELP)
 @handle_errors
 @needs_tensorflow
-def count(folder, model_path, fmt, plot, batch_size, input_kind):
+def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
     """Count the white blood cells of one sample by type (a WBC differential).
 
     Classifies every image in FOLDER and prints the count and percentage per class. A model
@@ -318,9 +338,10 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind):
         raise click.ClickException(f"{folder}: {problem}")
     files = require_images([folder])
     run = load_run(resolve_model_path(model_path))
+    predictor = _predictor(run, engine)
     with _progress(len(files), "counting") as bar:
         result = count_cells(run, folder, files=files, input_kind=input_kind,
-                             batch_size=batch_size,
+                             batch_size=batch_size, predictor=predictor,
                              progress=bar.update if bar is not None else None)
     for item in result["failed"]:
         _echo_err(f"{item['file']}: {item['error']}")

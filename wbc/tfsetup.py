@@ -8,6 +8,7 @@ with file descriptor 2 pointed at /dev/null. Set ``WBC_DEBUG=1`` to see that out
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -23,31 +24,37 @@ def tf_environment() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
-def import_tensorflow():
-    """``import tensorflow`` with its start-up chatter silenced; returns the module."""
-    if "tensorflow" in sys.modules:
-        return sys.modules["tensorflow"]
-    tf_environment()
+@contextlib.contextmanager
+def silenced_stderr():
+    """File descriptor 2 pointed at /dev/null for the block (TensorFlow's C++ logs bypass
+    ``sys.stderr``). A no-op with ``WBC_DEBUG=1`` or without a real stderr (embedded use)."""
     if os.environ.get("WBC_DEBUG"):
-        import tensorflow
-
-        return tensorflow
+        yield
+        return
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (embedded use): import plainly
-        import tensorflow
-
-        return tensorflow
+    except (OSError, ValueError):
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow
-
-        tensorflow.config.list_physical_devices("GPU")
+        yield
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def import_tensorflow():
+    """``import tensorflow`` with its start-up chatter silenced; returns the module."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    tf_environment()
+    with silenced_stderr():
+        import tensorflow
+
+        tensorflow.config.list_physical_devices("GPU")
     return tensorflow
