@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbc.tfsetup import tf_environment  # noqa: E402
+from wbc.tfsetup import import_tensorflow  # noqa: E402
 
-tf_environment()  # as `wbc predict` does, before TensorFlow is imported
+import_tensorflow()  # as `wbc predict` does: oneDNN on, start-up chatter silenced
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402

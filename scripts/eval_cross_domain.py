@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
 
+    from wbc.tfsetup import import_tensorflow
+
+    import_tensorflow()  # quietly, as the CLI does
     from wbc.evaluate import evaluate
     from wbc.runs import load_run, resolve_model_path
 
