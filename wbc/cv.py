@@ -51,6 +51,7 @@ import numpy as np
 
 from wbc.config import Config
 from wbc.errors import ConfigError, DataError
+from wbc.locks import holds_folder_lock
 from wbc.manifest import load_if_current, sha256_file, sha256_json, stage_key, upstream
 from wbc.seeding import rng_for
 from wbc.stages.naming import parse_name
@@ -555,6 +556,7 @@ def _history_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
+@holds_folder_lock("cross-validating", "out")
 def cross_validate(
     config: Config,
     data_dir: Path = Path("data"),

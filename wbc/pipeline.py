@@ -126,16 +126,33 @@ def prepare(
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Manifest]:
-    """Run every stage (or only ``only``) and return their manifests by stage name."""
+    """Run every stage (or only ``only``) and return their manifests by stage name.
+
+    Holds ``data_dir``'s lock (``wbc.locks``): a second prepare on the same folder stops at once
+    instead of racing this one's stage renames."""
+    from wbc.locks import folder_lock
+
+    if only is not None and only not in STAGES:
+        raise DataError(f"unknown stage '{only}' (stages: {', '.join(STAGES)})")
+    _ensure_writable(Path(data_dir))
+    with folder_lock(Path(data_dir), "preparing data"):
+        return _prepare(config, data_dir, raw, only, force, echo)
+
+
+def _prepare(
+    config: Config,
+    data_dir: Path,
+    raw: Path | None,
+    only: str | None,
+    force: bool,
+    echo: Callable[[str], None],
+) -> dict[str, Manifest]:
     from wbc.stages.augment import augment
     from wbc.stages.rename import rename
     from wbc.stages.split import split
     from wbc.stages.subsets import subsets
 
-    if only is not None and only not in STAGES:
-        raise DataError(f"unknown stage '{only}' (stages: {', '.join(STAGES)})")
     paths = DataPaths(Path(data_dir))
-    _ensure_writable(paths.root)
     cropping = config.crop.mode != "none"
     results: dict[str, Manifest] = {}
 

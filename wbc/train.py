@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from wbc.config import Config, config_from_dict, dump_config, read_yaml
 from wbc.errors import ConfigError, DataError, ModelError
+from wbc.locks import holds_folder_lock
 from wbc.plots import HISTORY_COLUMNS
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -411,6 +412,7 @@ def resolve_config(config: Config, subset: Optional[str], epochs: Optional[int])
     return dataclasses.replace(config, train=train_cfg)
 
 
+@holds_folder_lock("training", "resume_dir", "run_dir", when=is_chief)
 def train(
     config: Config,
     data_dir: Optional[Path] = None,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from wbc.config import Config, _hint, _merge, config_from_dict, read_yaml
 from wbc.errors import ConfigError, DataError
+from wbc.locks import holds_folder_lock
 from wbc.manifest import MANIFEST_NAME, Manifest, sha256_json
 
 Echo = Callable[[str], None]
@@ -301,6 +302,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str],
     return "\n".join(line.rstrip() for line in text)
 
 
+@holds_folder_lock("tuning", "out")
 def tune(
     config: Config,
     grid_path: Path,
