@@ -120,6 +120,7 @@ class TrainConfig:
     cache: bool = True
     collapse_epochs: int = 3
     freeze: str = "none"  # with --init: none | features (conv layers frozen) | all_but_head
+    random_flips: bool = False  # flip training images left-right / up-down at random, per epoch
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def make_feed(
     echo: Echo = _quiet,
     spec: Optional[InputSpec] = None,
     jitter=None,
+    flips: bool = False,
 ) -> Feed:
     """The input pipeline for one side (``train`` or ``test``) of a prepared subset.
 
@@ -169,14 +170,15 @@ def make_feed(
     epoch can be longer than one pass ('auto' = one pass). ``spec``: the colour steps of
     ``color.input`` / ``color.normalize`` (every image, both sides). ``jitter``: a
     ``ColorConfig`` whose brightness/contrast/saturation/hue jitter the batches, with ``training``
-    only (``wbc.color.add_jitter``, tfdata feed; seeded, fresh every epoch).
+    only (``wbc.color.add_jitter``, tfdata feed; seeded, fresh every epoch). ``flips``: with
+    ``training``, each image flipped left-right and up-down at random (``add_random_flips``).
     """
     classes, files, labels = list_class_files(folder, classes)
     if not files:
         raise DataError(f"{folder}: no images in the class folders")
     if feed == "imagedatagenerator":
         return _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-                         steps_per_epoch, workers, echo, spec)
+                         steps_per_epoch, workers, echo, spec, flips=training and flips)
     if feed != "tfdata":
         raise DataError(f"train.feed: unknown feed '{feed}'")
     import tensorflow as tf
@@ -215,9 +217,40 @@ def make_feed(
         from wbc.color import add_jitter
 
         dataset = add_jitter(dataset, jitter, seed)
+    if training and flips:
+        dataset = add_random_flips(dataset, seed)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     counts = np.bincount(labels, minlength=n_classes).tolist()
     return Feed(dataset, list(classes), len(files), counts, steps, bad, list(files))
+
+
+def add_random_flips(dataset, seed: int):
+    """``dataset`` of batches ``(images, labels)`` with each image flipped left-right and
+    up-down, each with probability 1/2, fresh every epoch and the same for the same ``seed``.
+
+    Why: a cell seen from above is the same cell mirrored, so flips are free, label-safe extra
+    data; they matter where the training images are not augmented offline (``wbc cv --data``
+    fine-tuning on another lab's few dozen images).
+    """
+    import tensorflow as tf
+
+    from wbc.seeding import derived_seed
+
+    seeds = tf.data.Dataset.random(seed=derived_seed(seed, "random_flips") % 2**31,
+                                   rerandomize_each_iteration=True).batch(2)
+
+    def flip(images, pair):
+        horizontal, vertical = tf.unstack(
+            tf.random.experimental.stateless_split(tf.cast(pair, tf.int64), 2))
+        shape = tf.stack([tf.shape(images)[0], 1, 1, 1])
+        images = tf.where(tf.random.stateless_uniform(shape, horizontal) < 0.5,
+                          tf.reverse(images, axis=[2]), images)
+        return tf.where(tf.random.stateless_uniform(shape, vertical) < 0.5,
+                        tf.reverse(images, axis=[1]), images)
+
+    pairs = tf.data.Dataset.zip((dataset, seeds))
+    return pairs.map(lambda batch, pair: (flip(batch[0], pair), *batch[1:]),
+                     num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], echo: Echo,
@@ -253,7 +286,7 @@ def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], 
 
 
 def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-              steps_per_epoch, workers, echo, spec=None) -> Feed:
+              steps_per_epoch, workers, echo, spec=None, flips: bool = False) -> Feed:
     """The study's ``ImageDataGenerator(rescale=1/255).flow_from_directory`` feed."""
     import tensorflow as tf
 
@@ -268,7 +301,8 @@ def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, trai
         def recolor(x):
             return apply(np.clip(x, 0, 255).astype(np.uint8), spec).astype(x.dtype)
 
-    generator = ImageDataGenerator(rescale=1.0 / 255, preprocessing_function=recolor)
+    generator = ImageDataGenerator(rescale=1.0 / 255, preprocessing_function=recolor,
+                                   horizontal_flip=flips, vertical_flip=flips)
     common = dict(
         target_size=tuple(image_size),
         batch_size=batch_size,

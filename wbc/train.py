@@ -503,7 +503,7 @@ def train(
     echo(f"loading {train_dir} and {test_dir} ({tc.feed} feed"
          f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
     train_feed = make_feed(train_dir, training=True, steps_per_epoch=tc.steps_per_epoch,
-                           jitter=config.color, **common)
+                           jitter=config.color, flips=tc.random_flips, **common)
     classes = train_feed.classes
     if resuming and (run_dir / "classes.json").is_file():
         old = ev.read_classes(run_dir / "classes.json")
