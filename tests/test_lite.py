@@ -116,3 +116,24 @@ def test_a_fresh_process_prints_no_runtime_chatter(run, tmp_path):
     assert len(json.loads(done.stdout)["predictions"]) == 2
     assert "XNNPACK" not in done.stderr and "Saved artifact" not in done.stderr
     assert done.stderr.strip() == ""
+
+
+def test_the_cache_keeps_the_most_recently_used_entries(tmp_path):
+    folder = tmp_path / "litert"
+    folder.mkdir()
+    for index in range(5):
+        entry = folder / f"{index}.tflite"
+        entry.write_bytes(b"x")
+        os.utime(entry, (1000 + index, 1000 + index))
+    lite._prune(folder, keep=3)
+    assert sorted(p.name for p in folder.iterdir()) == ["2.tflite", "3.tflite", "4.tflite"]
+
+
+def test_evaluate_converts_without_caching(run, tmp_path, monkeypatch):
+    from wbc.evaluate import evaluate
+
+    monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
+    images = make_class_folders(tmp_path / "images", {"NEUTROPHIL": 2, "MONOCYTE": 2})
+    metrics = evaluate(run.model_path, images)
+    assert metrics["n_images"] == 4
+    assert not (tmp_path / "cache").exists()

@@ -102,8 +102,9 @@ def predict_files(run, files: Sequence[Path], batch_size: int = 64):
     from wbc.errors import BadImage
     from wbc.predict import Predictor, classify_files
 
-    results = classify_files(Predictor.from_run(run), files, run.spec, run.crop_size,
-                             batch_size=batch_size)
+    # No conversion cache: cv and tune evaluate hundreds of models that are never loaded again.
+    results = classify_files(Predictor.from_run(run, cache=False), files, run.spec,
+                             run.crop_size, batch_size=batch_size)
     kept = [i for i, r in enumerate(results) if r.error is None]
     bad = [BadImage(r.path, r.error) for r in results if r.error is not None]
     n_out = len(run.classes)

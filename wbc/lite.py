@@ -9,8 +9,9 @@ TensorFlow.
 The Keras model is converted with ``tf.lite.TFLiteConverter`` (~1.5 s) and the flatbuffer cached
 under ``WBC_CACHE_DIR`` (default ``$XDG_CACHE_HOME/wbc`` or ``~/.cache/wbc``), keyed by the model
 file's SHA-256 and the converter's version, so the next ``wbc predict`` loads it in milliseconds.
-The cache holds only converted weights and ops (no code); a cache that cannot be written is
-skipped, never an error.
+The cache holds only converted weights and ops (no code), keeps the 32 most recently used
+models, and is skipped, never an error, where it cannot be written. ``wbc evaluate`` (also
+inside ``train``, ``cv`` and ``tune``) converts without caching.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Optional
 import numpy as np
 
 FORMAT = 1  # bump when the conversion below changes, so old cache entries are not reused
+CACHE_ENTRIES = 32  # the most recently used conversions kept (~0.4 MB each for the study model)
 
 
 def cache_dir() -> Path:
@@ -77,12 +79,27 @@ def load_or_convert(model, model_path: Optional[Path] = None) -> bytes:
     if model_path is None:
         return convert(model)
     entry = cache_path(Path(model_path))
-    with contextlib.suppress(OSError):
-        return entry.read_bytes()
+    try:
+        blob = entry.read_bytes()
+    except OSError:
+        pass
+    else:
+        with contextlib.suppress(OSError):
+            os.utime(entry)  # recently used: _prune keeps it
+        return blob
     blob = convert(model)
     with contextlib.suppress(OSError):
         _write_atomically(entry, blob)
+        _prune(entry.parent)
     return blob
+
+
+def _prune(folder: Path, keep: int = CACHE_ENTRIES) -> None:
+    """Remove all but the ``keep`` most recently used entries, so the cache stays small."""
+    entries = sorted(folder.glob("*.tflite"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[keep:]:
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

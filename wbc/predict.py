@@ -187,6 +187,8 @@ class Predictor:
 
     def __init__(self, model, image_size: tuple[int, int], *, engine: str = "auto",
                  model_path: Optional[Path] = None):
+        """``model_path``: the model's file, the key of the LiteRT conversion cache (None: no
+        cache)."""
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.model = model
@@ -228,8 +230,10 @@ class Predictor:
         return lambda batch: concrete(tf.convert_to_tensor(batch)).numpy()
 
     @classmethod
-    def from_run(cls, run, engine: str = "auto") -> "Predictor":
-        return cls(run.model, run.spec.image_size, engine=engine, model_path=run.model_path)
+    def from_run(cls, run, engine: str = "auto", cache: bool = True) -> "Predictor":
+        """``cache``: keep the LiteRT conversion for the next process that loads this model."""
+        return cls(run.model, run.spec.image_size, engine=engine,
+                   model_path=run.model_path if cache else None)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.uint8)
