@@ -102,9 +102,9 @@ def single_latency(run, calls: int, engine: str = "auto") -> dict:
     and through ``model.predict``: milliseconds per call after warm-up."""
     height, width = run.spec.image_size
     image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
-    predictor = Predictor.from_run(run, engine)
+    predictor = Predictor.from_run(run, engine, cache=False)
     times = _latencies(predictor, image, calls)
-    graph = _latencies(Predictor.from_run(run, "tensorflow"), image, calls)
+    graph = _latencies(Predictor.from_run(run, "tensorflow", cache=False), image, calls)
     from wbc.preprocess import scale
 
     slow = []
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
 
         latency = single_latency(run, args.calls, args.engine)
 
-        predictor = Predictor.from_run(run, args.engine)
+        predictor = Predictor.from_run(run, args.engine, cache=False)
 
         def predict():
             return predict_files(run, files, predictor=predictor, batch_size=args.batch_size,

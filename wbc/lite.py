@@ -17,7 +17,6 @@ inside ``train``, ``cv`` and ``tune``) converts without caching.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import tempfile
@@ -39,19 +38,13 @@ def cache_dir() -> Path:
     return Path(base) / "wbc"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_path(model_path: Path) -> Path:
     """The cache entry for the model file at ``model_path`` (content, not name, decides)."""
     import tensorflow as tf
 
-    key = f"{_file_digest(model_path)}-tf{tf.__version__}-f{FORMAT}"
+    from wbc.manifest import sha256_file
+
+    key = f"{sha256_file(model_path)}-tf{tf.__version__}-f{FORMAT}"
     return cache_dir() / "litert" / f"{key}.tflite"
 
 
@@ -131,7 +124,6 @@ class LiteModel:
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = None
-        self.n_outputs = int(self._output["shape"][-1])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

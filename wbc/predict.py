@@ -205,7 +205,8 @@ class Predictor:
                 if engine == "litert":
                     raise DataError(f"{model_path or 'model'}: cannot run on LiteRT "
                                     f"({type(exc).__name__}: {exc})") from None
-                self.fallback = f"LiteRT unavailable ({type(exc).__name__}: {exc}); using TensorFlow"
+                self.fallback = (f"LiteRT unavailable ({type(exc).__name__}: {exc}); "
+                                 "using TensorFlow")
         self._run = self._tensorflow(model)
         self.engine = "tensorflow"
 
