@@ -229,6 +229,14 @@ ENGINE_HELP = (
     "tensorflow, or auto = litert, else tensorflow with a note."
 )
 
+# Options shared by the commands that run a trained model (one definition, the same help).
+model_option = click.option("--model", "model_path", type=click.Path(path_type=Path),
+                            default=None, help=MODEL_HELP)
+input_option = click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
+                            default="auto", show_default=True, help=INPUT_HELP)
+engine_option = click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]),
+                             default="auto", show_default=True, help=ENGINE_HELP)
+
 
 def _predictor(run, engine: str):
     """The run's model on ``engine``; a note on stderr when auto had to fall back."""
@@ -263,8 +271,7 @@ def _write_output(text: str, output: Path | None) -> None:
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path),
                 metavar="IMAGE_OR_FOLDER...")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help=MODEL_HELP)
+@model_option
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format (csv and json are for other programs).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -273,10 +280,8 @@ def _write_output(text: str, output: Path | None) -> None:
               help="How many of the most likely classes to list per image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per inference batch.")
-@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
-              default="auto", show_default=True, help=INPUT_HELP)
-@click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]), default="auto",
-              show_default=True, help=ENGINE_HELP)
+@input_option
+@engine_option
 @handle_errors
 @needs_tensorflow
 def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine):
@@ -306,18 +311,15 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
 
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help=MODEL_HELP)
+@model_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Output format.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save a bar chart of the differential to this PNG file.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cells per inference batch.")
-@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
-              default="auto", show_default=True, help=INPUT_HELP)
-@click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]), default="auto",
-              show_default=True, help=ENGINE_HELP)
+@input_option
+@engine_option
 @handle_errors
 @needs_tensorflow
 def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
@@ -362,12 +364,10 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
 
 @cli.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help=MODEL_HELP)
+@model_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="PNG file to write: the image with the heat map over it, same size.")
-@click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
-              default="auto", show_default=True, help=INPUT_HELP)
+@input_option
 @handle_errors
 @needs_tensorflow
 def explain(image, model_path, output, input_kind):
@@ -389,8 +389,7 @@ def explain(image, model_path, output, input_kind):
 
 
 @cli.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-              help=MODEL_HELP)
+@model_option
 @click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder of class folders (DATA/CLASS/*.jpg|png|bmp|tif), e.g. the test side "
                    "data/processed/small/test.")
