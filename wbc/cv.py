@@ -52,7 +52,8 @@ import numpy as np
 from wbc.config import Config
 from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
-from wbc.manifest import load_if_current, sha256_file, sha256_json, stage_key, upstream
+from wbc.manifest import (load_if_current, sha256_file, sha256_json, stage_key, upstream,
+                          write_atomic, write_json)
 from wbc.seeding import rng_for
 from wbc.stages.naming import parse_name
 
@@ -453,16 +454,6 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- cross_validate
@@ -489,7 +480,7 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
                             f"({_plan_diff(old, plan)}); choose another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, plan)
+    write_json(path, plan)
 
 
 def _plan_config(config: Config) -> dict[str, Any]:
@@ -537,7 +528,7 @@ def _last_scores(run_dir: Path, test_dir: Path, best: dict[str, Any], echo: Echo
         metrics["same_as"] = "model.keras"
     else:
         metrics = ev.evaluate(run_dir / "last.keras", test_dir, echo=echo)
-    _write_json(path, metrics)
+    write_json(path, metrics)
     return metrics
 
 
@@ -620,7 +611,7 @@ def cross_validate(
     }
     plan["key"] = sha256_json(plan)
     _check_plan(out, plan)
-    _write_json(out / FOLDS_JSON, {"k": folds, "folds": [
+    write_json(out / FOLDS_JSON, {"k": folds, "folds": [
         {"fold": i + 1, "test": {c: f[c] for c in classes}} for i, f in enumerate(assignment)]})
     echo(f"cv: {folds} folds of {source.mode} data {source.where} -> {out} "
          f"(rerun with --out {out} to continue it)")
@@ -667,8 +658,8 @@ def cross_validate(
                       n_test=headline_scores["n_test"])
         results.append(result)
         report = _report(plan, source, classes, results, score, out)
-        _write_json(out / CV_JSON, report)
-        _write_text(out / CV_MD, format_markdown(report))
+        write_json(out / CV_JSON, report)
+        write_atomic(out / CV_MD, format_markdown(report))
         echo(f"fold {fold}/{folds}: {score} model accuracy {result['accuracy']:.4f}, "
              f"macro-F1 {result['macro_f1']:.4f} on {result['n_test']} test images")
     return report

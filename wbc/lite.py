@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from wbc.manifest import sha256_file, write_atomic
 
 FORMAT = 1  # bump when the conversion below changes, so old cache entries are not reused
 CACHE_ENTRIES = 32  # the most recently used conversions kept (~0.4 MB each for the study model)
@@ -41,8 +42,6 @@ def cache_dir() -> Path:
 def cache_path(model_path: Path) -> Path:
     """The cache entry for the model file at ``model_path`` (content, not name, decides)."""
     import tensorflow as tf
-
-    from wbc.manifest import sha256_file
 
     key = f"{sha256_file(model_path)}-tf{tf.__version__}-f{FORMAT}"
     return cache_dir() / "litert" / f"{key}.tflite"
@@ -82,7 +81,7 @@ def load_or_convert(model, model_path: Optional[Path] = None) -> bytes:
         return blob
     blob = convert(model)
     with contextlib.suppress(OSError):
-        _write_atomically(entry, blob)
+        write_atomic(entry, blob)  # a killed run never leaves half a flatbuffer behind
         _prune(entry.parent)
     return blob
 
@@ -93,20 +92,6 @@ def _prune(folder: Path, keep: int = CACHE_ENTRIES) -> None:
     for stale in entries[keep:]:
         with contextlib.suppress(OSError):
             stale.unlink()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A killed run never leaves half a flatbuffer under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class LiteModel:

@@ -8,11 +8,13 @@ of every output file; a rerun whose key matches and whose files are all there is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -120,6 +122,28 @@ def load_if_current(dst: Path, key: str) -> Manifest | None:
         existing.skipped = True
         return existing
     return None
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through a hidden temp file in the same folder
+    and a rename: a killed process leaves the old file or the new one, never half of one, and
+    two writers never share a temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, written atomically (``write_atomic``)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def _temp_path(dst: Path, tag: str) -> Path:

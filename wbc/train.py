@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 from wbc.config import Config, config_from_dict, dump_config, read_yaml
 from wbc.errors import ConfigError, DataError, ModelError
 from wbc.locks import holds_folder_lock
+from wbc.manifest import write_json
 from wbc.plots import HISTORY_COLUMNS
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -246,9 +247,7 @@ def _write_run_info(run_dir: Path, data_dir: Path, strategy: str, resuming: bool
     info.update(data_dir=str(Path(data_dir).resolve()), strategy=strategy, wbc=__version__)
     if resuming:
         info["resumed"] = info.get("resumed", 0) + 1
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, info)
 
 
 def has_progress(run_dir: Path) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional, Sequence
 from wbc.config import Config, _hint, _merge, config_from_dict, read_yaml
 from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
-from wbc.manifest import MANIFEST_NAME, Manifest, sha256_json
+from wbc.manifest import MANIFEST_NAME, Manifest, sha256_json, write_json
 
 Echo = Callable[[str], None]
 
@@ -232,11 +232,6 @@ def _finished(cell_dir: Path, cv: Optional[int]) -> bool:
         return False
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def sort_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Best first by ``column`` (losses, seconds, epochs and std ascending, others descending);
@@ -374,7 +369,7 @@ def tune(
         else:
             echo(f"{label}: training -> {cell_dir}")
             cell_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(cell_dir / CELL_JSON, {"settings": settings, "id": cid,
+            write_json(cell_dir / CELL_JSON, {"settings": settings, "id": cid,
                                                "extra": extra_for(cfg)})
             if cv is None:
                 resume = cell_dir if has_progress(cell_dir) else None
