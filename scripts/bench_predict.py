@@ -75,7 +75,7 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 def make_run(folder: Path) -> Path:
     """A run folder with the study's model (untrained) at the default 120x160 input."""
-    from wbc.model import build_model
+    from wbc.models.study import build_model
 
     folder.mkdir(parents=True, exist_ok=True)
     config = load_config()
@@ -109,10 +109,10 @@ def single_latency(run, calls: int, engine: str = "auto") -> dict:
 
     slow = []
     for _ in range(5):
-        run.model.predict(scale(image), verbose=0)
+        run.model.model.predict(scale(image), verbose=0)
     for _ in range(20):
         start = time.perf_counter()
-        run.model.predict(scale(image), verbose=0)
+        run.model.model.predict(scale(image), verbose=0)
         slow.append(time.perf_counter() - start)
     return {
         "engine": predictor.engine,

@@ -111,7 +111,7 @@ def make_run(run_dir: Path, overrides=(), image_size=(40, 56), seed: int = 0) ->
     import keras
 
     from wbc.config import dump_config, load_config
-    from wbc.model import build_model
+    from wbc.models.study import build_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = load_config(

@@ -303,7 +303,7 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
 def test_freeze_layers_freezes_the_right_layers():
     import keras
 
-    from wbc.model import build_model
+    from wbc.models.study import build_model
     from wbc.train import freeze_layers
 
     config = load_config()
@@ -344,7 +344,8 @@ def _train(*args):
 @pytest.mark.slow
 def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_features(data_root,
                                                                                   tmp_path):
-    from wbc.runs import load_model_file, load_run
+    from wbc.models.keras_family import load_model_file
+    from wbc.runs import load_run
 
     run = tmp_path / "run"
     result = _train("--data-dir", data_root, "--run-dir", run,

@@ -377,3 +377,28 @@ def test_fold_source_units_bundle_groups():
     source = FoldSource("prepared", "x", "id", {}, {"A": {1: [], 2: [], 3: [], 4: []}},
                         groups={2: 1, 1: 1})
     assert source.units() == {"A": [[1, 2], [3], [4]]}
+
+
+def test_repeats_deal_the_folds_again_with_other_seeds(data_dir, tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    out = tmp_path / "cv"
+    report = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5,
+                            out=out, echo=lambda _: None, repeats=3)
+    assert [Path(c["run_dir"]).name for c in calls] == [
+        f"fold-{r}.{j}" for r in (1, 2, 3) for j in (1, 2)]
+    assert report["complete"] and report["repeats"] == 3 and len(report["folds"]) == 6
+    dealt = json.loads((out / "folds.json").read_text())["folds"]
+    tests = [json.dumps(f["test"], sort_keys=True) for f in dealt]
+    assert len(set(tests)) > 2  # the repeats test other sources than repeat 1
+    for r in (1, 2, 3):  # each repeat still tests every source exactly once
+        members = [m for f in dealt if f["repeat"] == r for ms in f["test"].values() for m in ms]
+        assert len(members) == len(set(members)) == sum(COUNTS.values())
+    # repeat 1 is the single CV's dealing
+    single = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5,
+                            out=tmp_path / "single", echo=lambda _: None)
+    assert [f["test_counts"] for f in single["folds"]] == \
+        [f["test_counts"] for f in report["folds"][:2]]
+    with pytest.raises(DataError, match="--repeats"):  # another plan in the same folder
+        cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5, out=out,
+                       echo=lambda _: None, repeats=2)

@@ -110,7 +110,7 @@ def model_dir(tmp_path_factory) -> Path:
     import keras
 
     from wbc.config import dump_config
-    from wbc.model import build_model
+    from wbc.models.study import build_model
 
     keras.utils.set_random_seed(3)
     config = load_config(None, ["train.image_size=[48,64]"])
@@ -270,3 +270,24 @@ def test_cli_unknown_class_and_missing_model_are_one_line_errors(model_dir, tmp_
         cli, ["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(root)])
     assert result.exit_code == 1
     assert "none.keras: model file not found" in result.output
+
+
+def test_metrics_match_scikit_learn_and_the_hand_formulas_on_random_predictions():
+    """The sklearn-computed metrics agree with an independent numpy computation."""
+    from sklearn.metrics import classification_report
+
+    rng = np.random.default_rng(7)
+    y_true = rng.integers(0, 4, 200)
+    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 3, 200))  # class 3 rare
+    metrics = compute_metrics(y_true, y_pred, CLASSES)
+    report = classification_report(y_true, y_pred, labels=range(4), output_dict=True,
+                                   zero_division=0)
+    for i, name in enumerate(CLASSES):
+        assert metrics["per_class"][name]["f1"] == pytest.approx(report[str(i)]["f1-score"])
+        tp = np.sum((y_true == i) & (y_pred == i))
+        recall = tp / max(1, np.sum(y_true == i))
+        precision = tp / max(1, np.sum(y_pred == i))
+        assert metrics["per_class"][name]["recall"] == pytest.approx(recall)
+        assert metrics["per_class"][name]["precision"] == pytest.approx(precision)
+    assert metrics["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
+    assert metrics["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])

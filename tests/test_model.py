@@ -8,7 +8,7 @@ import pytest
 
 from wbc.config import ModelConfig
 from wbc.errors import ConfigError
-from wbc.model import DROPOUT_LAYOUTS, build_model, feature_size, make_optimizer
+from wbc.models.study import DROPOUT_LAYOUTS, build_model, feature_size, make_optimizer
 
 STUDY_SHAPES = {
     "conv1": (118, 158, 8),

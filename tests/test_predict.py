@@ -221,12 +221,12 @@ def test_explain_writes_png_of_image_size(model_path, tmp_path):
 
 
 def test_grad_cam_highlights_something(model_path):
-    from wbc.predict import grad_cam
+    from wbc.models.keras_family import grad_cam
     from wbc.runs import load_run
 
     run = load_run(model_path)
     array, _ = synthetic_smear("MONOCYTE", np.random.default_rng(1), IMAGE_SIZE)
-    cam, probs = grad_cam(run.model, array[None])
+    cam, probs = grad_cam(run.model.model, array[None])
     assert cam.ndim == 2 and 0.0 <= cam.min() and cam.max() <= 1.0
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
 
@@ -239,12 +239,12 @@ def test_predictor_matches_model_predict(model_path, images):
     run = load_run(model_path)
     files = sorted((images / "NEUTROPHIL").glob("*.jpg"))
     batch = np.stack([load_input(f, run.spec) for f in files])
-    expected = run.model.predict(scale(batch), verbose=0)
+    expected = run.model.model.predict(scale(batch), verbose=0)
     np.testing.assert_allclose(Predictor.from_run(run)(batch), expected, atol=1e-5)
 
 
 def test_percentages_add_up_to_100():
-    from wbc.predict import percentages
+    from wbc.count import percentages
 
     assert percentages([1, 1, 1]) == [33.34, 33.33, 33.33]
     assert sum(percentages([3, 7, 0, 11])) == pytest.approx(100.0)

@@ -176,13 +176,13 @@ def test_model_keras_is_the_best_epoch_and_last_keras_the_last(trained, data_roo
 
 
 def test_init_loads_weights_of_a_trained_model(trained):
-    from wbc.model import build_model
-    from wbc.train import _load_initial_weights
+    from wbc.models.study import build_model
+    from wbc.train import load_initial_weights
 
     run_dir, _ = trained
     config = load_config(None, LEARNABLE)
     model = build_model(config.model, (48, 64), 4)
-    _load_initial_weights(model, run_dir / "model.keras")
+    load_initial_weights(model, run_dir / "model.keras")
     import keras
 
     source = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
@@ -190,7 +190,7 @@ def test_init_loads_weights_of_a_trained_model(trained):
         np.testing.assert_array_equal(a, b)
     other = build_model(config.model, (64, 80), 4)
     with pytest.raises(ModelError, match="do not fit"):
-        _load_initial_weights(other, run_dir / "model.keras")
+        load_initial_weights(other, run_dir / "model.keras")
 
 
 def test_existing_run_folder_needs_resume(trained, data_root):

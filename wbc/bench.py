@@ -378,7 +378,7 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
 
     from wbc.config import CLASSES, load_config
     from wbc.feeds import list_class_files, load_images, make_feed
-    from wbc.model import build_model, make_optimizer
+    from wbc.models.study import build_model, make_optimizer
 
     config = load_config()
     tc = config.train

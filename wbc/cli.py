@@ -332,7 +332,8 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
 
     Example: wbc count sample-042/ --plot differential.png
     """
-    from wbc.predict import count_cells, format_count, plot_counts, require_images
+    from wbc.count import count_cells, format_count, plot_counts
+    from wbc.predict import require_images
     from wbc.runs import load_run, resolve_model_path
 
     if not folder.is_dir():
@@ -371,20 +372,26 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
 @handle_errors
 @needs_tensorflow
 def explain(image, model_path, output, input_kind):
-    """Show which part of an image made the model choose its class (Grad-CAM).
+    """Show why the model chose its class for an image.
 
-    Computes the gradient of the predicted class's score with respect to the last convolution
-    layer's output and draws the resulting heat map (red = most important) over the image. For
-    a model trained on cell crops, the heat map covers the WBC's crop square (outlined).
+    A CNN (study, cnn) is explained with Grad-CAM: the gradient of the predicted class's score
+    with respect to the last feature map, drawn as a heat map (red = most important) over the
+    image. A features model lists the measurements (nucleus/cell ratio, lobe count, granule
+    colour, ...) that moved its decision most, and draws the regions it measured (nucleus, the
+    cytoplasm inside its hull, the band around it). For a model trained on cell crops, the map
+    covers the WBC's crop square (outlined).
 
     Example: wbc explain smear.jpg --output smear-gradcam.png
     """
-    from wbc.predict import explain_image
+    from wbc.explain import explain_image
     from wbc.runs import load_run, resolve_model_path
 
     run = load_run(resolve_model_path(model_path))
     result = explain_image(run, image, output, input_kind=input_kind)
     click.echo(f"{result['file']}: {result['class']} ({result['probability']:.3f})")
+    for item in result.get("features", []):
+        click.echo(f"  {item['name']:<34} {item['value']:>9.4f}  (typical {item['typical']:.4f}, "
+                   f"moves {result['class']} by {item['effect']:+.3f})")
     _echo_err(f"wrote {output}")
 
 
@@ -487,27 +494,31 @@ def plot(run_dir, output):
 @click.option("--score", type=click.Choice(["last", "best"]), default="last", show_default=True,
               help="Which model the headline numbers score: last = the final epoch; best = the "
                    "lowest val_loss epoch, chosen on the test fold itself (optimistic).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeated CV: deal the folds this many times with different seeds "
+                   "(repeats x folds models), so that a few monocytes per fold do not decide.")
 @handle_errors
 @needs_tensorflow
 def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, init_model,
-       score):
+       score, repeats):
     """Cross-validate: K models on grouped, stratified folds of the source images.
 
-    Per class, the source images (same-field duplicates kept together) are dealt into K folds.
+    Per class, the source images (same-field duplicates kept together) are dealt into K folds
+    (scikit-learn's StratifiedGroupKFold); --repeats R deals them R times with other seeds.
     Fold k trains on every augmented image of the other folds' sources and is tested on the
     original images of its own sources only. Writes one run folder per fold, cv.json and cv.md
     (each fold's accuracy, macro-F1, per-class F1 and n_test; mean +/- std; the config) and
     prints the table. Needs `wbc prepare` (rename and augment; crop when crop.mode is set); an
     augment setting that differs from the prepared one is augmented into the output folder.
 
-    Example: wbc cv --folds 5 --epochs 30 --per-class 600 --out runs/cv-baseline
+    Example: wbc cv --folds 5 --repeats 3 --per-class 600 --out runs/cv-baseline
     """
     from wbc.cv import cross_validate, format_table, headline
 
     config = load(config_path, overrides)
     report = cross_validate(config, data_dir=data_dir, folds=folds, epochs=epochs, out=out,
                             per_class=per_class, data=data, init_model=init_model, score=score,
-                            echo=_echo_err, train_echo=click.echo)
+                            echo=_echo_err, train_echo=click.echo, repeats=repeats)
     click.echo(format_table(report))
     click.echo(headline(report))
     _echo_err(f"wrote {Path(report['out']) / 'cv.json'} and cv.md")

@@ -96,13 +96,46 @@ class SubsetsConfig:
 
 
 @dataclass(frozen=True)
+class CnnConfig:
+    """The ``cnn`` family: a small residual CNN trained from scratch (``wbc/models/cnn.py``)."""
+
+    image_size: int = 64  # side of the square input (the crop resized)
+    widths: tuple[int, ...] = (32, 64, 128)  # channels of each stage (one residual block each)
+    blocks: int = 1  # residual blocks per stage
+    normalization: str = "batch"  # batch | group
+    learning_rate: float = 0.003  # AdamW peak rate, cosine decay to 0 over the epochs
+    weight_decay: float = 0.0001  # AdamW decoupled weight decay
+    warmup_epochs: int = 2  # linear warm-up of the rate
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha (0 = off)
+    rotations: bool = True  # online random 90-degree rotations and flips (the 8 dihedral views)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The ``features`` family: nucleus and cell measurements + scikit-learn (``features.py``)."""
+
+    classifier: str = "svm"  # svm (RBF) | boosting (histogram gradient boosting)
+    svm_c: float = 10.0  # the SVM's C
+    max_train: int = 4000  # at most this many training crops per class (seeded draw): the SVM
+                           # is quadratic in the number of samples, augmented copies are many
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    family: str = "study"  # study | cnn | features: which model family (wbc/models/)
+    ensemble: tuple[str, ...] = ()  # families to average, e.g. [cnn, cnn, features]; member i
+                                    # trains with seed + i; empty = one model of model.family
+    tta: bool = False  # average the 8 dihedral views (4 rotations x flip) of each input
+    # the study family (its defaults = the study's final model, 96,308 parameters)
     filters: tuple[int, ...] = (8, 16, 16, 16)
     kernel_size: int = 3
     dense_units: int = 32
     l2: float = 0.01
     dropout: str = "none"  # none | 2_v2 | before_dense | after_dense
     dropout_rate: float = 0.3
+    cnn: CnnConfig = field(default_factory=CnnConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 @dataclass(frozen=True)
@@ -165,6 +198,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "augment.fill_mode": ("nearest", "constant", "reflect", "wrap"),
     "split.protocol": ("grouped", "report"),
     "model.dropout": ("none", "2_v2", "before_dense", "after_dense"),
+    "model.family": ("study", "cnn", "features"),
+    "model.cnn.normalization": ("batch", "group"),
+    "model.features.classifier": ("svm", "boosting"),
     "train.subset": ("small", "medium", "full"),
     "train.class_weight": ("none", "balanced"),
     "train.optimizer": ("rmsprop", "adam", "nadam"),
@@ -255,8 +291,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             kwargs[key] = _coerce(value, annotation, where)
             choices = CHOICES.get(where)
             if choices and kwargs[key] not in choices:
+                close = difflib.get_close_matches(str(kwargs[key]), list(map(str, choices)),
+                                                  n=1, cutoff=0.6)
                 raise ConfigError(
                     f"{where}: '{kwargs[key]}' is not one of {', '.join(map(str, choices))}"
+                    + (f" (did you mean '{close[0]}'?)" if close else "")
                 )
     return cls(**kwargs)
 
@@ -282,6 +321,24 @@ def _validate(config: Config) -> None:
          "color jitter (color.brightness/contrast/saturation/hue) needs train.feed: tfdata"),
         (all(n >= 1 for n in config.augment.per_class_targets.values()),
          "augment.per_class_targets: every target must be at least 1"),
+    ]
+    for name in config.model.ensemble:
+        if name not in CHOICES["model.family"]:
+            raise ConfigError(f"model.ensemble: unknown family '{name}'"
+                              + _hint(name, list(CHOICES["model.family"])))
+    checks += [
+        (config.model.cnn.image_size >= 16, "model.cnn.image_size must be at least 16"),
+        (len(config.model.cnn.widths) >= 1 and min(config.model.cnn.widths) >= 1,
+         "model.cnn.widths needs at least one positive width"),
+        (config.model.cnn.blocks >= 1, "model.cnn.blocks must be at least 1"),
+        (config.model.cnn.learning_rate > 0, "model.cnn.learning_rate must be positive"),
+        (0 <= config.model.cnn.label_smoothing < 1, "model.cnn.label_smoothing must be in [0, 1)"),
+        (config.model.cnn.mixup >= 0, "model.cnn.mixup must not be negative"),
+        (config.model.features.svm_c > 0, "model.features.svm_c must be positive"),
+        (config.model.features.max_train >= 1, "model.features.max_train must be at least 1"),
+        (config.model.cnn.normalization != "group" or all(
+            w % 8 == 0 for w in config.model.cnn.widths),
+         "model.cnn.normalization group needs model.cnn.widths divisible by 8"),
     ]
     for name in config.augment.per_class_targets:
         if name not in config.rename.classes:

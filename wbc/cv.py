@@ -54,7 +54,7 @@ from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
 from wbc.manifest import (load_if_current, sha256_file, sha256_json, stage_key, upstream,
                           write_atomic, write_json)
-from wbc.seeding import rng_for
+from wbc.seeding import derived_seed, rng_for
 from wbc.stages.naming import parse_name
 
 Echo = Callable[[str], None]
@@ -80,28 +80,41 @@ def deal_folds(
 ) -> list[dict[str, list]]:
     """Split each class's units (groups of members) into ``k`` folds; returns folds[i][cls].
 
-    Per class, the units are shuffled with ``rng_for(seed, "cv", cls)`` and each goes to the fold
-    with the fewest members of that class so far (ties: the fold with the fewest members in all,
-    then the lowest index). For units of one member this is a round-robin deal: every fold gets
-    n // k or n // k + 1 of each class, and the fold totals differ by at most one per class.
+    scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded from ``seed``) does the dealing: a
+    unit never straddles folds, and each fold gets about 1/k of every class. Units are put in a
+    canonical order first, so the folds depend only on the units and the seed.
     """
+    from sklearn.model_selection import StratifiedGroupKFold
+
     if k < 2:
         raise ConfigError(f"--folds: need at least 2 folds, got {k}")
-    folds: list[dict[str, list]] = [{} for _ in range(k)]
-    totals = [0] * k
-    for cls in units:
-        order = [list(unit) for unit in units[cls] if len(unit)]
-        order.sort(key=lambda unit: str(sorted(map(str, unit))))  # canonical before shuffling
-        rng_for(seed, "cv", cls).shuffle(order)
-        per_fold = [0] * k
-        members: list[list] = [[] for _ in range(k)]
+    members, labels, groups = [], [], []
+    for cls in sorted(units):
+        order = sorted((list(unit) for unit in units[cls] if len(unit)),
+                       key=lambda unit: str(sorted(map(str, unit))))
         for unit in order:
-            target = min(range(k), key=lambda i: (per_fold[i], totals[i], i))
-            members[target].extend(unit)
-            per_fold[target] += len(unit)
-            totals[target] += len(unit)
-        for i in range(k):
-            folds[i][cls] = sorted(members[i], key=_member_key)
+            group = len(members) and groups[-1] + 1
+            for member in unit:
+                members.append((cls, member))
+                labels.append(cls)
+                groups.append(group)
+    folds: list[dict[str, list]] = [{cls: [] for cls in units} for _ in range(k)]
+    if len(set(groups)) < k:
+        raise DataError(f"--folds {k}: only {len(set(groups))} source groups to deal")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True,
+                                    random_state=derived_seed(seed, "cv") % 2**32)
+    import warnings
+
+    with warnings.catch_warnings():  # "least populated class has only n members": said by cv
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(splitter.split(np.zeros(len(labels)), labels, groups))
+    for index, (_, test) in enumerate(splits):
+        for row in test:
+            cls, member = members[row]
+            folds[index][cls].append(member)
+    for fold in folds:
+        for cls in fold:
+            fold[cls].sort(key=_member_key)
     return folds
 
 
@@ -403,7 +416,8 @@ def headline(report: dict[str, Any]) -> str:
     s = report["summary"][which]
     o = report["summary"][other]
     done = len(report["folds"])
-    return (f"cv {done}/{report['k']} folds ({which} model): accuracy "
+    planned = report["k"] * report.get("repeats", 1)
+    return (f"cv {done}/{planned} folds ({which} model): accuracy "
             f"{s['mean']['accuracy']:.4f} +/- {s['std']['accuracy']:.4f}, macro-F1 "
             f"{s['mean']['macro_f1']:.4f} +/- {s['std']['macro_f1']:.4f} "
             f"({other} model: macro-F1 {o['mean']['macro_f1']:.4f} +/- "
@@ -414,14 +428,16 @@ def format_markdown(report: dict[str, Any]) -> str:
     import yaml
 
     classes = report["classes"]
-    lines = [f"# Cross-validation: {report['k']} folds", ""]
+    repeats = report.get("repeats", 1)
+    lines = [f"# Cross-validation: {report['k']} folds"
+             + (f" x {repeats} repeats" if repeats > 1 else ""), ""]
     lines.append(f"- data: `{report['data']}` ({report['mode']})")
     lines.append(f"- train images per class per fold: "
                  f"{'all' if report['per_class'] is None else report['per_class']}")
     lines.append(f"- epochs: {report['config']['train']['epochs']}, seed: {report['config']['seed']}"
                  + (f", initial weights: `{report['init_model']}`" if report["init_model"] else ""))
     lines.append(f"- complete: {'yes' if report['complete'] else 'no'} "
-                 f"({len(report['folds'])} of {report['k']} folds)")
+                 f"({len(report['folds'])} of {report['k'] * repeats} folds)")
     lines.append("- std: sample standard deviation over folds (ddof=1); pooled: every fold's "
                  "test predictions in one confusion matrix")
     for which, title in (("last", "last epoch (last.keras, not chosen on the test fold)"),
@@ -501,7 +517,8 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _plan_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two plans, in words (at most three config keys named)."""
-    names = {"k": "--folds", "per_class": "--per-class", "init_model": "--init",
+    names = {"k": "--folds", "repeats": "--repeats", "per_class": "--per-class",
+             "init_model": "--init",
              "identity": "the data", "mode": "--data", "format": "the wbc version"}
     parts = [names[k] for k in names if old.get(k) != new.get(k)]
     before, after = _flat(old.get("config", {})), _flat(new.get("config", {}))
@@ -519,15 +536,19 @@ def _last_scores(run_dir: Path, test_dir: Path, best: dict[str, Any], echo: Echo
     path = run_dir / LAST_METRICS
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    same = (best.get("evaluated_model") == "last.keras"
-            or (best.get("best_epoch") is not None
-                and best.get("best_epoch") == best.get("epochs_run", 0) - 1))
-    if same:
+    if "last_model" in best:  # the family said whether its final model is another file
+        last_file = best["last_model"]
+    else:  # a run of an older wbc: the study family's two files
+        same = (best.get("evaluated_model") == "last.keras"
+                or (best.get("best_epoch") is not None
+                    and best.get("best_epoch") == best.get("epochs_run", 0) - 1))
+        last_file = None if same else "last.keras"
+    if last_file is None:
         metrics = {k: best[k] for k in ("accuracy", "macro_f1", "classes", "per_class",
                                         "confusion_matrix", "n_images")}
-        metrics["same_as"] = "model.keras"
+        metrics["same_as"] = best.get("evaluated_model", "model.keras")
     else:
-        metrics = ev.evaluate(run_dir / "last.keras", test_dir, echo=echo)
+        metrics = ev.evaluate(run_dir / last_file, test_dir, echo=echo)
     write_json(path, metrics)
     return metrics
 
@@ -561,6 +582,7 @@ def cross_validate(
     cache_dir: Optional[Path] = None,
     echo: Echo = print,
     train_echo: Optional[Echo] = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Train and score ``folds`` models; write ``out/cv.json`` and ``out/cv.md``; return cv.json.
 
@@ -570,6 +592,8 @@ def cross_validate(
     over the sources; None = all). ``init_model``: start every fold from these weights.
     ``score``: ``last`` or ``best``, the model the headline numbers are of. ``cache_dir``: where
     an augmented set that the prepared one does not match is made (default: ``out``).
+    ``repeats``: repeated CV, ``repeats`` x ``folds`` models; repeat r > 1 deals its folds with
+    the seed derived from (seed, r), and its fold j is ``fold-r.j`` (repeat 1: ``fold-j``).
     """
     from wbc.train import has_progress, resolve_config
     from wbc.train import train as run_train
@@ -578,6 +602,8 @@ def cross_validate(
         raise ConfigError(f"--score: '{score}' is not one of {', '.join(SCORES)}")
     if per_class is not None and per_class < 1:
         raise ConfigError("--per-class must be at least 1")
+    if repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
     config = resolve_config(config, None, epochs)
     out = Path(out) if out is not None else default_out_dir()
     cache_dir = Path(cache_dir) if cache_dir is not None else out
@@ -599,10 +625,13 @@ def cross_validate(
         if len(units[cls]) < folds:
             echo(f"warning: class {cls} has only {len(units[cls])} source groups for {folds} "
                  "folds: some folds test none of it")
-    assignment = deal_folds(units, folds, config.seed)
+    assignments = [deal_folds(units, folds, config.seed if r == 1 else
+                              derived_seed(config.seed, "cv-repeat", r))
+                   for r in range(1, repeats + 1)]
     plan = {
         "format": FORMAT,
         "k": folds,
+        "repeats": repeats,
         "mode": source.mode,
         "per_class": per_class,
         "init_model": str(init_model) if init_model else None,
@@ -611,25 +640,30 @@ def cross_validate(
     }
     plan["key"] = sha256_json(plan)
     _check_plan(out, plan)
-    write_json(out / FOLDS_JSON, {"k": folds, "folds": [
-        {"fold": i + 1, "test": {c: f[c] for c in classes}} for i, f in enumerate(assignment)]})
-    echo(f"cv: {folds} folds of {source.mode} data {source.where} -> {out} "
-         f"(rerun with --out {out} to continue it)")
+    jobs = [(fold_label(r, i + 1, repeats), r, members)
+            for r, assignment in enumerate(assignments, start=1)
+            for i, members in enumerate(assignment)]
+    write_json(out / FOLDS_JSON, {"k": folds, "repeats": repeats, "folds": [
+        {"fold": label, "repeat": r, "test": {c: f[c] for c in classes}}
+        for label, r, f in jobs]})
+    total = len(jobs)
+    echo(f"cv: {folds} folds{f' x {repeats} repeats' if repeats > 1 else ''} of {source.mode} "
+         f"data {source.where} -> {out} (rerun with --out {out} to continue it)")
 
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
-    for index, members in enumerate(assignment):
-        fold = index + 1
+    for number, (fold, repeat, members) in enumerate(jobs, start=1):
         run_dir = out / f"fold-{fold}"
         data_fold = out / "data" / f"fold-{fold}"
         summary = build_fold_data(source, members, data_fold, per_class, config.seed, fold)
         test_dir = data_fold / "test"
         metrics_path = run_dir / "metrics.json"
+        where = f"fold {fold} ({number}/{total})" if repeats > 1 else f"fold {fold}/{folds}"
         if metrics_path.is_file():
-            echo(f"fold {fold}/{folds}: done before, skipped ({metrics_path})")
+            echo(f"{where}: done before, skipped ({metrics_path})")
         else:
             counts = summary["counts"]
-            echo(f"fold {fold}/{folds}: train {sum(c['train'] for c in counts.values())} images, "
+            echo(f"{where}: train {sum(c['train'] for c in counts.values())} images, "
                  f"test {sum(c['test'] for c in counts.values())} originals of "
                  f"{sum(c['test_sources'] for c in counts.values())} sources")
             resume = run_dir if has_progress(run_dir) else None
@@ -641,6 +675,7 @@ def cross_validate(
         last = _last_scores(run_dir, test_dir, best, echo=_quiet)
         result = {
             "fold": fold,
+            "repeat": repeat,
             "run": str(run_dir),
             "n_train": int(best.get("train_images", 0)),
             "test_counts": {c: v["test"] for c, v in summary["counts"].items()},
@@ -660,9 +695,14 @@ def cross_validate(
         report = _report(plan, source, classes, results, score, out)
         write_json(out / CV_JSON, report)
         write_atomic(out / CV_MD, format_markdown(report))
-        echo(f"fold {fold}/{folds}: {score} model accuracy {result['accuracy']:.4f}, "
+        echo(f"{where}: {score} model accuracy {result['accuracy']:.4f}, "
              f"macro-F1 {result['macro_f1']:.4f} on {result['n_test']} test images")
     return report
+
+
+def fold_label(repeat: int, fold: int, repeats: int) -> str | int:
+    """A fold's name: ``j`` in a single CV (as before repeats existed), ``r.j`` when repeated."""
+    return fold if repeats == 1 else f"{repeat}.{fold}"
 
 
 def _report(plan: dict[str, Any], source: FoldSource, classes: list[str],
@@ -672,7 +712,8 @@ def _report(plan: dict[str, Any], source: FoldSource, classes: list[str],
         "format": FORMAT,
         "out": str(out),
         "k": plan["k"],
-        "complete": len(results) == plan["k"],
+        "repeats": plan.get("repeats", 1),
+        "complete": len(results) == plan["k"] * plan.get("repeats", 1),
         "score": score,
         "mode": source.mode,
         "data": source.where,

@@ -2,7 +2,7 @@
 
 The model's settings travel with it: ``classes.json`` (class order) and ``config.yaml`` (image size,
 crop mode) are read from the model's folder, never re-typed, and every image goes through
-``wbc.preprocess`` exactly as in training. Metrics are computed with numpy (no scikit-learn).
+``wbc.preprocess`` exactly as in training. Metrics are scikit-learn's.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ def _quiet(_message: str) -> None:
     pass
 
 
-# --------------------------------------------------------------------------- metrics (pure numpy)
+# --------------------------------------------------------------------------- metrics (scikit-learn)
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """``(n_classes, n_classes)`` int counts: rows are true classes, columns predicted ones."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
     y_true = np.asarray(y_true, dtype=np.int64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:
@@ -31,28 +33,36 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     if len(y_true) and (min(y_true.min(), y_pred.min()) < 0
                         or max(y_true.max(), y_pred.max()) >= n_classes):
         raise ValueError("class index out of range")
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (y_true, y_pred), 1)
-    return matrix
+    if not len(y_true):
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    return sk_confusion(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def metrics_from_confusion(matrix, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class precision/recall/F1/support from a confusion matrix.
 
-    A class with no predictions has precision 0; one with no images has recall 0. Macro-F1 averages
-    the classes that occur in the truth or the predictions (as scikit-learn does by default).
+    scikit-learn computes them (``precision_recall_fscore_support`` with ``zero_division=0``,
+    on the predictions the matrix stands for): a class with no predictions has precision 0, one
+    with no images recall 0. Macro-F1 averages the classes that occur in the truth or the
+    predictions (scikit-learn's default when no ``labels`` are given).
     """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
     matrix = np.asarray(matrix, dtype=np.int64)
+    n = len(classes)
+    rows, cols = np.nonzero(matrix)
+    counts = matrix[rows, cols]
+    y_true, y_pred = np.repeat(rows, counts), np.repeat(cols, counts)
     total = int(matrix.sum())
-    true_pos = np.diag(matrix).astype(np.float64)
-    support = matrix.sum(axis=1).astype(np.float64)
-    predicted = matrix.sum(axis=0).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, true_pos / predicted, 0.0)
-        recall = np.where(support > 0, true_pos / support, 0.0)
-        denominator = precision + recall
-        f1 = np.where(denominator > 0, 2 * precision * recall / denominator, 0.0)
-    present = (support > 0) | (predicted > 0)
+    if total:
+        precision, recall, f1, support = precision_recall_fscore_support(
+            y_true, y_pred, labels=np.arange(n), zero_division=0)
+        accuracy = float(accuracy_score(y_true, y_pred))
+        macro_f1 = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    else:
+        precision = recall = f1 = np.zeros(n)
+        support = np.zeros(n, dtype=np.int64)
+        accuracy = macro_f1 = 0.0
     per_class = {
         name: {
             "precision": float(precision[i]),
@@ -63,8 +73,8 @@ def metrics_from_confusion(matrix, classes: Sequence[str]) -> dict[str, Any]:
         for i, name in enumerate(classes)
     }
     return {
-        "accuracy": float(true_pos.sum() / total) if total else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
         "classes": list(classes),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),

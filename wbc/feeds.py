@@ -163,6 +163,8 @@ def make_feed(
     spec: Optional[InputSpec] = None,
     jitter=None,
     flips: bool = False,
+    rotations: bool = False,
+    mixup: float = 0.0,
 ) -> Feed:
     """The input pipeline for one side (``train`` or ``test``) of a prepared subset.
 
@@ -172,6 +174,8 @@ def make_feed(
     ``ColorConfig`` whose brightness/contrast/saturation/hue jitter the batches, with ``training``
     only (``wbc.color.add_jitter``, tfdata feed; seeded, fresh every epoch). ``flips``: with
     ``training``, each image flipped left-right and up-down at random (``add_random_flips``).
+    ``rotations``: with ``training``, each (square) image turned by a random multiple of 90
+    degrees (``add_random_rotations``). ``mixup``: with ``training``, mixup with this alpha.
     """
     classes, files, labels = list_class_files(folder, classes)
     if not files:
@@ -219,6 +223,10 @@ def make_feed(
         dataset = add_jitter(dataset, jitter, seed)
     if training and flips:
         dataset = add_random_flips(dataset, seed)
+    if training and rotations:
+        dataset = add_random_rotations(dataset, seed)
+    if training and mixup > 0:
+        dataset = add_mixup(dataset, seed, mixup)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     counts = np.bincount(labels, minlength=n_classes).tolist()
     return Feed(dataset, list(classes), len(files), counts, steps, bad, list(files))
@@ -250,6 +258,57 @@ def add_random_flips(dataset, seed: int):
 
     pairs = tf.data.Dataset.zip((dataset, seeds))
     return pairs.map(lambda batch, pair: (flip(batch[0], pair), *batch[1:]),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _batch_seeds(seed: int, name: str, per_batch: int = 2):
+    import tensorflow as tf
+
+    from wbc.seeding import derived_seed
+
+    return tf.data.Dataset.random(seed=derived_seed(seed, name) % 2**31,
+                                  rerandomize_each_iteration=True).batch(per_batch)
+
+
+def add_random_rotations(dataset, seed: int):
+    """``dataset`` of batches of square images, each turned by 0, 90, 180 or 270 degrees at
+    random, fresh every epoch and the same for the same ``seed``. With ``add_random_flips``
+    this draws from all 8 dihedral views: a cell on a slide has no "up"."""
+    import tensorflow as tf
+
+    def turn(images, pair):
+        quarter = tf.random.stateless_uniform(tf.shape(images)[:1], tf.cast(pair, tf.int64),
+                                              maxval=4, dtype=tf.int32)
+        turned = images
+        for k in (1, 2, 3):
+            rotated = tf.image.rot90(images, k)
+            turned = tf.where(tf.reshape(quarter == k, [-1, 1, 1, 1]), rotated, turned)
+        return turned
+
+    pairs = tf.data.Dataset.zip((dataset, _batch_seeds(seed, "random_rotations")))
+    return pairs.map(lambda batch, pair: (turn(batch[0], pair), *batch[1:]),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def add_mixup(dataset, seed: int, alpha: float):
+    """mixup (Zhang et al. 2018): each batch blended with itself in another order, images and
+    one-hot labels alike, with one weight per image drawn from Beta(alpha, alpha)."""
+    import tensorflow as tf
+
+    def mix(images, labels, pair):
+        seeds = tf.random.experimental.stateless_split(tf.cast(pair, tf.int64), 3)
+        n = tf.shape(images)[0]
+        gamma_a = tf.random.stateless_gamma([n], seeds[0], alpha)
+        gamma_b = tf.random.stateless_gamma([n], seeds[1], alpha)
+        weight = gamma_a / (gamma_a + gamma_b)
+        order = tf.argsort(tf.random.stateless_uniform([n], seeds[2]))
+        w_img = tf.reshape(weight, [-1, 1, 1, 1])
+        w_lab = tf.reshape(weight, [-1, 1])
+        return (w_img * images + (1 - w_img) * tf.gather(images, order),
+                w_lab * labels + (1 - w_lab) * tf.gather(labels, order))
+
+    pairs = tf.data.Dataset.zip((dataset, _batch_seeds(seed, "mixup")))
+    return pairs.map(lambda batch, pair: mix(batch[0], batch[1], pair),
                      num_parallel_calls=tf.data.AUTOTUNE)
 
 

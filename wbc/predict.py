@@ -1,4 +1,5 @@
-"""Classify new images with a trained run: predict, count (a WBC differential) and explain.
+"""Classify new images with a trained run (``wbc predict``), and the input path that every
+command running a model shares (``wbc.count`` and ``wbc.explain`` build on it).
 
 Images are preprocessed exactly like the training images, from the run's ``config.yaml``:
 ``wbc.imageio.read_rgb`` -> (when ``crop.mode`` is not ``none``: the main WBC's square crop from
@@ -17,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +29,7 @@ import numpy as np
 
 from wbc.errors import BadImage, DataError
 from wbc.imageio import IMAGE_EXTENSIONS, is_image_name, read_rgb
-from wbc.preprocess import InputSpec, resize, scale, to_input
+from wbc.preprocess import InputSpec, to_input
 
 INPUT_KINDS = ("auto", "smear", "crop")
 # input_kind auto: sides within this ratio = already a cell crop. Other labs' crops are often a
@@ -178,63 +178,31 @@ ENGINES = ("auto", "litert", "tensorflow")
 class Predictor:
     """A run's model as a function: uint8 batch (N, H, W, 3) -> probabilities (N, C).
 
-    Engines: ``litert`` runs the model converted to LiteRT (``wbc.lite``: ~0.5 ms for one image
-    on 2 cores, cached conversion); ``tensorflow`` a ``tf.function`` traced once for any batch
-    size (~3 ms for one image; ``model.predict`` costs ~45 ms a call). ``auto`` is LiteRT, or
-    TensorFlow when LiteRT is not installed or cannot convert the model; ``fallback`` then says
-    why. Both give the same probabilities to ~1e-6.
+    The family's classifier supplies the engine (``wbc.models``): for the Keras families
+    ``litert`` (~0.5 ms for one image on 2 cores, cached conversion) or ``tensorflow`` (a
+    ``tf.function``); ``auto`` is LiteRT, or TensorFlow when LiteRT cannot run the model, and
+    ``fallback`` then says why. The features family runs on scikit-learn whatever is asked.
+    ``tta``: average the 8 dihedral views of each input (``model.tta``).
     """
 
-    def __init__(self, model, image_size: tuple[int, int], *, engine: str = "auto",
-                 model_path: Optional[Path] = None):
-        """``model_path``: the model's file, the key of the LiteRT conversion cache (None: no
-        cache)."""
+    def __init__(self, classifier, *, engine: str = "auto", cache: bool = True,
+                 tta: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-        self.model = model
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.fallback: Optional[str] = None
-        self.n_classes = int(model.outputs[0].shape[-1])
-        self._run: Callable[[np.ndarray], np.ndarray]
-        if engine in ("auto", "litert"):
-            try:
-                self._run = self._litert(model, model_path)
-                self.engine = "litert"
-                return
-            except Exception as exc:  # noqa: BLE001 - any converter/runtime failure: fall back
-                if engine == "litert":
-                    raise DataError(f"{model_path or 'model'}: cannot run on LiteRT "
-                                    f"({type(exc).__name__}: {exc})") from None
-                self.fallback = (f"LiteRT unavailable ({type(exc).__name__}: {exc}); "
-                                 "using TensorFlow")
-        self._run = self._tensorflow(model)
-        self.engine = "tensorflow"
-
-    @staticmethod
-    def _litert(model, model_path: Optional[Path]) -> Callable[[np.ndarray], np.ndarray]:
-        from wbc.lite import LiteModel, load_or_convert
-
-        lite = LiteModel(load_or_convert(model, model_path))
-        return lambda batch: lite(scale(batch))
-
-    def _tensorflow(self, model) -> Callable[[np.ndarray], np.ndarray]:
-        import tensorflow as tf
-
-        height, width = self.image_size
-
-        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
-        def infer(batch):
-            return model(scale(batch), training=False)
-
-        # Calling the traced graph directly skips tf.function's argument matching (~0.5 ms).
-        concrete = infer.get_concrete_function()
-        return lambda batch: concrete(tf.convert_to_tensor(batch)).numpy()
+        self.classifier = classifier
+        self.n_classes = int(classifier.n_classes)
+        self.tta = bool(tta)
+        self._engine = classifier.engine(engine, cache)
+        self.engine = self._engine.engine + ("+tta" if self.tta else "")
+        self.fallback = self._engine.fallback
 
     @classmethod
-    def from_run(cls, run, engine: str = "auto", cache: bool = True) -> "Predictor":
-        """``cache``: keep the LiteRT conversion for the next process that loads this model."""
-        return cls(run.model, run.spec.image_size, engine=engine,
-                   model_path=run.model_path if cache else None)
+    def from_run(cls, run, engine: str = "auto", cache: bool = True,
+                 tta: Optional[bool] = None) -> "Predictor":
+        """``cache``: keep a conversion for the next process that loads this model. ``tta``:
+        None = the run's ``model.tta``."""
+        return cls(run.model, engine=engine, cache=cache,
+                   tta=run.config.model.tta if tta is None else tta)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.uint8)
@@ -242,7 +210,12 @@ class Predictor:
             batch = batch[None]
         if len(batch) == 0:
             return np.zeros((0, self.n_classes), np.float32)
-        return self._run(batch)
+        if not self.tta:
+            return self._engine(batch)
+        from wbc.models.base import dihedral_views
+
+        probs = np.asarray(self._engine(dihedral_views(batch)))
+        return probs.reshape(8, len(batch), -1).mean(axis=0)
 
 
 def default_workers() -> int:
@@ -403,7 +376,7 @@ def predict_files(run, files: Sequence[Path], *, top: int = 3, input_kind: str =
     return prediction_rows(results, run.classes, top)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row[: len(headers)]):
@@ -460,247 +433,4 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
         else:
             tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
             table_rows.append([r["file"], r["class"], f"{r['probability']:.3f}", tops])
-    return _table(["file", "class", "prob", f"top {k}"], table_rows, right=(2,))
-
-
-# --------------------------------------------------------------------------- count
-
-
-def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
-    """Percent of each count, rounded so that they add up to exactly 100 (largest remainder)."""
-    total = sum(counts)
-    if total == 0:
-        return [0.0 for _ in counts]
-    unit = 10 ** decimals
-    exact = [c * 100 * unit / total for c in counts]
-    floors = [math.floor(x) for x in exact]
-    short = 100 * unit - sum(floors)
-    order = sorted(range(len(counts)), key=lambda i: (-(exact[i] - floors[i]), i))
-    for i in order[:short]:
-        floors[i] += 1
-    return [f / unit for f in floors]
-
-
-def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
-                batch_size: int = DEFAULT_BATCH, workers: Optional[int] = None,
-                progress: Progress = None, predictor: Optional[Predictor] = None,
-                files: Optional[Sequence[Path]] = None) -> dict[str, Any]:
-    """A WBC differential of one sample: how many cells of each class, and the percentages.
-
-    With a run trained on crops (crop.mode boxes/detect) every WBC that ``wbc.crop.detect_cells``
-    finds in an image is classified and counted; with crop.mode none each image is one cell.
-    Unreadable images are listed in ``failed`` and not counted.
-    """
-    folder = Path(folder)
-    if files is None:
-        if not folder.is_dir():
-            raise DataError(f"{folder}: folder not found")
-        files = require_images([folder])
-    predictor = predictor or Predictor.from_run(run)
-    per_cell = run.spec.crop_mode != "none"
-    results = classify_files(predictor, files, run.spec, run.crop_size, all_cells=per_cell,
-                             input_kind=input_kind, batch_size=batch_size, workers=workers,
-                             progress=progress)
-    classes = list(run.classes)
-    counts = [0] * len(classes)
-    failed, no_cells = [], []
-    for result in results:
-        if result.error:
-            failed.append({"file": str(result.path), "error": result.error})
-            continue
-        if not result.probabilities:
-            no_cells.append(str(result.path))
-        for probs in result.probabilities:
-            counts[int(np.argmax(probs))] += 1
-    percent = percentages(counts)
-    return {
-        "folder": str(folder),
-        "model": str(run.model_path),
-        "per": "cell" if per_cell else "image",
-        "images": len(results),
-        "classified_images": len(results) - len(failed),
-        "cells": sum(counts),
-        "classes": classes,
-        "counts": dict(zip(classes, counts)),
-        "percent": dict(zip(classes, percent)),
-        "failed": failed,
-        "no_cells": no_cells,
-    }
-
-
-def format_count(result: dict[str, Any], fmt: str = "table") -> str:
-    if fmt == "json":
-        return json.dumps(result, indent=2) + "\n"
-    if fmt != "table":
-        raise ValueError(f"format must be table or json, not {fmt!r}")
-    rows = [[c, str(result["counts"][c]), f"{result['percent'][c]:.1f}%"]
-            for c in result["classes"]]
-    rows.append(["total", str(result["cells"]), "100.0%" if result["cells"] else "0.0%"])
-    return _table(["class", "count", "percent"], rows, right=(1, 2))
-
-
-def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
-    """A bar chart (PNG) of the differential: percent per class, counts on the bars."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    classes = result["classes"]
-    percent = [result["percent"][c] for c in classes]
-    counts = [result["counts"][c] for c in classes]
-    figure = Figure(figsize=(6.4, 4.0), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
-    bars = axes.bar(classes, percent, color=palette[: len(classes)] if len(classes) <= 4 else None)
-    for bar, count, pct in zip(bars, counts, percent):
-        axes.annotate(f"{count} ({pct:.1f}%)", (bar.get_x() + bar.get_width() / 2,
-                      bar.get_height()), ha="center", va="bottom", fontsize=9, xytext=(0, 2),
-                      textcoords="offset points")
-    axes.set_ylabel("percent of cells")
-    axes.set_ylim(0, max(max(percent, default=0) * 1.15, 10))
-    unit = "cells" if result.get("per") == "cell" else "images"
-    axes.set_title(f"WBC differential: {result['cells']} {unit} in {Path(result['folder']).name}")
-    figure.tight_layout()
-    try:
-        figure.savefig(path, format="png")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
-    return path
-
-
-# --------------------------------------------------------------------------- explain (Grad-CAM)
-
-
-def _last_conv_index(layers: Sequence[Any]) -> int:
-    import keras
-
-    for index in range(len(layers) - 1, -1, -1):
-        if isinstance(layers[index], keras.layers.Conv2D):
-            return index
-    raise DataError("the model has no Conv2D layer to explain")
-
-
-def _sequential_forward(model):
-    """``x -> (last conv output, class scores before the softmax)`` replaying ``model.layers``."""
-    import keras
-
-    layers = list(model.layers)
-    conv_index = _last_conv_index(layers)
-    last = layers[-1]
-    softmax_head = (isinstance(last, keras.layers.Dense)
-                    and getattr(last.activation, "__name__", "") == "softmax")
-
-    def forward(x):
-        conv = None
-        for index, layer in enumerate(layers):
-            if index == len(layers) - 1 and softmax_head:
-                logits = keras.ops.matmul(x, last.kernel)
-                if last.use_bias:
-                    logits = logits + last.bias
-                return conv, logits, keras.ops.softmax(logits)
-            x = layer(x, training=False)
-            if index == conv_index:
-                conv = x
-        return conv, x, x
-
-    return forward
-
-
-def _functional_forward(model):
-    """The standard recipe: a sub-model from ``model.inputs`` to [last conv output, output]."""
-    import keras
-
-    conv_layer = model.layers[_last_conv_index(list(model.layers))]
-    grad_model = keras.Model(model.inputs, [conv_layer.output, model.outputs[0]])
-
-    def forward(x):
-        conv, probs = grad_model(x, training=False)
-        return conv, probs, probs
-
-    return forward
-
-
-def grad_cam(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM for one uint8 input ``(1, H, W, 3)``: ``(heat map in [0, 1], probabilities)``.
-
-    The heat map (at the last conv layer's resolution) weights each channel of the last conv
-    output by the mean gradient of the predicted class's score (before the softmax).
-    """
-    import keras
-    import tensorflow as tf
-
-    forward = (_sequential_forward(model) if isinstance(model, keras.Sequential)
-               else _functional_forward(model))
-    x = scale(tf.constant(np.asarray(batch, dtype=np.uint8)))
-    with tf.GradientTape() as tape:
-        conv, scores, probs = forward(x)
-        tape.watch(conv)
-        index = int(tf.argmax(probs[0]))
-        score = scores[:, index]
-    grads = tape.gradient(score, conv)
-    if grads is None:
-        raise DataError("cannot compute Grad-CAM gradients for this model")
-    weights = tf.reduce_mean(grads, axis=(0, 1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(conv[0] * weights, axis=-1)).numpy()
-    peak = float(cam.max()) if cam.size else 0.0
-    cam = cam / peak if peak > 0 else np.zeros_like(cam)
-    return cam.astype(np.float32), np.asarray(probs[0], dtype=np.float64)
-
-
-def overlay_heat(rgb: np.ndarray, cam: np.ndarray, region: Optional[Box] = None,
-                 alpha: float = 0.45) -> np.ndarray:
-    """``rgb`` with ``cam`` (values in [0, 1]) drawn as a jet colour map over ``region``."""
-    import cv2
-    from matplotlib import colormaps
-
-    height, width = rgb.shape[:2]
-    x0, y0, x1, y1 = region if region is not None else (0, 0, width, height)
-    side_w, side_h = max(1, x1 - x0), max(1, y1 - y0)
-    heat = cv2.resize(cam.astype(np.float32), (side_w, side_h), interpolation=cv2.INTER_LINEAR)
-    heat = np.clip(heat, 0.0, 1.0)
-    colours = (colormaps["jet"](heat)[..., :3] * 255.0).astype(np.float32)
-    out = rgb.astype(np.float32).copy()
-    # The part of the region that lies inside the image (a padded crop may reach past an edge).
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if ix1 > ix0 and iy1 > iy0:
-        sub = (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
-        weight = (alpha * (0.35 + 0.65 * heat[sub]))[..., None]
-        target = out[iy0:iy1, ix0:ix1]
-        out[iy0:iy1, ix0:ix1] = target * (1 - weight) + colours[sub] * weight
-    result = np.clip(out.round(), 0, 255).astype(np.uint8)
-    if region is not None:
-        cv2.rectangle(result, (ix0, iy0), (max(ix0, ix1 - 1), max(iy0, iy1 - 1)), (255, 255, 255),
-                      max(1, round(min(height, width) / 240)))
-    return result
-
-
-def explain_image(run, image: Path | str, output: Path | str, *, input_kind: str = "auto"
-                  ) -> dict[str, Any]:
-    """Grad-CAM of the predicted class over ``image``, saved as a PNG of the image's size.
-
-    With a run trained on crops, the heat map covers the main WBC's crop square (outlined).
-    Returns file, class, probability, probabilities, box (or None) and output.
-    """
-    from PIL import Image
-
-    image, output = Path(image), Path(output)
-    rgb = read_rgb(image)
-    inputs = model_inputs(rgb, run.spec, run.crop_size, input_kind=input_kind)
-    if not inputs:
-        raise BadImage(image, "no white blood cell found")
-    cam, probs = grad_cam(run.model, inputs[0].pixels[None])
-    picture = overlay_heat(rgb, cam, inputs[0].box)
-    try:
-        Image.fromarray(picture).save(output, format="PNG")
-    except OSError as exc:
-        raise DataError(f"{output}: cannot write the heat map ({exc.strerror or exc})") from None
-    index = int(np.argmax(probs))
-    return {
-        "file": str(image),
-        "class": run.classes[index],
-        "probability": round(float(probs[index]), 6),
-        "probabilities": {c: round(float(p), 6) for c, p in zip(run.classes, probs)},
-        "box": list(inputs[0].box) if inputs[0].box is not None else None,
-        "output": str(output),
-    }
+    return text_table(["file", "class", "prob", f"top {k}"], table_rows, right=(2,))

@@ -30,8 +30,15 @@ class InputSpec:
     stain_reference: Optional[Any] = None  # wbc.color.StainReference (the run's, for normalize)
 
     @classmethod
-    def from_config(cls, config: Config, stain_reference: Optional[Any] = None) -> "InputSpec":
-        return cls(tuple(config.train.image_size), config.crop.mode, config.crop.padding,
+    def from_config(cls, config: Config, stain_reference: Optional[Any] = None,
+                    image_size: Optional[tuple[int, int]] = None) -> "InputSpec":
+        """``image_size``: the model family's input size (default: the family's, from
+        ``wbc.models.family_for(config).input_size()``)."""
+        if image_size is None:
+            from wbc.models import family_for
+
+            image_size = family_for(config).input_size()
+        return cls(tuple(image_size), config.crop.mode, config.crop.padding,
                    config.color.input, config.color.normalize, stain_reference)
 
     @property

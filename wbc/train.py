@@ -1,4 +1,4 @@
-"""``wbc train``: fit the study's CNN on a prepared subset, then score it on the test side.
+"""``wbc train``: fit a model (``model.family``) on a prepared subset, then score it on the test side.
 
 A run folder (default ``runs/<YYYYmmdd-HHMMSS>-<subset>``) holds:
 
@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -253,7 +252,9 @@ def _write_run_info(run_dir: Path, data_dir: Path, strategy: str, resuming: bool
 def has_progress(run_dir: Path) -> bool:
     """True when ``run_dir`` holds a run with at least one finished epoch (never overwritten)."""
     run_dir = Path(run_dir)
-    return (backup_epoch(run_dir) > 0 or (run_dir / "model.keras").exists()
+    from wbc.models import model_files
+
+    return (backup_epoch(run_dir) > 0 or any((run_dir / f).exists() for f in model_files())
             or bool(read_history_rows(run_dir / "history.csv")))
 
 
@@ -324,12 +325,12 @@ def is_chief() -> bool:
 # --------------------------------------------------------------------------- callbacks
 
 
-def _human(epoch: Optional[int], total: int) -> str:
+def human_epoch(epoch: Optional[int], total: int) -> str:
     """A 0-based history epoch as Keras' progress bar names it: '7/150' for epoch 6."""
     return "?" if epoch is None else f"{epoch + 1}/{total}"
 
 
-def _run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience: PatienceTracker,
+def run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience: PatienceTracker,
                   collapse: CollapseDetector, echo: Echo, write: bool, total: int):
     """One Keras callback that keeps history.csv, the checkpoints, early stopping and collapse."""
 
@@ -372,14 +373,14 @@ def _run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience:
             if collapse.update(row["loss"], row["accuracy"]):
                 echo(collapse.message(row["loss"], row["accuracy"]))
             elif collapse.recovered:
-                echo(f"collapse over at epoch {_human(row['epoch'], total)}: "
+                echo(f"collapse over at epoch {human_epoch(row['epoch'], total)}: "
                      f"accuracy {row['accuracy']:.3f} "
                      f"is above the majority share {collapse.majority_share:.3f}")
             if stop:
                 self.stopped_early = True
                 self.model.stop_training = True
                 echo(f"early stopping: val_loss has not improved for {patience.patience} epochs "
-                     f"(best {patience.best:.4f} at epoch {_human(patience.best_epoch, total)})")
+                     f"(best {patience.best:.4f} at epoch {human_epoch(patience.best_epoch, total)})")
 
     return RunLog()
 
@@ -471,15 +472,12 @@ def train(
         raise DataError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --run-dir")
 
-    import keras
-    import tensorflow as tf
-
     from wbc import evaluate as ev
-    from wbc.feeds import make_feed
-    from wbc.model import build_model, make_optimizer
+    from wbc.color import run_reference
+    from wbc.models import FitJob, family_for
+    from wbc.preprocess import InputSpec
 
-    dist = make_strategy(strategy, echo)  # before any other TF work (multiworker needs that)
-    keras.utils.set_random_seed(config.seed)
+    family = family_for(config)
     chief = is_chief()
     out_dir = run_dir if chief else Path(_worker_dir(run_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -489,157 +487,42 @@ def train(
 
     # Colour: color.normalize's stain reference comes from the training images and goes into
     # the run folder (evaluate and predict read it back); color.input applies to both sides.
-    from wbc.color import run_reference
-    from wbc.preprocess import InputSpec
-
     spec = InputSpec.from_config(
         config, run_reference(config, train_dir, out_dir, reuse=resuming, echo=echo))
-
-    # Data: the training side fixes the classes; validation = the test side (as in the study).
-    image_size = tuple(tc.image_size)
-    common = dict(image_size=image_size, batch_size=tc.batch_size, seed=config.seed,
-                  cache=tc.cache, feed=tc.feed, echo=echo, spec=spec)
-    echo(f"loading {train_dir} and {test_dir} ({tc.feed} feed"
-         f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
-    train_feed = make_feed(train_dir, training=True, steps_per_epoch=tc.steps_per_epoch,
-                           jitter=config.color, flips=tc.random_flips, **common)
-    classes = train_feed.classes
-    if resuming and (run_dir / "classes.json").is_file():
-        old = ev.read_classes(run_dir / "classes.json")
-        if old != classes:
-            raise DataError(f"{train_dir}: classes {classes} differ from the run's {old}")
-    val_feed = make_feed(test_dir, training=False, classes=classes, **common)
-    counts = train_feed.class_counts
-    echo(f"train: {train_feed.n_images} images, test: {val_feed.n_images} images, classes: "
-         + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
-
-    if chief:
-        ev.write_classes(classes, out_dir / "classes.json")
-
-    # Where to start: the backup's last finished epoch (resume) or 0.
-    history_path = out_dir / "history.csv"
-    done = backup_epoch(out_dir) if resuming else 0
-    prior = [r for r in read_history_rows(history_path) if r["epoch"] < done] if done else []
-    if chief:
-        if prior or history_path.exists():
-            write_history_rows(history_path, prior)
-    if resuming:
-        echo(f"resuming {run_dir} after epoch {done} of {tc.epochs}" if done
-             else f"resuming {run_dir}: no finished epoch in backup/, starting at epoch 1")
-
-    patience = PatienceTracker(tc.patience)
-    total = sum(counts)
-    shares = [c / total for c in counts]
-    # The loss of always answering the class shares: ln(n) for (nearly) balanced classes.
-    entropy = -sum(s * math.log(s) for s in shares if s > 0)
-    reference = (math.log(len(classes))
-                 if tc.class_weight == "balanced" or math.log(len(classes)) - entropy < 0.01
-                 else entropy)
-    collapse = CollapseDetector(len(classes), max(shares), tc.collapse_epochs, reference)
-    stop_before = False
-    for row in prior:
-        stop_before = patience.update(row["epoch"], row["val_loss"]) or stop_before
-        collapse.update(row["loss"], row["accuracy"])
-
-    with dist.scope():
-        model = build_model(config.model, image_size, len(classes))
-        frozen = freeze_layers(model, tc.freeze)  # before compile; only with --init (checked)
-        if frozen:
-            echo(f"train.freeze {tc.freeze}: frozen layers {', '.join(frozen)}")
-        model.compile(
-            optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
-            loss="categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        if init_model is not None and not done:
-            _load_initial_weights(model, Path(init_model))
-            echo(f"initial weights from {init_model}")
-
-    class_weight = balanced_class_weights(counts) if tc.class_weight == "balanced" else None
-    log = _run_callback(keras, out_dir, prior, patience, collapse, echo, write=True,
-                        total=tc.epochs)
-    # Kept after the run (a finished run can be extended with --resume --epochs N); two
-    # generations, so a kill while the backup is being written falls back to the one before.
-    backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"), delete_checkpoint=False,
-                                              double_checkpoint=True)
-    verbose = 1 if sys.stdout.isatty() else 2
-
-    if done >= tc.epochs:
-        echo(f"{run_dir}: all {tc.epochs} epochs already done; evaluating")
-    elif stop_before:
-        echo(f"{run_dir}: stopped early before (no val_loss improvement for {tc.patience} "
-             "epochs); evaluating")
-        log.stopped_early = True
-    else:
-        echo(f"training {model.count_params():,} parameters for epochs {done + 1}..{tc.epochs} "
-             f"(batch {tc.batch_size}, {tc.optimizer} lr {tc.learning_rate:g}) -> {run_dir}")
-        try:
-            model.fit(
-                train_feed.data,
-                validation_data=val_feed.data,
-                epochs=tc.epochs,
-                steps_per_epoch=train_feed.steps_per_epoch,
-                class_weight=class_weight,
-                shuffle=False,  # the feed shuffles, with the seed
-                callbacks=[log, backup, *callbacks],
-                verbose=verbose,
-            )
-        except tf.errors.ResourceExhaustedError:
-            raise MemoryError from None
-        except (ValueError, TypeError) as exc:
-            if strategy == "multiworker" and cluster_workers() > 1:
-                reason = str(exc).strip().splitlines()[0][:160]
-                raise ConfigError(
-                    f"--strategy multiworker: Keras {keras.__version__}'s fit failed across "
-                    f"{cluster_workers()} workers ({reason}); Keras 3 does not yet train with "
-                    "MultiWorkerMirroredStrategy over several workers (keras-team/keras#20585); "
-                    "use --strategy mirrored on one machine"
-                ) from None
-            raise
-
-    rows = log.rows
+    fitted = family.fit(FitJob(config=config, train_dir=train_dir, test_dir=test_dir,
+                               run_dir=out_dir, spec=spec, echo=echo, resuming=resuming,
+                               init_model=Path(init_model) if init_model else None,
+                               strategy=strategy, callbacks=callbacks))
     if not chief:
         return run_dir
 
-    # Score the best model on the test side; draw the curves and the confusion matrix.
-    best_path = out_dir / "model.keras"
-    if not best_path.is_file():
-        if not (out_dir / "last.keras").is_file():
-            raise ModelError(f"{out_dir}: no model was saved (did any epoch finish?)")
-        echo("warning: val_loss was never finite; scoring last.keras instead of model.keras")
-        best_path = out_dir / "last.keras"
-    metrics = ev.evaluate(best_path, test_dir, echo=echo)
+    # Score the model on the test side; draw the curves and the confusion matrix.
+    history_path = out_dir / "history.csv"
+    metrics = ev.evaluate(out_dir / fitted.model_file, test_dir, echo=echo)
     wall = time.perf_counter() - wall_start
     metrics.update(
         subset=subset,
-        evaluated_model=best_path.name,
-        epochs_run=len(rows),
+        family=family.name,
+        evaluated_model=fitted.model_file,
+        last_model=fitted.last_file,
+        epochs_run=len(fitted.history),
         epochs_planned=tc.epochs,
-        best_epoch=patience.best_epoch,
-        best_val_loss=None if patience.best_epoch is None else patience.best,
-        stopped_early=bool(log.stopped_early),
-        collapsed=bool(collapse.collapsed),
-        collapse_warned=bool(collapse.warned),
+        **{"best_epoch": None, "best_val_loss": None, "stopped_early": False,
+           "collapsed": False, "collapse_warned": False, "feed": None, **fitted.facts},
         strategy=strategy,
-        feed=tc.feed,
-        train_images=train_feed.n_images,
-        skipped_train_images=[{"path": b.path, "reason": b.reason} for b in train_feed.bad],
+        train_images=fitted.n_train,
+        skipped_train_images=[{"path": b.path, "reason": b.reason} for b in fitted.skipped],
         wall_seconds=round(wall, 1),
     )
     ev.write_metrics(metrics, out_dir / "metrics.json")
     from wbc.plots import plot_confusion, plot_history
 
-    if rows:
+    if fitted.history:
         plot_history(history_path, out_dir / "curves.png", title=f"{run_dir.name}")
-    plot_confusion(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png",
+    plot_confusion(metrics["confusion_matrix"], fitted.classes, out_dir / "confusion_matrix.png",
                    title=f"{run_dir.name}: test side")
-    best = ("no finite val_loss" if patience.best_epoch is None
-            else f"best val_loss {patience.best:.4f} at epoch "
-                 f"{_human(patience.best_epoch, tc.epochs)}")
     echo(
-        f"done: {len(rows)} epoch{'s' if len(rows) != 1 else ''} in {format_seconds(wall)}"
-        f"{' (stopped early)' if log.stopped_early else ''}"
-        f"{' (COLLAPSED)' if collapse.collapsed else ''}, {best}; "
+        f"done: {fitted.done} in {format_seconds(wall)}{fitted.notes} ({family.name}); "
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
         f"on {metrics['n_images']} images; run folder {run_dir}"
     )
@@ -678,8 +561,8 @@ def freeze_layers(model, mode: str) -> list[str]:
     return [layer.name for layer in chosen if layer.weights]
 
 
-def _load_initial_weights(model, path: Path) -> None:
-    from wbc.runs import load_model_file
+def load_initial_weights(model, path: Path) -> None:
+    from wbc.models.keras_family import load_model_file
 
     source = load_model_file(path)
     try:

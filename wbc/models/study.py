@@ -1,4 +1,4 @@
-"""The study's CNN, as a pure function of its parameters.
+"""The ``study`` family: the study's CNN, as a pure function of its parameters.
 
 Default parameters give exactly the study's final model for 120x160x3 input and 4 classes:
 Conv2D(8)-Pool-Conv2D(16)-Pool-Conv2D(16)-Pool-Conv2D(16)-Flatten-Dense(32, L2 0.01)-Dense(4),
@@ -8,6 +8,7 @@ Conv2D(8)-Pool-Conv2D(16)-Pool-Conv2D(16)-Pool-Conv2D(16)-Flatten-Dense(32, L2 0
 from __future__ import annotations
 
 from wbc.config import ModelConfig
+from wbc.models.keras_family import KerasFamily
 
 # Where the study's dropout variants put Dropout layers, relative to the first Dense layer.
 DROPOUT_LAYOUTS = {
@@ -87,3 +88,26 @@ def make_optimizer(name: str, learning_rate: float):
     if name not in optimizers:
         raise ValueError(f"train.optimizer: unknown optimizer '{name}'")
     return optimizers[name](learning_rate=learning_rate)
+
+
+class StudyFamily(KerasFamily):
+    """The study's CNN, exactly: ``build_model`` with ``model.*``, the study's optimiser
+    (``train.optimizer``, ``train.learning_rate``) and plain categorical cross-entropy, on
+    ``train.image_size`` inputs (120x160 by default)."""
+
+    name = "study"
+
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.config.train.image_size)
+
+    def build(self, n_classes: int):
+        return build_model(self.config.model, self.input_size(), n_classes)
+
+    def compile(self, model, steps_per_epoch: int) -> None:
+        tc = self.config.train
+        model.compile(optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
+                      loss="categorical_crossentropy", metrics=["accuracy"])
+
+    def optimizer_words(self) -> str:
+        tc = self.config.train
+        return f"{tc.optimizer} lr {tc.learning_rate:g}"

@@ -1,0 +1,317 @@
+"""Model families behind one interface: the nucleus segmentation on shapes with known answers,
+the features family (skops, trusted types), the residual CNN, ensembles and test-time
+augmentation, through the same train / evaluate / predict / explain code."""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import CLASSES, make_class_folders
+from wbc.cli import cli
+from wbc.config import load_config
+from wbc.errors import ConfigError, ModelError
+from wbc.models import family_for
+from wbc.models.base import dihedral_views
+from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
+
+BACKGROUND = (236, 228, 226)  # pale smear background
+NUCLEUS = (110, 60, 175)  # Wright-stained nucleus: blue well above red
+
+
+def canvas() -> np.ndarray:
+    image = np.empty((WORK_SIDE, WORK_SIDE, 3), np.uint8)
+    image[:] = BACKGROUND
+    return image
+
+
+def disk(image, centre, radius, colour=NUCLEUS):
+    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
+    image[(yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius ** 2] = colour
+    return image
+
+
+def values(image) -> dict[str, float]:
+    return dict(zip(feature_names(), cell_features(image).tolist()))
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def test_a_disk_has_its_area_one_lobe_and_is_round():
+    radius = 20
+    found = values(disk(canvas(), (64, 64), radius))
+    assert found["nucleus_found"] == 1
+    assert found["nucleus_area"] == pytest.approx(math.pi * radius ** 2 / WORK_SIDE ** 2, rel=0.08)
+    assert found["lobe_count"] == 1 and found["piece_count"] == 1 and found["euler_number"] == 1
+    assert found["nucleus_hull_ratio"] > 0.95
+    assert found["circularity"] > 0.85 and found["eccentricity"] < 0.2
+    assert found["centre_offset"] < 0.02
+
+
+def test_two_disks_are_two_lobes_with_a_low_solidity():
+    image = disk(disk(canvas(), (46, 64), 13), (82, 64), 13)
+    found = values(image)
+    assert found["lobe_count"] == 2 and found["piece_count"] == 2
+    assert found["nucleus_hull_ratio"] < 0.85  # the hull spans the gap between the lobes
+    assert found["eccentricity"] > 0.7
+
+
+def test_a_ring_has_a_hole():
+    image = disk(disk(canvas(), (64, 64), 24), (64, 64), 12, colour=BACKGROUND)
+    found = values(image)
+    assert found["piece_count"] == 1
+    assert found["euler_number"] == 0  # one piece minus one hole
+    seg = segment(image)
+    assert seg.inner_cytoplasm[64, 64]  # the hole lies inside the hull, outside the nucleus
+
+
+def test_a_neighbouring_nucleus_at_the_edge_is_left_out():
+    image = disk(disk(canvas(), (64, 64), 18), (6, 6), 10)
+    seg = segment(image)
+    assert seg.nucleus[64, 64] and not seg.nucleus[6, 6]
+
+
+def test_a_crop_without_stain_has_no_nucleus_and_zero_features():
+    found = cell_features(canvas())
+    assert found[0] == 0 and not np.any(found)
+
+
+def test_features_survive_a_yellow_illuminant():
+    """White balancing against the crop's own background: a tinted illuminant barely moves
+    the shape features (another lab's camera)."""
+    image = disk(disk(canvas(), (50, 64), 14), (80, 64), 14)
+    tinted = np.clip(image.astype(np.float32) * np.array([1.0, 0.93, 0.78]), 0, 255).astype(
+        np.uint8)
+    plain, yellow = values(image), values(tinted)
+    for name in ("nucleus_area", "lobe_count", "nucleus_hull_ratio", "eccentricity"):
+        assert yellow[name] == pytest.approx(plain[name], rel=0.05, abs=0.01)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+def test_families_are_chosen_by_config_alone():
+    assert family_for(load_config()).name == "study"
+    assert family_for(load_config(overrides=["model.family=cnn"])).input_size() == (64, 64)
+    assert family_for(load_config(overrides=["model.family=features"])).name == "features"
+    ensemble = family_for(load_config(overrides=["model.ensemble=[cnn, features]"]))
+    assert ensemble.name == "ensemble" and ensemble.input_size() == (WORK_SIDE, WORK_SIDE)
+    with pytest.raises(ConfigError, match="did you mean 'features'"):
+        load_config(overrides=["model.family=feature"])
+    with pytest.raises(ConfigError, match="model.ensemble: unknown family 'cn'"):
+        load_config(overrides=["model.ensemble=[cn]"])
+
+
+def test_dihedral_views_are_the_8_symmetries():
+    batch = np.arange(2 * 3 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 3)
+    views = dihedral_views(batch)
+    assert views.shape == (16, 3, 3, 3)
+    distinct = {views[v * 2].tobytes() for v in range(8)}
+    assert len(distinct) == 8  # an asymmetric image has 8 different views
+    np.testing.assert_array_equal(views[:2], batch)  # view 0 is the image itself
+    np.testing.assert_array_equal(views[2 * 2 + 1], np.rot90(batch[1], 1))
+
+
+def test_the_residual_cnn_has_residual_blocks_and_global_pooling():
+    import keras
+
+    family = family_for(load_config(overrides=["model.family=cnn"]))
+    model = family.build(4)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"Add", "BatchNormalization", "GlobalAveragePooling2D"} <= kinds
+    assert model.output_shape == (None, 4)
+    grouped = family_for(load_config(overrides=["model.family=cnn",
+                                                "model.cnn.normalization=group"])).build(4)
+    assert any(isinstance(layer, keras.layers.GroupNormalization) for layer in grouped.layers)
+    assert 100_000 < model.count_params() < 1_000_000
+
+
+# --------------------------------------------------------------------------- trained families
+
+
+@pytest.fixture(scope="module")
+def crop_data(tmp_path_factory):
+    """Square synthetic cell crops: train/ and test/ class folders."""
+    root = tmp_path_factory.mktemp("crops")
+    make_class_folders(root / "train", {c: 10 for c in CLASSES}, size=(64, 64), seed=1)
+    make_class_folders(root / "test", {c: 4 for c in CLASSES}, size=(64, 64), seed=2)
+    return root
+
+
+def train_run(crop_data, run_dir, *overrides):
+    from wbc.train import train
+
+    config = load_config(overrides=list(overrides))
+    return train(config, run_dir=run_dir, folders=(crop_data / "train", crop_data / "test"),
+                 echo=lambda _m: None)
+
+
+@pytest.fixture(scope="module")
+def features_run(crop_data, tmp_path_factory):
+    return train_run(crop_data, tmp_path_factory.mktemp("runs") / "features",
+                     "model.family=features")
+
+
+def test_features_family_trains_evaluates_and_predicts(features_run, crop_data):
+    from wbc.evaluate import evaluate
+    from wbc.predict import Predictor
+    from wbc.runs import load_run
+
+    assert (features_run / "model.skops").is_file()
+    metrics = json.loads((features_run / "metrics.json").read_text())
+    assert metrics["family"] == "features" and metrics["last_model"] is None
+    assert metrics["accuracy"] > 0.5  # the blobs' shapes differ by class: far above chance
+    again = evaluate(features_run, crop_data / "test")
+    assert again["accuracy"] == metrics["accuracy"]
+    run = load_run(features_run)
+    predictor = Predictor.from_run(run)
+    assert predictor.engine == "scikit-learn"
+    image = np.asarray(Image.open(next((crop_data / "test" / "MONOCYTE").iterdir())))
+    probs = predictor(image[None])
+    assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0)
+
+
+def test_features_model_explains_with_named_features(features_run, crop_data, tmp_path):
+    image = next((crop_data / "test" / "NEUTROPHIL").iterdir())
+    result = CliRunner().invoke(cli, ["explain", str(image), "--model", str(features_run),
+                                      "--output", str(tmp_path / "why.png")])
+    assert result.exit_code == 0, result.output
+    assert "nucleus" in result.output or "cytoplasm" in result.output
+    assert "moves" in result.output
+    with Image.open(tmp_path / "why.png") as picture:
+        assert picture.size == (64, 64)
+
+
+def test_a_skops_file_with_an_untrusted_type_is_refused(features_run, tmp_path):
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    from wbc.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "classes.json"):
+        (run / name).write_bytes((features_run / name).read_bytes())
+    foreign = Pipeline([("f", FunctionTransformer(np.exp))])
+    (run / "model.skops").write_bytes(sio.dumps(foreign))
+    with pytest.raises(ModelError, match="untrusted type .*refusing to load it"):
+        load_run(run)
+    result = CliRunner().invoke(cli, ["predict", str(features_run / "config.yaml"),
+                                      "--model", str(run)])
+    assert result.exit_code != 0
+    assert "untrusted type" in result.output and "Traceback" not in result.output
+    (run / "model.skops").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match=r"model\.skops: not a valid \.skops model file"):
+        load_run(run)
+
+
+def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.pipeline import Pipeline
+    from sklearn.svm import SVC
+
+    from wbc.models.features import save_pipeline
+    from wbc.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "classes.json"):
+        (run / name).write_bytes((features_run / name).read_bytes())
+    small = Pipeline([("s", StandardScaler()), ("c", SVC())]).fit(
+        np.random.default_rng(0).random((8, 3)), [0, 1] * 4)
+    save_pipeline(small, run / "model.skops")
+    with pytest.raises(ModelError, match="takes 3 features"):
+        load_run(run)
+
+
+def test_tta_averages_the_dihedral_views(features_run, crop_data):
+    from wbc.predict import Predictor
+    from wbc.runs import load_run
+
+    run = load_run(features_run)
+    images = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+                       for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())])
+    plain = Predictor.from_run(run, tta=False)
+    tta = Predictor.from_run(run, tta=True)
+    expected = np.mean([plain(dihedral_views(images)[v * len(images):(v + 1) * len(images)])
+                        for v in range(8)], axis=0)
+    np.testing.assert_allclose(tta(images), expected, atol=1e-9)
+    assert tta.engine.endswith("+tta")
+
+
+@pytest.mark.slow
+def test_cnn_family_trains_with_its_schedule_and_runs_on_litert(crop_data, tmp_path):
+    from wbc.models.keras_family import grad_cam
+    from wbc.predict import Predictor
+    from wbc.runs import load_run
+
+    run_dir = train_run(crop_data, tmp_path / "cnn", "model.family=cnn", "train.epochs=3",
+                        "train.batch_size=8", "train.patience=null", "model.cnn.image_size=32",
+                        "model.cnn.widths=[8, 16]", "model.cnn.mixup=0.2")
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == 4  # header + 3 epochs
+    rates = [float(row.split(",")[5]) for row in history[1:]]
+    assert rates[0] < rates[1] and rates[-1] < rates[1]  # warm-up, then cosine decay
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["family"] == "cnn" and metrics["train_images"] == 40
+    run = load_run(run_dir)
+    assert run.spec.image_size == (32, 32)
+    fast, slow = Predictor.from_run(run, "litert"), Predictor.from_run(run, "tensorflow")
+    batch = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(fast(batch), slow(batch), atol=1e-5)
+    cam, probs = grad_cam(run.model.model, batch[:1])
+    assert cam.shape == (8, 8) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_ensemble_averages_its_members(crop_data, tmp_path):
+    from wbc.predict import Predictor
+    from wbc.runs import load_run
+
+    run_dir = train_run(crop_data, tmp_path / "ensemble", "model.ensemble=[features, features]",
+                        "model.features.classifier=boosting")
+    members = json.loads((run_dir / "ensemble.json").read_text())["members"]
+    assert [m["seed"] for m in members] == [42, 43]
+    assert all((run_dir / m["model"]).is_file() for m in members)
+    run = load_run(run_dir)
+    images = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+                       for p in sorted((crop_data / "test" / "EOSINOPHIL").iterdir())])
+    parts = [Predictor.from_run(load_run(run_dir / m["model"]))(images) for m in members]
+    np.testing.assert_allclose(Predictor.from_run(run)(images), np.mean(parts, axis=0),
+                               atol=1e-9)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["family"] == "ensemble" and metrics["last_model"] is None
+
+
+def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
+    from wbc.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model:\n  ensemble: [features]\n")
+    (run / "classes.json").write_bytes((features_run / "classes.json").read_bytes())
+    (run / "ensemble.json").write_text(json.dumps(
+        {"members": [{"model": str(features_run / "model.skops")}]}))
+    with pytest.raises(ModelError, match="lies outside the run folder"):
+        load_run(run)
+    (run / "ensemble.json").write_text("{}")
+    with pytest.raises(ModelError, match="not a valid ensemble file"):
+        load_run(run)
+
+
+def test_a_keras_file_under_a_features_config_is_refused(features_run, tmp_path):
+    from conftest import make_run
+    from wbc.runs import load_run
+
+    model = make_run(tmp_path / "run")
+    (model.parent / "config.yaml").write_bytes((features_run / "config.yaml").read_bytes())
+    with pytest.raises(ModelError, match="not a .skops model file"):
+        load_run(model)
+    assert zipfile.is_zipfile(model)

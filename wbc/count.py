@@ -1,0 +1,119 @@
+"""``wbc count``: a WBC differential of one sample, through ``wbc.predict``'s input path."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from wbc.errors import DataError
+from wbc.predict import (DEFAULT_BATCH, Predictor, Progress, classify_files, require_images,
+                         text_table)
+
+
+def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
+    """Percent of each count, rounded so that they add up to exactly 100 (largest remainder)."""
+    total = sum(counts)
+    if total == 0:
+        return [0.0 for _ in counts]
+    unit = 10 ** decimals
+    exact = [c * 100 * unit / total for c in counts]
+    floors = [math.floor(x) for x in exact]
+    short = 100 * unit - sum(floors)
+    order = sorted(range(len(counts)), key=lambda i: (-(exact[i] - floors[i]), i))
+    for i in order[:short]:
+        floors[i] += 1
+    return [f / unit for f in floors]
+
+
+def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
+                batch_size: int = DEFAULT_BATCH, workers: Optional[int] = None,
+                progress: Progress = None, predictor: Optional[Predictor] = None,
+                files: Optional[Sequence[Path]] = None) -> dict[str, Any]:
+    """A WBC differential of one sample: how many cells of each class, and the percentages.
+
+    With a run trained on crops (crop.mode boxes/detect) every WBC that ``wbc.crop.detect_cells``
+    finds in an image is classified and counted; with crop.mode none each image is one cell.
+    Unreadable images are listed in ``failed`` and not counted.
+    """
+    folder = Path(folder)
+    if files is None:
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder not found")
+        files = require_images([folder])
+    predictor = predictor or Predictor.from_run(run)
+    per_cell = run.spec.crop_mode != "none"
+    results = classify_files(predictor, files, run.spec, run.crop_size, all_cells=per_cell,
+                             input_kind=input_kind, batch_size=batch_size, workers=workers,
+                             progress=progress)
+    classes = list(run.classes)
+    counts = [0] * len(classes)
+    failed, no_cells = [], []
+    for result in results:
+        if result.error:
+            failed.append({"file": str(result.path), "error": result.error})
+            continue
+        if not result.probabilities:
+            no_cells.append(str(result.path))
+        for probs in result.probabilities:
+            counts[int(np.argmax(probs))] += 1
+    percent = percentages(counts)
+    return {
+        "folder": str(folder),
+        "model": str(run.model_path),
+        "per": "cell" if per_cell else "image",
+        "images": len(results),
+        "classified_images": len(results) - len(failed),
+        "cells": sum(counts),
+        "classes": classes,
+        "counts": dict(zip(classes, counts)),
+        "percent": dict(zip(classes, percent)),
+        "failed": failed,
+        "no_cells": no_cells,
+    }
+
+
+def format_count(result: dict[str, Any], fmt: str = "table") -> str:
+    if fmt == "json":
+        return json.dumps(result, indent=2) + "\n"
+    if fmt != "table":
+        raise ValueError(f"format must be table or json, not {fmt!r}")
+    rows = [[c, str(result["counts"][c]), f"{result['percent'][c]:.1f}%"]
+            for c in result["classes"]]
+    rows.append(["total", str(result["cells"]), "100.0%" if result["cells"] else "0.0%"])
+    return text_table(["class", "count", "percent"], rows, right=(1, 2))
+
+
+def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
+    """A bar chart (PNG) of the differential: percent per class, counts on the bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    classes = result["classes"]
+    percent = [result["percent"][c] for c in classes]
+    counts = [result["counts"][c] for c in classes]
+    figure = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    bars = axes.bar(classes, percent, color=palette[: len(classes)] if len(classes) <= 4 else None)
+    for bar, count, pct in zip(bars, counts, percent):
+        axes.annotate(f"{count} ({pct:.1f}%)", (bar.get_x() + bar.get_width() / 2,
+                      bar.get_height()), ha="center", va="bottom", fontsize=9, xytext=(0, 2),
+                      textcoords="offset points")
+    axes.set_ylabel("percent of cells")
+    axes.set_ylim(0, max(max(percent, default=0) * 1.15, 10))
+    unit = "cells" if result.get("per") == "cell" else "images"
+    axes.set_title(f"WBC differential: {result['cells']} {unit} in {Path(result['folder']).name}")
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+    return path
+
+

@@ -1,0 +1,283 @@
+"""The ``features`` family: nucleus and cell measurements (``wbc.models.nucleus``) classified by
+scikit-learn.
+
+``model.features.classifier``: ``svm`` (default) is an RBF support-vector machine on
+standardised features with balanced class weights (Tavakoli et al. 2021's family; Platt-scaled
+probabilities), ``boosting`` scikit-learn's histogram gradient boosting. The model is saved with
+skops (``model.skops``) and loaded back only when every type in the file is on ``TRUSTED``:
+a file that names anything else (a foreign estimator, a function) is refused before it is
+unpacked. Never pickle.
+
+Training uses at most ``model.features.max_train`` crops per class (originals first, then a
+seeded draw of augmented copies): the SVM's cost grows with the square of the samples.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from wbc.errors import DataError, ModelError
+from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, resize_batch
+from wbc.models.nucleus import WORK_SIDE, batch_features, feature_names, segment
+
+# Everything a saved features model may contain; anything else in a file is refused.
+TRUSTED = (
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.svm._classes.SVC",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss._loss.CyHalfMultinomialLoss",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.Interval",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "numpy.int32",
+    "numpy.uint64",
+    "numpy.random._generator.Generator",
+    "builtins.slice",
+)
+# Containers and scalars of skops' own schema.
+PLAIN_TYPES = tuple(f"builtins.{name}" for name in
+                    ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType"))
+FEATURE_THREADS = 4  # OpenCV releases the GIL: measuring crops in threads uses both cores
+
+
+def _measure(images: np.ndarray) -> np.ndarray:
+    """``batch_features`` over a thread pool, in order."""
+    if len(images) < 2 * FEATURE_THREADS:
+        return batch_features(images)
+    chunks = np.array_split(np.arange(len(images)), FEATURE_THREADS)
+    with ThreadPoolExecutor(FEATURE_THREADS) as pool:
+        parts = list(pool.map(lambda idx: batch_features(images[idx]), chunks))
+    return np.concatenate(parts)
+
+
+class FeatureEngine(Engine):
+    """uint8 crops -> features -> the scikit-learn model's probabilities, one column per class
+    of the run (a class the training side lacked gets probability 0)."""
+
+    engine = "scikit-learn"
+
+    def __init__(self, pipeline, n_classes: int):
+        self.pipeline = pipeline
+        self.n_classes = n_classes
+        self.columns = np.asarray(pipeline.classes_, dtype=np.int64)
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(features), self.n_classes), np.float64)
+        if len(features):
+            out[:, self.columns] = self.pipeline.predict_proba(features)
+        return out
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.probabilities(_measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE))))
+
+
+class FeatureClassifier(Classifier):
+    def __init__(self, pipeline, path: Path, n_classes: int):
+        self.pipeline = pipeline
+        self.path = Path(path)
+        self.n_classes = n_classes
+        self.image_size = (WORK_SIDE, WORK_SIDE)
+
+    def engine(self, name: str = "auto", cache: bool = True) -> Engine:
+        return FeatureEngine(self.pipeline, self.n_classes)
+
+    def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+        """The features whose typical value (the training mean) would lower the predicted
+        class's probability most: what drove the decision. The picture marks what was
+        measured: the nucleus (1.0), the cytoplasm inside its hull (0.6), the outer band (0.3)."""
+        engine = FeatureEngine(self.pipeline, self.n_classes)
+        crop = resize_batch(np.asarray(pixels, np.uint8)[None], (WORK_SIDE, WORK_SIDE))
+        values = batch_features(crop)
+        probs = engine.probabilities(values)[0]
+        chosen = int(np.argmax(probs))
+        typical = self.pipeline[0].mean_ if hasattr(self.pipeline[0], "mean_") else \
+            np.zeros(values.shape[1])
+        swapped = np.repeat(values, values.shape[1], axis=0)
+        swapped[np.arange(values.shape[1]), np.arange(values.shape[1])] = typical
+        effect = probs[chosen] - engine.probabilities(swapped)[:, chosen]
+        names = feature_names()
+        order = np.argsort(-effect, kind="stable")[:8]
+        seg = segment(crop[0])
+        heat = (seg.nucleus * 1.0 + seg.inner_cytoplasm * 0.6 + seg.ring * 0.3).astype(np.float32)
+        return {
+            "probabilities": probs, "heat": heat, "method": "feature contributions",
+            "features": [{"name": names[i], "value": round(float(values[0, i]), 4),
+                          "typical": round(float(typical[i]), 4),
+                          "effect": round(float(effect[i]), 4)} for i in order],
+        }
+
+
+def _schema_types(node: Any) -> set[str]:
+    """``module.class`` of every object node in a skops ``schema.json``."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if "__class__" in node:
+            found.add(f"{node.get('__module__', '')}.{node['__class__']}")
+        for value in node.values():
+            found |= _schema_types(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _schema_types(value)
+    return found
+
+
+def _skops():
+    try:
+        import skops.io as sio
+    except ImportError:  # pragma: no cover - a dependency of wbc
+        raise ModelError("the features family needs skops: pip install skops") from None
+    return sio
+
+
+def save_pipeline(pipeline, path: Path) -> None:
+    from wbc.manifest import write_atomic
+
+    write_atomic(Path(path), _skops().dumps(pipeline))
+
+
+def _untrusted_types(path: Path) -> tuple[bytes, list[str]]:
+    """The file's bytes and the types in it that skops does not trust by default; a one-line
+    ``ModelError`` for a broken file or one naming a type outside ``TRUSTED``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    if path.suffix.lower() != ".skops":
+        raise ModelError(f"{path}: not a .skops model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty model file (0 bytes)")
+    try:
+        data = path.read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            named = _schema_types(json.loads(archive.read("schema.json")))
+        untrusted = _skops().get_untrusted_types(data=data)
+    except Exception as exc:  # noqa: BLE001 - zip, JSON or schema errors of a broken file
+        raise ModelError(f"{path}: not a valid .skops model file ({type(exc).__name__})") from None
+    # Every type the file names, not only those skops distrusts by default (it trusts all of
+    # scikit-learn and numpy's functions, e.g. a FunctionTransformer of any ufunc).
+    refused = sorted((named | set(untrusted)) - set(TRUSTED) - set(PLAIN_TYPES))
+    if refused:
+        raise ModelError(f"{path}: contains untrusted type {refused[0]}; refusing to load it")
+    return data, list(untrusted)
+
+
+def load_pipeline(path: Path):
+    """A scikit-learn model from a ``.skops`` file whose every type is on ``TRUSTED``."""
+    data, untrusted = _untrusted_types(path)
+    sio = _skops()
+    try:
+        return sio.loads(data, trusted=untrusted)
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}"
+                         f"{': ' + reason if reason else ''})") from None
+
+
+def make_pipeline(features_config, seed: int):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if features_config.classifier == "boosting":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        model = HistGradientBoostingClassifier(class_weight="balanced", random_state=seed,
+                                               max_iter=300, learning_rate=0.05)
+    else:
+        from sklearn.svm import SVC
+
+        model = SVC(C=features_config.svm_c, gamma="scale", class_weight="balanced",
+                    probability=True, random_state=seed)
+    return Pipeline([("scale", StandardScaler()), ("classify", model)])
+
+
+def draw_training_files(files: Sequence[Path], labels: np.ndarray, limit: int, seed: int
+                        ) -> list[int]:
+    """Indices of at most ``limit`` files per class: originals first, then a seeded draw of
+    the augmented copies (``CLASS.ID.aNNNN.jpg``)."""
+    from wbc.seeding import rng_for
+    from wbc.stages.naming import parse_name
+
+    chosen: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        noise = rng_for(seed, "features-draw", int(label)).random(len(members))
+        copy = [0 if (n := parse_name(Path(files[i]).name)) is None or n.copy is None else 1
+                for i in members]
+        order = sorted(range(len(members)), key=lambda j: (copy[j], noise[j]))
+        chosen += [int(members[j]) for j in order[:limit]]
+    return sorted(chosen)
+
+
+class FeaturesFamily(Family):
+    name = "features"
+    model_file = "model.skops"
+
+    def input_size(self) -> tuple[int, int]:
+        return (WORK_SIDE, WORK_SIDE)
+
+    def fit(self, job: FitJob) -> FitResult:
+        from wbc import evaluate as ev
+        from wbc.feeds import list_class_files, load_images
+
+        fc = self.config.model.features
+        classes, files, labels = list_class_files(job.train_dir)
+        if not files:
+            raise DataError(f"{job.train_dir}: no images in the class folders")
+        if job.init_model is not None:
+            job.echo(f"note: a features model refits on the new images; --init "
+                     f"{job.init_model} only fixes the class order")
+            classes = list(ev.read_classes(Path(job.init_model).parent / "classes.json"))
+            classes, files, labels = list_class_files(job.train_dir, classes)
+        picked = draw_training_files(files, labels, fc.max_train, self.config.seed)
+        files, labels = [files[i] for i in picked], labels[picked]
+        job.echo(f"measuring {len(files)} training crops of {job.train_dir}")
+        images, kept, bad = load_images(files, self.input_size(), echo=job.echo, spec=job.spec)
+        if not len(kept):
+            raise DataError(f"{job.train_dir}: none of the images could be read")
+        features = _measure(images)
+        labels = labels[kept]
+        job.echo(f"fitting {fc.classifier} on {len(features)} crops x {features.shape[1]} "
+                 "features")
+        with warnings.catch_warnings():
+            # scikit-learn 1.9 deprecates SVC(probability=True) (removed in 1.11, hence the
+            # pin below it): the measured recipe uses its Platt scaling as it is.
+            warnings.filterwarnings("ignore", message=".*probability.*", category=FutureWarning)
+            pipeline = make_pipeline(fc, self.config.seed).fit(features, labels)
+        ev.write_classes(classes, Path(job.run_dir) / "classes.json")
+        save_pipeline(pipeline, Path(job.run_dir) / self.model_file)
+        counts = np.bincount(labels, minlength=len(classes))
+        return FitResult(classes=list(classes), model_file=self.model_file,
+                         n_train=int(len(features)), skipped=list(bad),
+                         facts={"features": len(feature_names()),
+                                "train_per_class": dict(zip(classes, counts.tolist()))},
+                         done=f"{fc.classifier} on {len(features)} crops")
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        _untrusted_types(path)
+
+    def load(self, path: Path, classes: Sequence[str]) -> Classifier:
+        pipeline = load_pipeline(path)
+        expected = len(feature_names())
+        if getattr(pipeline, "n_features_in_", expected) != expected:
+            raise ModelError(f"{path}: the model takes {pipeline.n_features_in_} features, "
+                             f"not the {expected} that wbc measures")
+        if len(getattr(pipeline, "classes_", ())) > len(classes) or (
+                len(pipeline.classes_) and int(max(pipeline.classes_)) >= len(classes)):
+            raise ModelError(f"{path}: the model knows more classes than classes.json names")
+        return FeatureClassifier(pipeline, path, len(classes))

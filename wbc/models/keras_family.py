@@ -1,0 +1,448 @@
+"""What the Keras families (``study``, ``cnn``) share: the training loop, safe loading, the
+LiteRT / TensorFlow engines and Grad-CAM.
+
+A Keras family only says how to build and compile its network and how its training images are
+varied online (``build``, ``compile``, ``online_augment``); this module does the rest, the same
+for both: the in-memory ``tf.data`` feed, ``history.csv`` appended per epoch, ``model.keras``
+(lowest val_loss) and ``last.keras`` written atomically, ``BackupAndRestore`` for ``--resume``,
+early stopping and the collapse warning (``wbc.train``'s helpers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from wbc.errors import ConfigError, DataError, ModelError
+from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult
+
+# Layers whose config carries Python code (bytecode or a function reference).
+CODE_LAYERS = ("Lambda",)
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+def _walk_configs(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk_configs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk_configs(value)
+
+
+def check_archive(path: Path) -> None:
+    """Refuse files that are not ``.keras`` archives, and archives whose layers carry code."""
+    if not path.exists():
+        raise ModelError(f"{path}: model file not found")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder without a model file")
+    if path.suffix.lower() != ".keras":
+        raise ModelError(f"{path}: not a .keras model file (expected the Keras 3 format)")
+    try:
+        if path.stat().st_size == 0:
+            raise ModelError(f"{path}: empty model file (0 bytes)")
+        if not zipfile.is_zipfile(path):
+            raise ModelError(f"{path}: not a valid .keras model file (not a zip archive)")
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read("config.json")
+    except KeyError:
+        raise ModelError(f"{path}: not a valid .keras model file (no config.json inside)") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(f"{path}: cannot read model file ({exc})") from None
+    try:
+        config = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{path}: not a valid .keras model file (bad config.json)") from None
+    for node in _walk_configs(config):
+        name = node.get("class_name")
+        if name in CODE_LAYERS:
+            raise ModelError(
+                f"{path}: contains a {name} layer (arbitrary code); refusing to load it"
+            )
+
+
+def load_model_file(path: Path | str):
+    """Load a ``.keras`` file safely (no code, ``safe_mode=True``, not compiled)."""
+    path = Path(path)
+    check_archive(path)
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises ValueError, TypeError, KeyError, OSError, ...
+        text = str(exc)
+        if "safe_mode" in text or "arbitrary code" in text:
+            raise ModelError(
+                f"{path}: contains code (e.g. a Lambda layer, arbitrary code); refusing to load it"
+            ) from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        if len(reason) > 200:
+            reason = reason[:197] + "..."
+        raise ModelError(f"{path}: cannot load model ({reason})") from None
+
+
+# --------------------------------------------------------------------------- engines
+
+
+ENGINES = ("auto", "litert", "tensorflow")
+
+
+class KerasEngine(Engine):
+    """A Keras model as a batch function, on LiteRT (XNNPACK, ~0.5 ms for one image on 2 cores,
+    cached conversion) or a ``tf.function`` traced once for any batch size (~3 ms;
+    ``model.predict`` costs ~45 ms a call). ``auto``: LiteRT, else TensorFlow with ``fallback``
+    saying why. Both give the same probabilities to ~1e-6."""
+
+    def __init__(self, model, image_size: tuple[int, int], engine: str = "auto",
+                 model_path: Optional[Path] = None):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.fallback = None
+        self._run: Callable[[np.ndarray], np.ndarray]
+        if engine in ("auto", "litert"):
+            try:
+                self._run = self._litert(model, model_path)
+                self.engine = "litert"
+                return
+            except Exception as exc:  # noqa: BLE001 - any converter/runtime failure: fall back
+                if engine == "litert":
+                    raise DataError(f"{model_path or 'model'}: cannot run on LiteRT "
+                                    f"({type(exc).__name__}: {exc})") from None
+                self.fallback = (f"LiteRT unavailable ({type(exc).__name__}: {exc}); "
+                                 "using TensorFlow")
+        self._run = self._tensorflow(model)
+        self.engine = "tensorflow"
+
+    @staticmethod
+    def _litert(model, model_path: Optional[Path]) -> Callable[[np.ndarray], np.ndarray]:
+        from wbc.lite import LiteModel, load_or_convert
+        from wbc.preprocess import scale
+
+        lite = LiteModel(load_or_convert(model, model_path))
+        return lambda batch: lite(scale(batch))
+
+    def _tensorflow(self, model) -> Callable[[np.ndarray], np.ndarray]:
+        import tensorflow as tf
+
+        from wbc.preprocess import scale
+
+        height, width = self.image_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
+        def infer(batch):
+            return model(scale(batch), training=False)
+
+        # Calling the traced graph directly skips tf.function's argument matching (~0.5 ms).
+        concrete = infer.get_concrete_function()
+        return lambda batch: concrete(tf.convert_to_tensor(batch)).numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._run(batch)
+
+
+class KerasClassifier(Classifier):
+    """A loaded ``.keras`` model."""
+
+    def __init__(self, model, path: Path):
+        self.model = model
+        self.path = Path(path)
+        self.image_size = tuple(int(v) for v in model.inputs[0].shape[1:3])
+        self.n_classes = int(model.outputs[0].shape[-1])
+
+    def engine(self, name: str = "auto", cache: bool = True) -> Engine:
+        return KerasEngine(self.model, self.image_size, name, self.path if cache else None)
+
+    def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+        heat, probs = grad_cam(self.model, np.asarray(pixels, np.uint8)[None])
+        return {"heat": heat, "probabilities": probs, "method": "grad-cam"}
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def _last_conv_index(layers: Sequence[Any]) -> int:
+    import keras
+
+    for index in range(len(layers) - 1, -1, -1):
+        if isinstance(layers[index], keras.layers.Conv2D):
+            return index
+    raise DataError("the model has no Conv2D layer to explain")
+
+
+def _sequential_forward(model):
+    """``x -> (last conv output, class scores before the softmax)`` replaying ``model.layers``."""
+    import keras
+
+    layers = list(model.layers)
+    conv_index = _last_conv_index(layers)
+    last = layers[-1]
+    softmax_head = (isinstance(last, keras.layers.Dense)
+                    and getattr(last.activation, "__name__", "") == "softmax")
+
+    def forward(x):
+        conv = None
+        for index, layer in enumerate(layers):
+            if index == len(layers) - 1 and softmax_head:
+                logits = keras.ops.matmul(x, last.kernel)
+                if last.use_bias:
+                    logits = logits + last.bias
+                return conv, logits, keras.ops.softmax(logits)
+            x = layer(x, training=False)
+            if index == conv_index:
+                conv = x
+        return conv, x, x
+
+    return forward
+
+
+def _functional_forward(model):
+    """A sub-model from ``model.inputs`` to [the last feature map, output]: the layer feeding
+    global pooling when there is one (a residual block's sum), else the last Conv2D."""
+    import keras
+
+    layers = list(model.layers)
+    target = None
+    for layer in layers:
+        if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+            target = layer.input
+    if target is None:
+        target = layers[_last_conv_index(layers)].output
+    grad_model = keras.Model(model.inputs, [target, model.outputs[0]])
+
+    def forward(x):
+        conv, probs = grad_model(x, training=False)
+        return conv, probs, probs
+
+    return forward
+
+
+def grad_cam(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM for one uint8 input ``(1, H, W, 3)``: ``(heat map in [0, 1], probabilities)``.
+
+    The heat map (at the last feature map's resolution) weights each channel of that map by the
+    mean gradient of the predicted class's score.
+    """
+    import keras
+    import tensorflow as tf
+
+    from wbc.preprocess import scale
+
+    sequential = isinstance(model, keras.Sequential)
+    forward = _sequential_forward(model) if sequential else _functional_forward(model)
+
+    def gradients(x):
+        with tf.GradientTape() as tape:
+            conv, scores, probs = forward(x)
+            tape.watch(conv)
+            score = tf.gather(scores, tf.argmax(probs[0]), axis=1)
+        return conv, tape.gradient(score, conv), probs
+
+    if not sequential:
+        # Eagerly, oneDNN's gradient through the residual CNN's blocks corrupts memory
+        # (TF 2.21: a segfault or a malloc assertion); traced as a graph it is correct.
+        gradients = tf.function(gradients)
+    x = scale(tf.constant(np.asarray(batch, dtype=np.uint8)))
+    conv, grads, probs = gradients(x)
+    if grads is None:
+        raise DataError("cannot compute Grad-CAM gradients for this model")
+    weights = tf.reduce_mean(grads, axis=(0, 1, 2))
+    cam = tf.nn.relu(tf.reduce_sum(conv[0] * weights, axis=-1)).numpy()
+    peak = float(cam.max()) if cam.size else 0.0
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    return cam.astype(np.float32), np.asarray(probs[0], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- the family
+
+
+class KerasFamily(Family):
+    """The training loop and loading that every Keras family shares."""
+
+    model_file = "model.keras"
+    last_file = "last.keras"
+
+    # What a subclass provides ----------------------------------------------------------
+    def build(self, n_classes: int):
+        raise NotImplementedError
+
+    def compile(self, model, steps_per_epoch: int) -> None:
+        raise NotImplementedError
+
+    def online_augment(self) -> dict[str, Any]:
+        """``make_feed`` options that vary the training images every epoch."""
+        return {"flips": self.config.train.random_flips}
+
+    def batch_size(self) -> int:
+        return self.config.train.batch_size
+
+    # Loading ----------------------------------------------------------------------------
+    def load(self, path: Path, classes: Sequence[str]) -> Classifier:
+        model = load_model_file(path)
+        try:
+            input_shape = tuple(model.inputs[0].shape)
+            output_units = int(model.outputs[0].shape[-1])
+        except (AttributeError, IndexError, TypeError):
+            raise ModelError(f"{path}: the model has no single image input and output") from None
+        if len(input_shape) != 4 or tuple(input_shape[1:3]) != tuple(self.input_size()):
+            raise ModelError(
+                f"{path}: model input {input_shape[1:]} does not match the run's input size "
+                f"{list(self.input_size())} ({self.size_key} in config.yaml)"
+            )
+        if input_shape[3] != 3:
+            raise ModelError(f"{path}: model expects {input_shape[3]} channels, not RGB")
+        if output_units != len(classes):
+            raise ModelError(
+                f"{path}: model has {output_units} outputs but classes.json names "
+                f"{len(classes)} classes"
+            )
+        return KerasClassifier(model, path)
+
+    size_key = "train.image_size"
+
+    @staticmethod
+    def check_file(path: Path) -> None:
+        check_archive(Path(path))
+
+    # Training ---------------------------------------------------------------------------
+    def fit(self, job: FitJob) -> FitResult:
+        import keras
+        import tensorflow as tf
+
+        from wbc import evaluate as ev
+        from wbc import train as tr
+        from wbc.feeds import make_feed
+
+        config, echo, out_dir = job.config, job.echo, Path(job.run_dir)
+        tc = config.train
+        dist = tr.make_strategy(job.strategy, echo)
+        keras.utils.set_random_seed(config.seed)
+        image_size = self.input_size()
+        common = dict(image_size=image_size, batch_size=self.batch_size(), seed=config.seed,
+                      cache=tc.cache, feed=tc.feed, echo=echo, spec=job.spec)
+        echo(f"loading {job.train_dir} and {job.test_dir} ({tc.feed} feed"
+             f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
+        train_feed = make_feed(job.train_dir, training=True, steps_per_epoch=tc.steps_per_epoch,
+                               jitter=config.color, **self.online_augment(), **common)
+        classes = train_feed.classes
+        if job.resuming and (out_dir / "classes.json").is_file():
+            old = ev.read_classes(out_dir / "classes.json")
+            if old != classes:
+                raise DataError(f"{job.train_dir}: classes {classes} differ from the run's {old}")
+        val_feed = make_feed(job.test_dir, training=False, classes=classes, **common)
+        counts = train_feed.class_counts
+        echo(f"train: {train_feed.n_images} images, test: {val_feed.n_images} images, classes: "
+             + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+        if tr.is_chief():
+            ev.write_classes(classes, out_dir / "classes.json")
+
+        # Where to start: the backup's last finished epoch (resume) or 0.
+        history_path = out_dir / "history.csv"
+        done = tr.backup_epoch(out_dir) if job.resuming else 0
+        prior = ([r for r in tr.read_history_rows(history_path) if r["epoch"] < done]
+                 if done else [])
+        if tr.is_chief() and (prior or history_path.exists()):
+            tr.write_history_rows(history_path, prior)
+        if job.resuming:
+            echo(f"resuming {out_dir} after epoch {done} of {tc.epochs}" if done
+                 else f"resuming {out_dir}: no finished epoch in backup/, starting at epoch 1")
+
+        patience = tr.PatienceTracker(tc.patience)
+        total = sum(counts)
+        shares = [c / total for c in counts]
+        # The loss of always answering the class shares: ln(n) for (nearly) balanced classes.
+        entropy = -sum(s * math.log(s) for s in shares if s > 0)
+        reference = (math.log(len(classes))
+                     if tc.class_weight == "balanced" or math.log(len(classes)) - entropy < 0.01
+                     else entropy)
+        collapse = tr.CollapseDetector(len(classes), max(shares), tc.collapse_epochs, reference)
+        stop_before = False
+        for row in prior:
+            stop_before = patience.update(row["epoch"], row["val_loss"]) or stop_before
+            collapse.update(row["loss"], row["accuracy"])
+
+        steps = train_feed.steps_per_epoch or math.ceil(train_feed.n_images / self.batch_size())
+        with dist.scope():
+            model = self.build(len(classes))
+            frozen = tr.freeze_layers(model, tc.freeze)  # before compile; only with --init
+            if frozen:
+                echo(f"train.freeze {tc.freeze}: frozen layers {', '.join(frozen)}")
+            self.compile(model, steps)
+            if job.init_model is not None and not done:
+                tr.load_initial_weights(model, Path(job.init_model))
+                echo(f"initial weights from {job.init_model}")
+
+        class_weight = (tr.balanced_class_weights(counts) if tc.class_weight == "balanced"
+                        else None)
+        log = tr.run_callback(keras, out_dir, prior, patience, collapse, echo, write=True,
+                              total=tc.epochs)
+        # Kept after the run (a finished run can be extended with --resume --epochs N); two
+        # generations, so a kill while the backup is being written falls back to the one before.
+        backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"), delete_checkpoint=False,
+                                                  double_checkpoint=True)
+        verbose = 1 if sys.stdout.isatty() else 2
+        if done >= tc.epochs:
+            echo(f"{out_dir}: all {tc.epochs} epochs already done; evaluating")
+        elif stop_before:
+            echo(f"{out_dir}: stopped early before (no val_loss improvement for {tc.patience} "
+                 "epochs); evaluating")
+            log.stopped_early = True
+        else:
+            echo(f"training {model.count_params():,} parameters ({self.name}) for epochs "
+                 f"{done + 1}..{tc.epochs} (batch {self.batch_size()}, "
+                 f"{self.optimizer_words()}) -> {out_dir}")
+            try:
+                model.fit(train_feed.data, validation_data=val_feed.data, epochs=tc.epochs,
+                          steps_per_epoch=train_feed.steps_per_epoch, class_weight=class_weight,
+                          shuffle=False,  # the feed shuffles, with the seed
+                          callbacks=[log, backup, *job.callbacks], verbose=verbose)
+            except tf.errors.ResourceExhaustedError:
+                raise MemoryError from None
+            except (ValueError, TypeError) as exc:
+                if job.strategy == "multiworker" and tr.cluster_workers() > 1:
+                    reason = str(exc).strip().splitlines()[0][:160]
+                    raise ConfigError(
+                        f"--strategy multiworker: Keras {keras.__version__}'s fit failed across "
+                        f"{tr.cluster_workers()} workers ({reason}); Keras 3 does not yet train "
+                        "with MultiWorkerMirroredStrategy over several workers "
+                        "(keras-team/keras#20585); use --strategy mirrored on one machine"
+                    ) from None
+                raise
+
+        model_file = self.model_file
+        if not (out_dir / model_file).is_file():
+            if not (out_dir / self.last_file).is_file():
+                raise ModelError(f"{out_dir}: no model was saved (did any epoch finish?)")
+            echo("warning: val_loss was never finite; scoring last.keras instead of model.keras")
+            model_file = self.last_file
+        rows = log.rows
+        best = ("no finite val_loss" if patience.best_epoch is None
+                else f"best val_loss {patience.best:.4f} at epoch "
+                     f"{tr.human_epoch(patience.best_epoch, tc.epochs)}")
+        same = model_file == self.last_file or (
+            patience.best_epoch is not None and rows and patience.best_epoch == rows[-1]["epoch"])
+        return FitResult(
+            classes=list(classes), model_file=model_file, n_train=train_feed.n_images,
+            last_file=None if same else self.last_file, history=rows,
+            facts=dict(best_epoch=patience.best_epoch,
+                       best_val_loss=None if patience.best_epoch is None else patience.best,
+                       stopped_early=bool(log.stopped_early),
+                       collapsed=bool(collapse.collapsed),
+                       collapse_warned=bool(collapse.warned), feed=tc.feed),
+            skipped=list(train_feed.bad),
+            done=f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}",
+            notes=((" (stopped early)" if log.stopped_early else "")
+                   + (" (COLLAPSED)" if collapse.collapsed else "") + f", {best}"),
+        )
+
+    def optimizer_words(self) -> str:
+        raise NotImplementedError
