@@ -21,26 +21,35 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Every target that runs wbc depends on this stamp, so a fresh clone installs first (and again
+# when pyproject.toml changes).
+INSTALLED := $(VENV)/.installed
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
 install: $(BIN)/python ## Create .venv and install wbc with its dev extras
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(INSTALLED)
 	@$(WBC) --version
 
-test: ## Run the whole test suite (WBC_RAW=path adds the real-data integration test)
+test: $(INSTALLED) ## Run the whole test suite (WBC_RAW=path adds the real-data integration test)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-prepare: ## Prepare the data: make prepare RAW=../shared/data/dataset-master
+prepare: $(INSTALLED) ## Prepare the data: make prepare RAW=../shared/data/dataset-master
 	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW)) $(ARGS)
 
-train: ## Train on a subset: make train SUBSET=small EPOCHS=30
+train: $(INSTALLED) ## Train on a subset: make train SUBSET=small EPOCHS=30
 	$(WBC) train --config $(CONFIG) --data-dir $(DATA) --subset $(SUBSET) --run-dir $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
-plot: ## Redraw a run's curves: make plot RUN=runs/<name>
+plot: $(INSTALLED) ## Redraw a run's curves: make plot RUN=runs/<name>
 	$(WBC) plot $(RUN)
 
-cv: ## Cross-validate: make cv FOLDS=5 EPOCHS=30 [ARGS='--per-class 600 --out runs/cv-x']
+cv: $(INSTALLED) ## Cross-validate: make cv FOLDS=5 EPOCHS=30 [ARGS='--per-class 600 --out runs/cv-x']
 	$(WBC) cv --config $(CONFIG) --data-dir $(DATA) --folds $(or $(FOLDS),5) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
-tune: ## Rank a grid of settings: make tune GRID=configs/grid.yaml SUBSET=small EPOCHS=10
+tune: $(INSTALLED) ## Rank a grid of settings: make tune GRID=configs/grid.yaml SUBSET=small EPOCHS=10
 	$(WBC) tune --config $(CONFIG) --data-dir $(DATA) --grid $(or $(GRID),configs/grid.yaml) --subset $(SUBSET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-master] [SUBSET=small]
@@ -53,10 +62,10 @@ all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-ma
 	@echo "metrics: $(RUN)/metrics.json"
 	@$(WBC) evaluate --model $(RUN)/model.keras --data $(DATA)/processed/$(SUBSET)/test
 
-fetch: ## Download the public dataset into data/raw/dataset-master
+fetch: $(INSTALLED) ## Download the public dataset into data/raw/dataset-master
 	$(WBC) fetch --config $(CONFIG) --data-dir $(DATA) $(ARGS)
 
-bench: ## Measure training feed, augmentation, predict and CLI speed
+bench: $(INSTALLED) ## Measure training feed, augmentation, predict and CLI speed
 	$(WBC) bench $(if $(RAW),--raw $(RAW)) $(ARGS)
 
 clean: ## Remove generated data, runs and caches (keeps .venv and the raw data you gave)

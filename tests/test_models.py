@@ -232,19 +232,32 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
         load_run(run)
 
 
-def test_tta_averages_the_dihedral_views(features_run, crop_data):
+def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(features_run, crop_data,
+                                                                   tmp_path):
+    from conftest import make_run
+    from wbc.models.base import tta_views
     from wbc.predict import Predictor
     from wbc.runs import load_run
 
-    run = load_run(features_run)
-    images = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+    images = np.stack([np.asarray(Image.open(p).resize((48, 48)))
                        for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())])
-    plain = Predictor.from_run(run, tta=False)
-    tta = Predictor.from_run(run, tta=True)
-    expected = np.mean([plain(dihedral_views(images)[v * len(images):(v + 1) * len(images)])
-                        for v in range(8)], axis=0)
-    np.testing.assert_allclose(tta(images), expected, atol=1e-9)
-    assert tta.engine.endswith("+tta")
+    square = load_run(make_run(tmp_path / "square", image_size=(48, 48)))
+    plain = Predictor.from_run(square, "tensorflow", cache=False, tta=False)
+    tta = Predictor.from_run(square, "tensorflow", cache=False, tta=True)
+    views = tta_views(images)
+    assert len(views) == 8 * len(images)
+    expected = np.mean([plain(views[v * len(images):(v + 1) * len(images)]) for v in range(8)],
+                       axis=0)
+    np.testing.assert_allclose(tta(images), expected, atol=1e-6)
+    assert tta.engine == "tensorflow+tta"
+    assert not np.allclose(tta(images), plain(images), atol=1e-6)  # the views do differ
+    wide = np.zeros((2, 40, 56, 3), np.uint8)
+    assert len(tta_views(wide)) == 8  # a non-square input: its 4 flips
+    features = load_run(features_run)
+    crops = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+                      for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())])
+    np.testing.assert_array_equal(Predictor.from_run(features, tta=True)(crops),
+                                  Predictor.from_run(features, tta=False)(crops))
 
 
 @pytest.mark.slow

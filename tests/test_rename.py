@@ -48,7 +48,7 @@ def test_every_dropped_row_and_file_has_a_reason(tiny_raw, tmp_path):
     (images / "notes.txt").write_text("hello")
     add_rows(tiny_raw, "\r\n,100,NEUTROPHIL\r\n,101,NEUTROPHIL\r\n,102,MONOCYTE"
              "\r\n,103,BASOPHIL\r\n,104,\r\n,105,\"NEUTROPHIL, EOSINOPHIL\"\r\n,106,MONOCYTE"
-             "\r\n,../../etc/passwd,MONOCYTE\r\n,0,EOSINOPHIL")
+             "\r\n,../../etc/passwd,MONOCYTE\r\n,0,EOSINOPHIL\r\n,1,NEUTROPHIL")
     dst = tmp_path / "renamed"
     manifest = rename(tiny_raw, dst, load_config(overrides=NO_DUPES))
     reasons = skipped_reasons(dst)
@@ -61,8 +61,12 @@ def test_every_dropped_row_and_file_has_a_reason(tiny_raw, tmp_path):
     assert reasons["106"] == "no image file"
     assert reasons["../../etc/passwd"].startswith("id is not a number")
     assert reasons["200"] == "no row in labels.csv"
-    assert reasons["0"].startswith("duplicate row")
-    assert manifest.summary["kept"] == 31
+    # image 0 is NEUTROPHIL on its first row and EOSINOPHIL on a later one: neither is trusted
+    assert reasons["0"].startswith("contradictory labels: NEUTROPHIL (line 2) vs EOSINOPHIL")
+    assert not (dst / "NEUTROPHIL.0.jpg").exists() and not (dst / "EOSINOPHIL.0.jpg").exists()
+    assert reasons["1"].startswith("duplicate row")  # the same label twice: kept once
+    assert (dst / "NEUTROPHIL.1.jpg").exists()
+    assert manifest.summary["kept"] == 30
     assert not any("etc" in p.name for p in dst.iterdir())
 
 

@@ -48,9 +48,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
+
 from wbc.errors import DataError
 
-SECTIONS = ("cli", "matmul", "train", "augment", "predict", "memory")
+SECTIONS = ("cli", "matmul", "train", "augment", "predict", "families", "memory")
 STUDY_EPOCHS = 150
 STUDY_TRAIN_IMAGES = 10_800  # the full subset's training side: 3,000 per class x 4 x 90%
 MEMORY_LIMIT_GIB = 4.0
@@ -61,6 +63,15 @@ GOALS = {  # name -> (minimum or maximum, value); checked in ``goal_rows``
     "opencv_vs_idg": (">=", 10.0),
     "help_seconds": ("<=", 0.3),
     "peak_rss_gib": ("<", MEMORY_LIMIT_GIB),
+    "slowest_recipe_ms_per_cell": ("<=", 5.0),
+}
+# The model recipes whose predict cost per cell the families section measures: config overrides.
+RECIPES = {
+    "features": ["model.family=features"],
+    "cnn": ["model.family=cnn"],
+    "cnn + TTA": ["model.family=cnn", "model.tta=true"],
+    "mean of cnn + features": ["model.ensemble=[cnn, features]"],
+    "mean of cnn + features, TTA": ["model.ensemble=[cnn, features]", "model.tta=true"],
 }
 
 Echo = Callable[[str], None]
@@ -616,6 +627,80 @@ def bench_predict(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
+def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray,
+                labels: np.ndarray):
+    """A run folder for a recipe, as fast to predict as a trained one: the CNN untrained (its
+    cost does not depend on its weights), the SVM fitted on ``features`` (its cost grows with
+    the support vectors, and random labels make nearly every sample one)."""
+    from wbc.config import dump_config, load_config
+    from wbc.evaluate import write_classes
+    from wbc.manifest import write_json
+    from wbc.models import family_for
+    from wbc.models.ensemble import member_configs
+    from wbc.models.features import make_pipeline, save_pipeline
+
+    config = load_config(overrides=["crop.mode=detect", *overrides])
+    members = member_configs(config) if config.model.ensemble else [("", config)]
+    entries = []
+    for name, member in members:
+        where = folder / "members" / name if name else folder
+        where.mkdir(parents=True, exist_ok=True)
+        family = family_for(member)
+        if family.name == "features":
+            save_pipeline(make_pipeline(member.model.features, 0).fit(features, labels),
+                          where / family.model_file)
+        else:
+            family.build(4).save(where / family.model_file)
+        dump_config(member, where / "config.yaml")
+        write_classes(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
+                      where / "classes.json")
+        entries.append({"model": f"members/{name}/{family.model_file}"})
+    if config.model.ensemble:
+        dump_config(config, folder / "config.yaml")
+        write_classes(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
+                      folder / "classes.json")
+        write_json(folder / "ensemble.json", {"members": entries})
+    return folder
+
+
+def bench_families(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> dict[str, Any]:
+    """Milliseconds per cell of ``wbc predict`` on a folder of 256-pixel cell crops for each
+    recipe in ``RECIPES``: decoding, features, TTA and every ensemble member included."""
+    from wbc.imageio import read_rgb, write_jpeg
+    from wbc.models.nucleus import feature_names
+    from wbc.predict import Predictor, predict_files
+    from wbc.runs import load_run
+
+    crops = tmp / "crops"
+    crops.mkdir()
+    files = []
+    for index in range(plan.predict_images):
+        rgb = read_rgb(sources[index % len(sources)])
+        top, left = (rgb.shape[0] - 256) // 2, (rgb.shape[1] - 256) // 2
+        files.append(crops / f"cell_{index:05d}.jpg")
+        write_jpeg(np.ascontiguousarray(rgb[top:top + 256, left:left + 256]), files[-1])
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(1000, len(feature_names())))
+    labels = rng.integers(0, 4, 1000)
+    result: dict[str, Any] = {"cells": len(files), "recipes": {}}
+    for name, overrides in RECIPES.items():
+        run = load_run(_family_run(tmp / f"run-{len(result['recipes'])}", overrides, features,
+                                   labels))
+        predictor = Predictor.from_run(run, cache=False)
+        predict_files(run, files[:16], predictor=predictor)  # warm-up
+        times = []
+        for _ in range(plan.predict_repeats):
+            start = time.perf_counter()
+            predict_files(run, files, predictor=predictor)
+            times.append(time.perf_counter() - start)
+        ms = 1e3 * min(times) / len(files)
+        result["recipes"][name] = {"ms_per_cell": round(ms, 3), "engine": predictor.engine,
+                                   "repeats": len(times)}
+        echo(f"families: {name}: {ms:.2f} ms per cell ({predictor.engine})")
+    result["slowest_ms_per_cell"] = max(r["ms_per_cell"] for r in result["recipes"].values())
+    return result
+
+
 def make_memory_subset(data: Path, sources: Sequence[Path], train: int, test: int) -> None:
     """``data/processed/full/{train,test}/CLASS/`` of 120x160 JPEGs (links to resized sources)."""
     import cv2
@@ -690,6 +775,9 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         values["opencv_vs_idg"] = (a["opencv_vs_idg"], a["opencv_vs_idg_cpu"])
     if "cli" in sections:
         values["help_seconds"] = (sections["cli"]["help_seconds"], None)
+    if "families" in sections:
+        values["slowest_recipe_ms_per_cell"] = (sections["families"]["slowest_ms_per_cell"],
+                                                None)
     if "memory" in sections and sections["memory"]["full_size"]:  # --quick: a smaller subset
         values["peak_rss_gib"] = (sections["memory"]["peak_rss_gib"], None)
     checks = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
@@ -794,6 +882,11 @@ def table(results: dict[str, Any]) -> str:
         add("  ratio predict / decode-only (best; pairs; CPU)",
             f"{p['ratio']:.2f}; {p['ratio_median_of_pairs']:.2f}; {p['ratio_cpu_time']:.2f}",
             ">= 0.8")
+    if "families" in s:
+        f = s["families"]
+        for name, r in f["recipes"].items():
+            add(f"predict per cell on {f['cells']} crops: {name} ({r['engine']})",
+                f"{r['ms_per_cell']:.2f} ms", "<= 5", f"{r['repeats']}x, {load('families')}")
     if "cli" in s:
         c = s["cli"]
         add("wbc --help wall time (median)", f"{c['help_seconds']:.3f} s", "<= 0.3",
@@ -856,13 +949,14 @@ def run(raw: Optional[Path] = None, quick: bool = False, json_path: Optional[Pat
         tmp = Path(tmp_name)
         sources: list[Path] = []
         results["images"] = "none needed"
-        if any(s in chosen for s in ("train", "augment", "predict", "memory")):
+        if any(s in chosen for s in ("train", "augment", "predict", "families", "memory")):
             sources, results["images"] = source_images(tmp, raw, plan.sources, echo)
         functions = {"cli": lambda: bench_cli(plan, echo),
                      "matmul": lambda: bench_matmul(plan, echo),
                      "train": lambda: bench_train(tmp, sources, plan, echo),
                      "augment": lambda: bench_augment(tmp, sources, plan, echo),
                      "predict": lambda: bench_predict(tmp, sources, plan, echo),
+                     "families": lambda: bench_families(tmp, sources, plan, echo),
                      "memory": lambda: bench_memory(tmp, sources, plan, echo)}
         for section in chosen:
             before = _load()

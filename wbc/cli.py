@@ -579,7 +579,8 @@ def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_fo
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="JSON file to write (default: runs/bench-<timestamp>.json).")
 @click.option("--only", multiple=True,
-              type=click.Choice(["cli", "matmul", "train", "augment", "predict", "memory"]),
+              type=click.Choice(["cli", "matmul", "train", "augment", "predict", "families",
+                                 "memory"]),
               help="Run only this section (repeatable; default: all).")
 @handle_errors
 def bench(raw, quick, json_path, only):

@@ -182,7 +182,8 @@ class Predictor:
     ``litert`` (~0.5 ms for one image on 2 cores, cached conversion) or ``tensorflow`` (a
     ``tf.function``); ``auto`` is LiteRT, or TensorFlow when LiteRT cannot run the model, and
     ``fallback`` then says why. The features family runs on scikit-learn whatever is asked.
-    ``tta``: average the 8 dihedral views of each input (``model.tta``).
+    ``tta``: average the model over the 8 dihedral views of each input (``model.tta``; the 4
+    flips of a non-square input), in the families that gain from it: the CNNs.
     """
 
     def __init__(self, classifier, *, engine: str = "auto", cache: bool = True,
@@ -192,8 +193,8 @@ class Predictor:
         self.classifier = classifier
         self.n_classes = int(classifier.n_classes)
         self.tta = bool(tta)
-        self._engine = classifier.engine(engine, cache)
-        self.engine = self._engine.engine + ("+tta" if self.tta else "")
+        self._engine = classifier.engine(engine, cache, self.tta)
+        self.engine = self._engine.engine
         self.fallback = self._engine.fallback
 
     @classmethod
@@ -210,12 +211,7 @@ class Predictor:
             batch = batch[None]
         if len(batch) == 0:
             return np.zeros((0, self.n_classes), np.float32)
-        if not self.tta:
-            return self._engine(batch)
-        from wbc.models.base import dihedral_views
-
-        probs = np.asarray(self._engine(dihedral_views(batch)))
-        return probs.reshape(8, len(batch), -1).mean(axis=0)
+        return self._engine(batch)
 
 
 def default_workers() -> int:

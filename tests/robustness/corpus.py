@@ -107,6 +107,9 @@ LABELS_CASES = [
     LabelsCase("semicolons", b";Image;Category\n;0;NEUTROPHIL\n;1;NEUTROPHIL\n", 0, ""),
     LabelsCase("non-numeric-ids", b",Image,Category\n,0,NEUTROPHIL\n,abc,NEUTROPHIL\n", 0,
                "id is not a number"),
+    LabelsCase("contradictory-rows",
+               b",Image,Category\n,0,NEUTROPHIL\n,1,NEUTROPHIL\n,0,EOSINOPHIL\n", 0,
+               "contradictory labels: NEUTROPHIL (line 2) vs EOSINOPHIL (line 4)"),
     LabelsCase("path-ids", b",Image,Category\n,0,NEUTROPHIL\n,../../etc/passwd,NEUTROPHIL\n", 0,
                "id is not a number"),
 ]

@@ -84,9 +84,10 @@ class Classifier:
     n_classes: int
     path: Path
 
-    def engine(self, name: str = "auto", cache: bool = True) -> Engine:
+    def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         """The batch function on runtime ``name`` (auto | litert | tensorflow; families with one
-        runtime accept any). ``cache``: keep a conversion for the next process."""
+        runtime accept any). ``cache``: keep a conversion for the next process. ``tta``: average
+        the model over ``tta_views`` of each input, where the family gains from it."""
         raise NotImplementedError
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
@@ -128,6 +129,30 @@ def resize_batch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     return np.stack([resize(image, size) for image in batch]) if len(batch) else \
         np.zeros((0, *size, 3), np.uint8)
+
+
+class TtaEngine(Engine):
+    """Test-time augmentation: ``engine`` averaged over ``tta_views`` of each input."""
+
+    def __init__(self, engine: Engine):
+        self.inner = engine
+        self.engine = engine.engine + "+tta"
+        self.fallback = engine.fallback
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        views = tta_views(batch)
+        probs = np.asarray(self.inner(views), dtype=np.float64)
+        return probs.reshape(len(views) // len(batch), len(batch), -1).mean(axis=0)
+
+
+def tta_views(batch: np.ndarray) -> np.ndarray:
+    """The views TTA averages: the 8 dihedral views of a square batch (``dihedral_views``), the
+    4 flips (none, left-right, up-down, both) of a non-square one; view-major."""
+    if batch.shape[1] == batch.shape[2]:
+        return dihedral_views(batch)
+    flipped = batch[:, :, ::-1]
+    return np.ascontiguousarray(np.concatenate([batch, flipped, batch[:, ::-1],
+                                                flipped[:, ::-1]]))
 
 
 def dihedral_views(batch: np.ndarray) -> np.ndarray:

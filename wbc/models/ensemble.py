@@ -62,8 +62,8 @@ class EnsembleClassifier(Classifier):
         self.image_size = max((m.image_size for m in self.members),
                               key=lambda size: size[0] * size[1])
 
-    def engine(self, name: str = "auto", cache: bool = True) -> Engine:
-        return EnsembleEngine([(m.engine(name, cache), m.image_size) for m in self.members])
+    def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
+        return EnsembleEngine([(m.engine(name, cache, tta), m.image_size) for m in self.members])
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The first member's explanation, with the ensemble's probabilities."""

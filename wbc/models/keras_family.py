@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from wbc.errors import ConfigError, DataError, ModelError
-from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult
+from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, TtaEngine
 
 # Layers whose config carries Python code (bytecode or a function reference).
 CODE_LAYERS = ("Lambda",)
@@ -159,8 +159,9 @@ class KerasClassifier(Classifier):
         self.image_size = tuple(int(v) for v in model.inputs[0].shape[1:3])
         self.n_classes = int(model.outputs[0].shape[-1])
 
-    def engine(self, name: str = "auto", cache: bool = True) -> Engine:
-        return KerasEngine(self.model, self.image_size, name, self.path if cache else None)
+    def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
+        engine = KerasEngine(self.model, self.image_size, name, self.path if cache else None)
+        return TtaEngine(engine) if tta else engine
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         heat, probs = grad_cam(self.model, np.asarray(pixels, np.uint8)[None])

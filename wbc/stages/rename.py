@@ -55,11 +55,26 @@ def _select_rows(
     chosen: dict[int, str] = {}
     seen: set[str] = set()
     rows = read_labels(raw.labels)
+    # An id whose rows name different classes: no row can be trusted, so the image is skipped
+    # (the first row winning would train it under a label that may be wrong).
+    labels_of: dict[str, list] = {}
+    for row in rows:
+        labels_of.setdefault(row.raw_id, []).append(row)
+    contradictions = {
+        raw_id: " vs ".join(f"{', '.join(r.categories) or 'no label'} (line {r.line})"
+                            for r in id_rows)
+        for raw_id, id_rows in labels_of.items()
+        if len({tuple(r.categories) for r in id_rows}) > 1}
     for row in rows:
         if row.raw_id in seen:
-            skipped.append([row.raw_id, "", f"duplicate row (line {row.line})"])
+            if row.raw_id not in contradictions:
+                skipped.append([row.raw_id, "", f"duplicate row (line {row.line})"])
             continue
         seen.add(row.raw_id)
+        if row.raw_id in contradictions and row.image_id is not None:
+            skipped.append([row.image_id, raw.image_path(row.image_id).name,
+                            f"contradictory labels: {contradictions[row.raw_id]}"])
+            continue
         if row.image_id is None:
             skipped.append([row.raw_id, "", f"id is not a number (line {row.line})"])
             continue
