@@ -14,7 +14,9 @@ settings by hand: compare a few runs trained with different ``color.*`` settings
 Each run is scored with ``wbc.evaluate.evaluate`` (the run's own preprocessing: crop mode, colour
 input, stain reference; ``--input auto``, so square or nearly square crops are not cropped again).
 Columns: the run's colour settings, its in-domain test accuracy (from its metrics.json), then on
-the other lab's data: images, accuracy, macro-F1 and each class's recall. The last line is the
+the other lab's data: images, accuracy, macro-F1, each class's recall, and (for runs with a
+``domain.json``) the share of images the out-of-domain flag marks, with the accuracy of the
+flagged and of the other images. The last line is the
 majority-class baseline (always naming the most frequent class), which matters because
 tecom-crops is imbalanced (59 % neutrophils).
 
@@ -42,7 +44,12 @@ def describe(run) -> str:
     c = run.config.color
     jitter = [f"{k[0]}{getattr(c, k):g}" for k in ("brightness", "contrast", "saturation", "hue")
               if getattr(c, k) > 0]
-    parts = [f"crop={run.config.crop.mode}", f"in={c.input}", f"norm={c.normalize}"]
+    model = run.config.model
+    family = "+".join(model.ensemble) if model.ensemble else model.family
+    if family == "features":
+        family += f"({model.features.colour})"
+    parts = [family + ("+tta" if model.tta else ""), f"crop={run.config.crop.mode}",
+             f"in={c.input}", f"norm={c.normalize}"]
     if jitter:
         parts.append("jit=" + ",".join(jitter))
     return " ".join(parts)
@@ -95,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         classes = metrics["classes"]
         counts = [metrics["per_class"][c]["support"] for c in classes]
         recall = " ".join(f"{metrics['per_class'][c]['recall']:.2f}" for c in classes)
+        domain = metrics.get("out_of_domain")
+        flag = "-" if not domain else (
+            f"{domain['flagged_share']:.2f}: "
+            + "/".join("-" if domain[k] is None else f"{domain[k]:.2f}"
+                       for k in ("accuracy_flagged", "accuracy_unflagged")))
         rows.append([str(given), describe(run), in_domain_accuracy(path.parent),
                      str(metrics["n_images"]), f"{metrics['accuracy']:.3f}",
-                     f"{metrics['macro_f1']:.3f}", recall])
+                     f"{metrics['macro_f1']:.3f}", recall, flag])
         if metrics["errors"]:
             print(f"{given}: skipped {len(metrics['errors'])} unreadable images", file=sys.stderr)
     recall_head = "recall " + "/".join(c[:3] for c in classes) if classes else "recall"
-    headers = ["run", "settings", "own test acc", "images", "accuracy", "macro-F1", recall_head]
+    headers = ["run", "settings", "own test acc", "images", "accuracy", "macro-F1", recall_head,
+               "flagged: acc flagged/others"]
     if counts:
         accuracy, macro = majority_baseline(counts)
         rows.append(["(majority class)", "", "", str(sum(counts)), f"{accuracy:.3f}",

@@ -328,3 +328,64 @@ def test_a_keras_file_under_a_features_config_is_refused(features_run, tmp_path)
     with pytest.raises(ModelError, match="not a .skops model file"):
         load_run(model)
     assert zipfile.is_zipfile(model)
+
+
+def test_relative_colour_is_each_region_against_the_whole_cell():
+    from wbc.models.nucleus import (COLOUR_STATS, SHAPE_FEATURES, SPREAD_STATS, colour_features,
+                                    pixel_table)
+
+    rng = np.random.default_rng(3)
+    image = disk(disk(canvas(), (64, 64), 34, colour=(200, 170, 205)), (64, 64), 18)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    seg = segment(image)
+    table = pixel_table(seg.image)
+    cell = colour_features(table, seg.hull | seg.ring)
+    nucleus = colour_features(table, seg.nucleus)
+    relative = dict(zip(feature_names("relative"), cell_features(image, "relative")))
+    for index, stat in enumerate(COLOUR_STATS):
+        expected = (nucleus[index] / cell[index] if stat in SPREAD_STATS
+                    else nucleus[index] - cell[index])
+        assert relative[f"nucleus_{stat}_rel"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert len(cell_features(image, "none")) == len(SHAPE_FEATURES)
+    with pytest.raises(ConfigError, match="model.features.colour"):
+        load_config(overrides=["model.features.colour=relatve"])
+
+
+def test_features_init_refits_with_the_earlier_training_crops(features_run, crop_data, tmp_path):
+    from wbc.models.features import TRAINING_FEATURES, read_training_features
+    from wbc.train import train
+
+    earlier, labels = read_training_features(features_run, "absolute")
+    assert earlier.shape == (40, 62) and sorted(set(labels.tolist())) == [0, 1, 2, 3]
+    few = tmp_path / "lab"
+    make_class_folders(few, {c: 2 for c in CLASSES}, size=(64, 64), seed=9)
+    lines: list[str] = []
+    adapted = train(load_config(overrides=["model.family=features"]), run_dir=tmp_path / "run",
+                    folders=(few, crop_data / "test"), init_model=features_run / "model.skops",
+                    echo=lines.append)
+    assert any("refitting on its 40 training crops and these 8" in line for line in lines)
+    assert (adapted / TRAINING_FEATURES).is_file()
+    (tmp_path / "old").mkdir()
+    for name in ("config.yaml", "classes.json", "model.skops"):
+        (tmp_path / "old" / name).write_bytes((features_run / name).read_bytes())
+    with pytest.raises(ModelError, match="train_features.npz: missing"):
+        train(load_config(overrides=["model.family=features"]), run_dir=tmp_path / "run2",
+              folders=(few, crop_data / "test"), init_model=tmp_path / "old" / "model.skops",
+              echo=lines.append)
+
+
+def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
+    from wbc.train import train
+
+    overrides = ["model.family=features", "color.normalize=reinhard"]
+    base = train_run(crop_data, tmp_path / "base", *overrides)
+    lab = tmp_path / "lab"
+    make_class_folders(lab, {c: 2 for c in CLASSES}, size=(64, 64), seed=5)
+    # another lab's stain: much darker crops
+    for path in lab.rglob("*.jpg"):
+        Image.fromarray((np.asarray(Image.open(path)) * 0.6).astype(np.uint8)).save(path)
+    adapted = train(load_config(overrides=overrides), run_dir=tmp_path / "adapted",
+                    folders=(lab, crop_data / "test"), init_model=base / "model.skops",
+                    echo=lambda _m: None)
+    assert (adapted / "stain_reference.json").read_bytes() == \
+        (base / "stain_reference.json").read_bytes()

@@ -68,7 +68,9 @@ def test_predict_json_schema_probabilities_and_top(model_path, images):
     assert len(rows) == 10
     assert any(row["file"].endswith("extra.PNG") for row in rows)
     for row in rows:
-        assert set(row) == {"file", "class", "probability", "top", "probabilities", "error"}
+        assert set(row) == {"file", "class", "probability", "confidence", "top",
+                            "probabilities", "error"}  # no domain.json: no stain columns
+        assert row["confidence"] == row["probability"]
         assert row["error"] is None
         assert row["class"] in CLASSES
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)

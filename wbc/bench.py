@@ -683,9 +683,15 @@ def bench_families(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -
     features = rng.normal(size=(1000, len(feature_names())))
     labels = rng.integers(0, 4, 1000)
     result: dict[str, Any] = {"cells": len(files), "recipes": {}}
+    from wbc.domain import training_reference, write_reference
+    from wbc.preprocess import load_resized
+
     for name, overrides in RECIPES.items():
-        run = load_run(_family_run(tmp / f"run-{len(result['recipes'])}", overrides, features,
-                                   labels))
+        folder = _family_run(tmp / f"run-{len(result['recipes'])}", overrides, features, labels)
+        size = load_run(folder).spec.image_size
+        # the out-of-domain flag is part of every prediction: measure it too
+        write_reference(training_reference(files, lambda p: load_resized(p, size), 0), folder)
+        run = load_run(folder)
         predictor = Predictor.from_run(run, cache=False)
         predict_files(run, files[:16], predictor=predictor)  # warm-up
         times = []

@@ -179,8 +179,10 @@ def fetch(config_path, overrides, data_dir, dest, force):
               help="tf.distribute strategy: mirrored = all local GPUs (else all logical CPUs), "
                    "multiworker = the workers in TF_CONFIG.")
 @click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="MODEL.keras",
-              help="Start from this trained model's weights (same architecture; fine-tuning).")
+              default=None, metavar="MODEL",
+              help="Adapt a trained model (fine-tuning): a Keras model starts from its weights "
+                   "(same architecture); a features model (model.skops) is refitted on its own "
+                   "training crops plus these, weighted to equal totals.")
 @handle_errors
 @needs_tensorflow
 def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy,
@@ -489,8 +491,9 @@ def plot(run_dir, output):
               help="Cross-validate this plain folder of class folders (DATA/CLASS/*.jpg, no "
                    "augmentation) instead of the prepared data; folds are stratified over files.")
 @click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="MODEL.keras",
-              help="Start every fold from this trained model's weights (fine-tuning).")
+              default=None, metavar="MODEL",
+              help="Adapt this trained model in every fold (fine-tuning, as wbc train --init: "
+                   "Keras weights, or a features model refitted with its training crops).")
 @click.option("--score", type=click.Choice(["last", "best"]), default="last", show_default=True,
               help="Which model the headline numbers score: last = the final epoch; best = the "
                    "lowest val_loss epoch, chosen on the test fold itself (optimistic).")

@@ -116,6 +116,7 @@ class FeaturesConfig:
     """The ``features`` family: nucleus and cell measurements + scikit-learn (``features.py``)."""
 
     classifier: str = "svm"  # svm (RBF) | boosting (histogram gradient boosting)
+    colour: str = "absolute"  # absolute | relative (against the whole cell) | none (shape only)
     svm_c: float = 10.0  # the SVM's C
     max_train: int = 4000  # at most this many training crops per class (seeded draw): the SVM
                            # is quadratic in the number of samples, augmented copies are many
@@ -201,6 +202,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.family": ("study", "cnn", "features"),
     "model.cnn.normalization": ("batch", "group"),
     "model.features.classifier": ("svm", "boosting"),
+    "model.features.colour": ("absolute", "relative", "none"),
     "train.subset": ("small", "medium", "full"),
     "train.class_weight": ("none", "balanced"),
     "train.optimizer": ("rmsprop", "adam", "nadam"),

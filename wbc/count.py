@@ -48,10 +48,11 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
     per_cell = run.spec.crop_mode != "none"
     results = classify_files(predictor, files, run.spec, run.crop_size, all_cells=per_cell,
                              input_kind=input_kind, batch_size=batch_size, workers=workers,
-                             progress=progress)
+                             progress=progress, domain=run.domain)
     classes = list(run.classes)
     counts = [0] * len(classes)
     failed, no_cells = [], []
+    flagged = 0
     for result in results:
         if result.error:
             failed.append({"file": str(result.path), "error": result.error})
@@ -60,6 +61,8 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
             no_cells.append(str(result.path))
         for probs in result.probabilities:
             counts[int(np.argmax(probs))] += 1
+        if run.domain is not None:
+            flagged += sum(1 for d in result.distances if d > run.domain.threshold)
     percent = percentages(counts)
     return {
         "folder": str(folder),
@@ -73,6 +76,8 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
         "percent": dict(zip(classes, percent)),
         "failed": failed,
         "no_cells": no_cells,
+        # cells whose stain lies beyond the run's out-of-domain threshold (None: no domain.json)
+        "out_of_domain": flagged if run.domain is not None else None,
     }
 
 
@@ -84,7 +89,11 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
     rows = [[c, str(result["counts"][c]), f"{result['percent'][c]:.1f}%"]
             for c in result["classes"]]
     rows.append(["total", str(result["cells"]), "100.0%" if result["cells"] else "0.0%"])
-    return text_table(["class", "count", "percent"], rows, right=(1, 2))
+    table = text_table(["class", "count", "percent"], rows, right=(1, 2))
+    if result.get("out_of_domain"):
+        table += (f"{result['out_of_domain']} of {result['cells']} cells are out of domain "
+                  "(stain unlike the training images): check them before trusting the counts\n")
+    return table
 
 
 def plot_counts(result: dict[str, Any], path: Path | str) -> Path:

@@ -104,7 +104,9 @@ def write_classes(classes: Sequence[str], path: Path) -> None:
 
 
 def predict_files(run, files: Sequence[Path], batch_size: int = 64):
-    """``(probabilities, kept, bad)`` for ``files``, through predict's shared preprocessing.
+    """``(probabilities, kept, bad, distances)`` for ``files``, through predict's shared
+    preprocessing; ``distances``: each kept file's stain distance (``wbc.domain``; NaN when
+    the run has no ``domain.json``).
 
     The same path as ``wbc predict`` (crop of the main WBC when the model was trained on crops and
     an image is a whole smear), so evaluation scores exactly what a user would get.
@@ -114,13 +116,26 @@ def predict_files(run, files: Sequence[Path], batch_size: int = 64):
 
     # No conversion cache: cv and tune evaluate hundreds of models that are never loaded again.
     results = classify_files(Predictor.from_run(run, cache=False), files, run.spec,
-                             run.crop_size, batch_size=batch_size)
+                             run.crop_size, batch_size=batch_size, domain=run.domain)
     kept = [i for i, r in enumerate(results) if r.error is None]
     bad = [BadImage(r.path, r.error) for r in results if r.error is not None]
     n_out = len(run.classes)
     probs = (np.stack([results[i].probabilities[0] for i in kept]) if kept
              else np.zeros((0, n_out), np.float32))
-    return probs, np.asarray(kept, dtype=np.int64), bad
+    distances = np.asarray([results[i].distances[0] if results[i].distances else np.nan
+                            for i in kept], dtype=np.float64)
+    return probs, np.asarray(kept, dtype=np.int64), bad, distances
+
+
+def domain_summary(correct: np.ndarray, distances: np.ndarray, threshold: float
+                   ) -> dict[str, Any]:
+    """How often the out-of-domain flag fired, and the accuracy of flagged and other images."""
+    flagged = distances > threshold
+    def share(mask):
+        return float(correct[mask].mean()) if mask.any() else None
+    return {"threshold": round(float(threshold), 4), "flagged": int(flagged.sum()),
+            "flagged_share": float(flagged.mean()) if len(flagged) else 0.0,
+            "accuracy_flagged": share(flagged), "accuracy_unflagged": share(~flagged)}
 
 
 def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
@@ -142,8 +157,11 @@ def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
         raise DataError(f"{data_dir}: folder not found")
     _, files, labels = list_class_files(data_dir, classes)
     echo(f"evaluating {run.model_path} on {len(files)} images in {data_dir}")
-    probs, kept, bad = predict_files(run, files, batch_size)
+    probs, kept, bad, distances = predict_files(run, files, batch_size)
     metrics = compute_metrics(labels[kept], probs.argmax(axis=1), classes)
+    if run.domain is not None:
+        metrics["out_of_domain"] = domain_summary(labels[kept] == probs.argmax(axis=1),
+                                                  distances, run.domain.threshold)
     metrics["errors"] = [{"path": b.path, "reason": b.reason} for b in bad]
     metrics["model"] = str(run.model_path)
     metrics["data"] = str(data_dir)
@@ -179,6 +197,13 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines.append(" " * width + "".join(f"{c[:10]:>{cell}}" for c in classes))
     for name, row in zip(classes, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    domain = metrics.get("out_of_domain")
+    if domain:
+        def pct(value):
+            return "-" if value is None else f"{value:.4f}"
+        lines += ["", f"out of domain (stain distance > {domain['threshold']:.2f}): "
+                      f"{domain['flagged']} of {metrics['n_images']} images; accuracy flagged "
+                      f"{pct(domain['accuracy_flagged'])}, others {pct(domain['accuracy_unflagged'])}"]
     for error in metrics.get("errors", []):
         lines.append(f"skipped {error['path']}: {error['reason']}")
     return "\n".join(lines)

@@ -271,6 +271,7 @@ class FileResult:
     boxes: list[Optional[Box]] = field(default_factory=list)
     probabilities: list[np.ndarray] = field(default_factory=list)
     error: Optional[str] = None
+    distances: list[float] = field(default_factory=list)  # stain distance per cell (wbc.domain)
 
 
 def classify_files(
@@ -284,19 +285,24 @@ def classify_files(
     batch_size: int = DEFAULT_BATCH,
     workers: Optional[int] = None,
     progress: Progress = None,
+    domain=None,
 ) -> list[FileResult]:
     """Classify ``files`` in batches while a thread pool decodes the next ones.
 
     ``all_cells``: one result per WBC found (for counting); otherwise the main WBC only, and an
     image in which no WBC is found gets ``error``. ``progress(n)`` is called as files are done.
+    ``domain``: a ``wbc.domain.DomainReference``; each cell's stain distance from it is measured
+    (in the decoding threads) into ``FileResult.distances``.
     """
 
-    def load(path: Path) -> list[CellInput]:
+    def load(path: Path) -> tuple[list[CellInput], list[float]]:
         inputs = model_inputs(read_rgb(path), spec, crop_size, input_kind=input_kind,
                               all_cells=all_cells)
         if not inputs and not all_cells:
             raise BadImage(path, "no white blood cell found")
-        return inputs
+        distances = ([] if domain is None
+                     else domain.distances([cell.pixels for cell in inputs]).tolist())
+        return inputs, distances
 
     results: list[FileResult] = []
     batch: list[np.ndarray] = []
@@ -318,7 +324,8 @@ def classify_files(
         if isinstance(loaded, BadImage):
             result.error = loaded.reason
         else:
-            for cell in loaded:
+            cells, result.distances = loaded
+            for cell in cells:
                 result.boxes.append(cell.box)
                 batch.append(cell.pixels)
                 owners.append(result)
@@ -338,14 +345,21 @@ def _top(probs: np.ndarray, classes: Sequence[str], k: int) -> list[dict[str, An
     return [{"class": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
 
 
-def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: int = 3
-                    ) -> list[dict[str, Any]]:
-    """One dict per file: file, class, probability, top (K dicts), probabilities, error."""
+def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: int = 3,
+                    domain=None) -> list[dict[str, Any]]:
+    """One dict per file: file, class, probability (= confidence, the top probability), top
+    (K dicts), probabilities, error; with ``domain`` (the run's ``wbc.domain`` reference) also
+    ``stain_distance`` and ``out_of_domain`` (the distance above the run's threshold)."""
     k = max(1, min(int(top), len(classes)))
     rows = []
     for result in results:
         row: dict[str, Any] = {"file": str(result.path), "class": None, "probability": None,
-                               "top": [], "probabilities": {}, "error": result.error}
+                               "confidence": None, "top": [], "probabilities": {},
+                               "error": result.error}
+        if domain is not None:
+            distance = result.distances[0] if result.distances else None
+            row["stain_distance"] = None if distance is None else round(float(distance), 3)
+            row["out_of_domain"] = None if distance is None else bool(distance > domain.threshold)
         if result.error is None and result.probabilities:
             probs = np.asarray(result.probabilities[0], dtype=np.float64)
             best = _top(probs, classes, k)
@@ -353,6 +367,7 @@ def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: 
                 {
                     "class": best[0]["class"],
                     "probability": best[0]["probability"],
+                    "confidence": best[0]["probability"],
                     "top": best,
                     "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)},
                 }
@@ -368,8 +383,9 @@ def predict_files(run, files: Sequence[Path], *, top: int = 3, input_kind: str =
     """Classify each file with ``run`` (a ``wbc.runs.Run``): ``prediction_rows`` of the results."""
     predictor = predictor or Predictor.from_run(run)
     results = classify_files(predictor, files, run.spec, run.crop_size, input_kind=input_kind,
-                             batch_size=batch_size, workers=workers, progress=progress)
-    return prediction_rows(results, run.classes, top)
+                             batch_size=batch_size, workers=workers, progress=progress,
+                             domain=run.domain)
+    return prediction_rows(results, run.classes, top, run.domain)
 
 
 def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -400,6 +416,7 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
             "classes": list(classes),
             "images": len(rows),
             "failed": sum(1 for r in rows if r["error"]),
+            "out_of_domain": sum(1 for r in rows if r.get("out_of_domain")),
             "predictions": list(rows),
         }
         return json.dumps(document, indent=2) + "\n"
@@ -409,7 +426,9 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
         header = ["file", "class", "probability"]
         for i in range(1, k + 1):
             header += [f"top{i}_class", f"top{i}_probability"]
-        writer.writerow(header + ["error"])
+        flagged = any("out_of_domain" in r for r in rows)
+        writer.writerow(header + (["stain_distance", "out_of_domain"] if flagged else [])
+                        + ["error"])
         for r in rows:
             cells = [r["file"], r["class"] or "", "" if r["probability"] is None else
                      f"{r['probability']:.6f}"]
@@ -418,6 +437,9 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
                     cells += [r["top"][i]["class"], f"{r['top'][i]['probability']:.6f}"]
                 else:
                     cells += ["", ""]
+            if flagged:
+                cells += ["" if r.get("stain_distance") is None else f"{r['stain_distance']:.3f}",
+                          "" if r.get("out_of_domain") is None else str(r["out_of_domain"]).lower()]
             writer.writerow(cells + [r["error"] or ""])
         return buffer.getvalue()
     if fmt != "table":
@@ -428,5 +450,7 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
             table_rows.append([r["file"], "ERROR", "", r["error"]])
         else:
             tops = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+            if r.get("out_of_domain"):
+                tops += "  [out of domain: stain unlike the training images]"
             table_rows.append([r["file"], r["class"], f"{r['probability']:.3f}", tops])
     return text_table(["file", "class", "prob", f"top {k}"], table_rows, right=(2,))

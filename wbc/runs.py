@@ -34,6 +34,7 @@ class Run:
     classes: tuple[str, ...]
     spec: InputSpec
     config: Config
+    domain: Any = None  # wbc.domain.DomainReference of the training images (None: older run)
 
     @property
     def run_dir(self) -> Path:
@@ -151,4 +152,7 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
         reference = read_reference(path.parent, config.color.normalize)
     classifier = family.load(path, classes)
     spec = InputSpec.from_config(config, reference, image_size=family.input_size())
-    return Run(model_path=path, model=classifier, classes=classes, spec=spec, config=config)
+    from wbc.domain import read_reference as read_domain
+
+    return Run(model_path=path, model=classifier, classes=classes, spec=spec, config=config,
+               domain=read_domain(path.parent))

@@ -487,14 +487,17 @@ def train(
 
     # Colour: color.normalize's stain reference comes from the training images and goes into
     # the run folder (evaluate and predict read it back); color.input applies to both sides.
+    inherited = _inherit_stain_reference(config, init_model, out_dir, echo)
     spec = InputSpec.from_config(
-        config, run_reference(config, train_dir, out_dir, reuse=resuming, echo=echo))
+        config, run_reference(config, train_dir, out_dir, reuse=resuming or inherited,
+                              echo=echo))
     fitted = family.fit(FitJob(config=config, train_dir=train_dir, test_dir=test_dir,
                                run_dir=out_dir, spec=spec, echo=echo, resuming=resuming,
                                init_model=Path(init_model) if init_model else None,
                                strategy=strategy, callbacks=callbacks))
     if not chief:
         return run_dir
+    _write_domain(config, train_dir, out_dir, spec, echo)
 
     # Score the model on the test side; draw the curves and the confusion matrix.
     history_path = out_dir / "history.csv"
@@ -527,6 +530,41 @@ def train(
         f"on {metrics['n_images']} images; run folder {run_dir}"
     )
     return run_dir
+
+
+def _inherit_stain_reference(config: Config, init_model: Optional[Path], run_dir: Path,
+                             echo: Echo) -> bool:
+    """Fine-tuning keeps the model's input: with ``color.normalize``, the run adopts the
+    ``stain_reference.json`` of the model it starts from, so the lab's images are mapped to the
+    stain the model learnt (not to the lab's own). True when one was adopted."""
+    from wbc.color import REFERENCE_NAME
+
+    if init_model is None or config.color.normalize == "none":
+        return False
+    source = Path(init_model).parent / REFERENCE_NAME
+    target = Path(run_dir) / REFERENCE_NAME
+    if not source.is_file() or target.is_file():
+        return target.is_file()
+    import shutil
+
+    shutil.copyfile(source, target)
+    echo(f"stain reference from {source} (the model being adapted)")
+    return True
+
+
+def _write_domain(config: Config, train_dir: Path, run_dir: Path, spec, echo: Echo) -> None:
+    """``domain.json``: the training images' stain statistics, for the out-of-domain flag of
+    predict (``wbc.domain``), measured on the inputs the model sees."""
+    from wbc.domain import training_reference, write_reference
+    from wbc.feeds import list_class_files
+    from wbc.preprocess import load_resized
+
+    _, files, _ = list_class_files(Path(train_dir))
+    reference = training_reference(files, lambda p: load_resized(p, spec.image_size, spec),
+                                   config.seed)
+    write_reference(reference, run_dir)
+    echo(f"stain reference of {reference.images} training images: out of domain beyond "
+         f"distance {reference.threshold:.2f}")
 
 
 def _worker_dir(run_dir: Path) -> str:

@@ -83,3 +83,50 @@ def test_bad_model_files_are_one_line_errors(model, good_image, tmp_path, kind):
         if kind == "lambda":
             assert "Lambda" in outcome.output or "code" in outcome.output
     assert zipfile.is_zipfile(path) == (kind == "lambda")
+
+
+def features_config() -> str:
+    return "model:\n  family: features\ncrop:\n  mode: detect\n"
+
+
+def skops_file(path, kind):
+    """A bad ``model.skops`` of one kind: foreign code, a pickle under the name, garbage."""
+    import pickle
+
+    import numpy as np
+    import skops.io as sio
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    if kind == "foreign-function":  # skops itself trusts every numpy ufunc and sklearn class
+        path.write_bytes(sio.dumps(Pipeline([("f", FunctionTransformer(np.exp))])))
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"not": "skops"}))
+    elif kind == "tampered-schema":
+        sio_bytes = sio.dumps(Pipeline([("f", FunctionTransformer(np.exp))]))
+        import io
+
+        with zipfile.ZipFile(io.BytesIO(sio_bytes)) as source, \
+                zipfile.ZipFile(path, "w") as target:
+            for item in source.infolist():
+                data = source.read(item)
+                if item.filename == "schema.json":
+                    data = data.replace(b"FunctionTransformer", b"os.system")
+                target.writestr(item, data)
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("kind", ["foreign-function", "pickle", "tampered-schema", "empty"])
+def test_bad_skops_files_are_one_line_errors(good_image, tmp_path, kind):
+    path = tmp_path / "run" / "model.skops"
+    path.parent.mkdir()
+    (path.parent / "config.yaml").write_text(features_config())
+    (path.parent / "classes.json").write_text(json.dumps(list(CLASSES)))
+    skops_file(path, kind)
+    for command in (["predict", good_image], ["evaluate", "--data", good_image.parent.parent],
+                    ["count", good_image.parent], ["explain", good_image, "-o", tmp_path / "x.png"]):
+        outcome = run([*command, "--model", path])
+        assert clean_error(outcome, "model.skops"), (command, outcome.output)
+        assert "refusing to load" in outcome.output or "not a valid .skops" in outcome.output \
+            or "empty model file" in outcome.output

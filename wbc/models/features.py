@@ -56,13 +56,13 @@ PLAIN_TYPES = tuple(f"builtins.{name}" for name in
 FEATURE_THREADS = 4  # OpenCV releases the GIL: measuring crops in threads uses both cores
 
 
-def _measure(images: np.ndarray) -> np.ndarray:
+def _measure(images: np.ndarray, colour: str) -> np.ndarray:
     """``batch_features`` over a thread pool, in order."""
     if len(images) < 2 * FEATURE_THREADS:
-        return batch_features(images)
+        return batch_features(images, colour)
     chunks = np.array_split(np.arange(len(images)), FEATURE_THREADS)
     with ThreadPoolExecutor(FEATURE_THREADS) as pool:
-        parts = list(pool.map(lambda idx: batch_features(images[idx]), chunks))
+        parts = list(pool.map(lambda idx: batch_features(images[idx], colour), chunks))
     return np.concatenate(parts)
 
 
@@ -72,9 +72,10 @@ class FeatureEngine(Engine):
 
     engine = "scikit-learn"
 
-    def __init__(self, pipeline, n_classes: int):
+    def __init__(self, pipeline, n_classes: int, colour: str = "absolute"):
         self.pipeline = pipeline
         self.n_classes = n_classes
+        self.colour = colour
         self.columns = np.asarray(pipeline.classes_, dtype=np.int64)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -84,28 +85,30 @@ class FeatureEngine(Engine):
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.probabilities(_measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE))))
+        return self.probabilities(_measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)),
+                                           self.colour))
 
 
 class FeatureClassifier(Classifier):
-    def __init__(self, pipeline, path: Path, n_classes: int):
+    def __init__(self, pipeline, path: Path, n_classes: int, colour: str = "absolute"):
         self.pipeline = pipeline
         self.path = Path(path)
         self.n_classes = n_classes
+        self.colour = colour
         self.image_size = (WORK_SIDE, WORK_SIDE)
 
     def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         """``tta`` changes nothing here: the measurements are made on the cell's masks, so they
         barely change under rotation or mirroring, and computing them 8 times would cost 8x."""
-        return FeatureEngine(self.pipeline, self.n_classes)
+        return FeatureEngine(self.pipeline, self.n_classes, self.colour)
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The features whose typical value (the training mean) would lower the predicted
         class's probability most: what drove the decision. The picture marks what was
         measured: the nucleus (1.0), the cytoplasm inside its hull (0.6), the outer band (0.3)."""
-        engine = FeatureEngine(self.pipeline, self.n_classes)
+        engine = FeatureEngine(self.pipeline, self.n_classes, self.colour)
         crop = resize_batch(np.asarray(pixels, np.uint8)[None], (WORK_SIDE, WORK_SIDE))
-        values = batch_features(crop)
+        values = batch_features(crop, self.colour)
         probs = engine.probabilities(values)[0]
         chosen = int(np.argmax(probs))
         typical = self.pipeline[0].mean_ if hasattr(self.pipeline[0], "mean_") else \
@@ -113,7 +116,7 @@ class FeatureClassifier(Classifier):
         swapped = np.repeat(values, values.shape[1], axis=0)
         swapped[np.arange(values.shape[1]), np.arange(values.shape[1])] = typical
         effect = probs[chosen] - engine.probabilities(swapped)[:, chosen]
-        names = feature_names()
+        names = feature_names(self.colour)
         order = np.argsort(-effect, kind="stable")[:8]
         seg = segment(crop[0])
         heat = (seg.nucleus * 1.0 + seg.inner_cytoplasm * 0.6 + seg.ring * 0.3).astype(np.float32)
@@ -225,6 +228,37 @@ def draw_training_files(files: Sequence[Path], labels: np.ndarray, limit: int, s
     return sorted(chosen)
 
 
+TRAINING_FEATURES = "train_features.npz"
+
+
+def write_training_features(run_dir: Path, features: np.ndarray, labels: np.ndarray) -> None:
+    """The training crops' features and labels, kept so that ``--init RUN`` can refit with them
+    (plain float and int arrays: read back without pickle)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, features=features.astype(np.float32),
+                        labels=labels.astype(np.int64))
+    from wbc.manifest import write_atomic
+
+    write_atomic(Path(run_dir) / TRAINING_FEATURES, buffer.getvalue())
+
+
+def read_training_features(run_dir: Path, colour: str) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(run_dir) / TRAINING_FEATURES
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            features, labels = data["features"], data["labels"]
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; --init needs a features run made by this "
+                         "version of wbc train") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{path}: unreadable training features ({exc})") from None
+    if features.ndim != 2 or features.shape[1] != len(feature_names(colour)) \
+            or len(labels) != len(features):
+        raise ModelError(f"{path}: holds {features.shape} features, not the "
+                         f"{len(feature_names(colour))} of model.features.colour {colour}")
+    return features, labels
+
+
 class FeaturesFamily(Family):
     name = "features"
     model_file = "model.skops"
@@ -240,32 +274,43 @@ class FeaturesFamily(Family):
         classes, files, labels = list_class_files(job.train_dir)
         if not files:
             raise DataError(f"{job.train_dir}: no images in the class folders")
-        if job.init_model is not None:
-            job.echo(f"note: a features model refits on the new images; --init "
-                     f"{job.init_model} only fixes the class order")
+        prior = None
+        if job.init_model is not None:  # adapting to a lab: refit with the earlier crops too
             classes = list(ev.read_classes(Path(job.init_model).parent / "classes.json"))
             classes, files, labels = list_class_files(job.train_dir, classes)
+            prior = read_training_features(Path(job.init_model).parent, fc.colour)
         picked = draw_training_files(files, labels, fc.max_train, self.config.seed)
         files, labels = [files[i] for i in picked], labels[picked]
         job.echo(f"measuring {len(files)} training crops of {job.train_dir}")
         images, kept, bad = load_images(files, self.input_size(), echo=job.echo, spec=job.spec)
         if not len(kept):
             raise DataError(f"{job.train_dir}: none of the images could be read")
-        features = _measure(images)
+        features = _measure(images, fc.colour)
         labels = labels[kept]
-        job.echo(f"fitting {fc.classifier} on {len(features)} crops x {features.shape[1]} "
-                 "features")
+        write_training_features(Path(job.run_dir), features, labels)
+        weights = None
+        fit_x, fit_y = features, labels
+        if prior is not None:
+            # The lab's few cells weigh as much, in all, as the earlier training set: they
+            # pull the boundaries towards the lab's stain without the earlier cells being lost.
+            fit_x, fit_y = np.concatenate([prior[0], features]), np.concatenate([prior[1], labels])
+            weights = np.concatenate([np.ones(len(prior[0])),
+                                      np.full(len(features), len(prior[0]) / len(features))])
+            job.echo(f"adapting {job.init_model}: refitting on its {len(prior[0])} training "
+                     f"crops and these {len(features)}, weighted to equal totals")
+        job.echo(f"fitting {fc.classifier} on {len(fit_x)} crops x {fit_x.shape[1]} features")
         with warnings.catch_warnings():
             # scikit-learn 1.9 deprecates SVC(probability=True) (removed in 1.11, hence the
             # pin below it): the measured recipe uses its Platt scaling as it is.
             warnings.filterwarnings("ignore", message=".*probability.*", category=FutureWarning)
-            pipeline = make_pipeline(fc, self.config.seed).fit(features, labels)
+            pipeline = make_pipeline(fc, self.config.seed).fit(
+                fit_x, fit_y, **({} if weights is None else {"classify__sample_weight": weights}))
         ev.write_classes(classes, Path(job.run_dir) / "classes.json")
         save_pipeline(pipeline, Path(job.run_dir) / self.model_file)
         counts = np.bincount(labels, minlength=len(classes))
         return FitResult(classes=list(classes), model_file=self.model_file,
                          n_train=int(len(features)), skipped=list(bad),
-                         facts={"features": len(feature_names()),
+                         facts={"features": len(feature_names(fc.colour)),
                                 "train_per_class": dict(zip(classes, counts.tolist()))},
                          done=f"{fc.classifier} on {len(features)} crops")
 
@@ -275,11 +320,13 @@ class FeaturesFamily(Family):
 
     def load(self, path: Path, classes: Sequence[str]) -> Classifier:
         pipeline = load_pipeline(path)
-        expected = len(feature_names())
+        colour = self.config.model.features.colour
+        expected = len(feature_names(colour))
         if getattr(pipeline, "n_features_in_", expected) != expected:
             raise ModelError(f"{path}: the model takes {pipeline.n_features_in_} features, "
-                             f"not the {expected} that wbc measures")
+                             f"not the {expected} that wbc measures with "
+                             f"model.features.colour {colour}")
         if len(getattr(pipeline, "classes_", ())) > len(classes) or (
                 len(pipeline.classes_) and int(max(pipeline.classes_)) >= len(classes)):
             raise ModelError(f"{path}: the model knows more classes than classes.json names")
-        return FeatureClassifier(pipeline, path, len(classes))
+        return FeatureClassifier(pipeline, path, len(classes), colour)

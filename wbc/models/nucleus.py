@@ -70,9 +70,23 @@ COLOUR_STATS = (
 )
 
 
-def feature_names() -> tuple[str, ...]:
-    """The names of ``cell_features``' values, in order."""
-    return SHAPE_FEATURES + tuple(f"{region}_{stat}" for region in REGIONS
+COLOUR_MODES = ("absolute", "relative", "none")
+# Stats that are spreads: relative to the cell they are ratios, the others differences.
+SPREAD_STATS = {"red_std", "green_std", "blue_std", "lightness_std", "granularity"}
+
+
+def feature_names(colour: str = "absolute") -> tuple[str, ...]:
+    """The names of ``cell_features``' values, in order.
+
+    ``colour``: ``absolute`` (shape, then each region's colour as measured on the white-balanced
+    crop), ``relative`` (shape, then each region's colour against the whole cell's: a
+    difference of means, a ratio of spreads, so that a stain that shifts every pixel alike
+    changes little) or ``none`` (shape only).
+    """
+    if colour == "none":
+        return SHAPE_FEATURES
+    suffix = "" if colour == "absolute" else "_rel"
+    return SHAPE_FEATURES + tuple(f"{region}_{stat}{suffix}" for region in REGIONS
                                   for stat in COLOUR_STATS)
 
 
@@ -229,18 +243,27 @@ def colour_features(table: np.ndarray, mask: np.ndarray) -> list[float]:
     ]
 
 
-def cell_features(rgb: np.ndarray) -> np.ndarray:
-    """The ``feature_names()`` values of one crop (uint8 RGB): float32 vector."""
+def cell_features(rgb: np.ndarray, colour: str = "absolute") -> np.ndarray:
+    """The ``feature_names(colour)`` values of one crop (uint8 RGB): float32 vector."""
     seg = segment(rgb)
-    table = pixel_table(seg.image)
     values = shape_features(seg)
-    for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring):
-        values += colour_features(table, mask)
+    if colour != "none":
+        table = pixel_table(seg.image)
+        regions = [colour_features(table, mask)
+                   for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring)]
+        if colour == "relative":
+            cell = colour_features(table, seg.hull | seg.ring)
+            spread = [stat in SPREAD_STATS for stat in COLOUR_STATS]
+            regions = [[v / c if is_spread and c > 0 else (0.0 if is_spread else v - c)
+                        for v, c, is_spread in zip(region, cell, spread)]
+                       for region in regions]
+        for region in regions:
+            values += region
     return np.asarray(values, dtype=np.float32)
 
 
-def batch_features(images: np.ndarray) -> np.ndarray:
+def batch_features(images: np.ndarray, colour: str = "absolute") -> np.ndarray:
     """``cell_features`` of each image of a uint8 batch (N, H, W, 3): float32 (N, F)."""
     if len(images) == 0:
-        return np.zeros((0, len(feature_names())), np.float32)
-    return np.stack([cell_features(image) for image in images])
+        return np.zeros((0, len(feature_names(colour))), np.float32)
+    return np.stack([cell_features(image, colour) for image in images])
