@@ -389,3 +389,12 @@ def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
                     echo=lambda _m: None)
     assert (adapted / "stain_reference.json").read_bytes() == \
         (base / "stain_reference.json").read_bytes()
+
+
+def test_plot_of_a_run_fitted_in_one_step_redraws_the_confusion_matrix(features_run):
+    (features_run / "confusion_matrix.png").unlink()
+    result = CliRunner().invoke(cli, ["plot", str(features_run)])
+    assert result.exit_code == 0, result.output
+    assert "no training curves" in result.output
+    assert (features_run / "confusion_matrix.png").is_file()
+    assert not (features_run / "curves.png").exists()

@@ -459,10 +459,20 @@ def plot(run_dir, output):
     if not run_dir.is_dir():
         raise click.ClickException(f"{run_dir}: folder not found")
     target = output or run_dir / "curves.png"
-    plot_history(run_dir / "history.csv", target, title=run_dir.name)
-    click.echo(caption(read_history(run_dir / "history.csv")))
-    _echo_err(f"wrote {target}")
     metrics_path = run_dir / "metrics.json"
+    trained_in_epochs = True
+    if not (run_dir / "history.csv").is_file() and metrics_path.is_file():
+        try:  # a family fitted in one step (features) has no epochs to draw
+            trained_in_epochs = json.loads(metrics_path.read_text(encoding="utf-8")).get(
+                "epochs_run", 1) > 0
+        except (OSError, ValueError, AttributeError):
+            pass
+    if trained_in_epochs:
+        plot_history(run_dir / "history.csv", target, title=run_dir.name)
+        click.echo(caption(read_history(run_dir / "history.csv")))
+        _echo_err(f"wrote {target}")
+    else:
+        _echo_err(f"{run_dir}: fitted in one step (no epochs), so no training curves")
     if output is None and metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
