@@ -28,13 +28,18 @@ DOMAIN_NAME = "domain.json"
 QUANTILE = 0.99  # of the training images' distances: the out-of-domain threshold
 SAMPLE = 800  # training images measured at most (a seeded draw)
 RIDGE = 1e-3  # added to the covariance's diagonal, relative to its mean variance
+STAIN_SIDE = 32  # pixels: the input is shrunk to this square before its stain is measured
 
 
 def stain_vector(rgb: np.ndarray) -> np.ndarray:
-    """The six stain statistics of one image: LAB mean and std of its stained pixels."""
+    """The six stain statistics of one image: LAB mean and std of its stained pixels, measured
+    on the image shrunk to ``STAIN_SIDE`` pixels (area-averaged: the means hold, and it costs
+    ~0.3 ms instead of 2-4 ms on every predicted cell)."""
     from wbc.color import reinhard_stats
+    from wbc.preprocess import resize
 
-    mean, std = reinhard_stats(rgb)
+    small = resize(np.asarray(rgb, np.uint8), (STAIN_SIDE, STAIN_SIDE))
+    mean, std = reinhard_stats(small)
     return np.concatenate([mean, std]).astype(np.float64)
 
 
