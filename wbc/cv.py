@@ -7,10 +7,9 @@ sources, and reports every fold's score and their mean +/- standard deviation.
 Folds are made of SOURCE images (the rename stage's ``CLASS.ID.jpg``, or the crop stage's when
 ``crop.mode`` is not none), never of augmented copies:
 
-- per class, the groups of source ids (same-field duplicates from ``groups.csv`` stay together)
-  are shuffled with a seed derived from ``config.seed`` and dealt round-robin into K folds (each
-  to the fold holding fewest sources of that class so far), so every fold has about 1/K of each
-  class;
+- the groups of source ids (same-field duplicates from ``groups.csv`` stay together) are dealt
+  into K folds by scikit-learn's ``StratifiedGroupKFold`` (shuffled, seeded from ``config.seed``),
+  so every fold has about 1/K of each class; ``repeats`` deals them again with derived seeds;
 - fold k trains on every augmented image (originals and copies) of the sources outside fold k
   and is tested on the ORIGINAL images of fold k's sources only, never on their copies;
 - each fold's ``train/`` and ``test/`` class folders are hard links (a copy where the file system
