@@ -398,3 +398,12 @@ def test_plot_of_a_run_fitted_in_one_step_redraws_the_confusion_matrix(features_
     assert "no training curves" in result.output
     assert (features_run / "confusion_matrix.png").is_file()
     assert not (features_run / "curves.png").exists()
+
+
+def test_tune_and_cv_read_a_one_step_run_as_its_final_model(features_run):
+    from wbc.cv import _history_summary
+
+    metrics = json.loads((features_run / "metrics.json").read_text())
+    summary = _history_summary(features_run)
+    assert summary["val_acc_final"] == summary["val_acc_best"] == metrics["accuracy"]
+    assert summary["val_loss_min"] is None

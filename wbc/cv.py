@@ -557,6 +557,15 @@ def _history_summary(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "history.csv"
     rows = read_history(path) if path.is_file() else []
+    if not rows:  # a family fitted in one step (features): its one model is the final one
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}
+        if metrics.get("epochs_run") == 0 and "accuracy" in metrics:
+            # validated on the same side as the Keras families (the test side, as the study)
+            return {"val_acc_final": metrics["accuracy"], "val_acc_best": metrics["accuracy"],
+                    "val_loss_min": None}
     finite = [r for r in rows if math.isfinite(r.get("val_loss", math.nan))]
     accs = [r["val_accuracy"] for r in rows if math.isfinite(r.get("val_accuracy", math.nan))]
     last = rows[-1].get("val_accuracy", math.nan) if rows else math.nan

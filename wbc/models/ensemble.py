@@ -92,6 +92,9 @@ class EnsembleFamily(Family):
         from wbc.train import train as run_train
 
         entries, n_train = [], 0
+        if job.init_model is not None:
+            job.echo(f"warning: --init {job.init_model} is not used by an ensemble: its members "
+                     "train from scratch (adapt each member's run instead)")
         for index, (folder, family, member_config) in enumerate(self.members):
             member_dir = Path(job.run_dir) / "members" / folder
             job.echo(f"ensemble member {index + 1}/{len(self.members)}: {family.name} "
