@@ -632,7 +632,7 @@ def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray,
     """A run folder for a recipe, as fast to predict as a trained one: the CNN untrained (its
     cost does not depend on its weights), the SVM fitted on ``features`` (its cost grows with
     the support vectors, and random labels make nearly every sample one)."""
-    from wbc.config import dump_config, load_config
+    from wbc.config import CLASSES, dump_config, load_config
     from wbc.evaluate import write_classes
     from wbc.manifest import write_json
     from wbc.models import family_for
@@ -652,13 +652,11 @@ def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray,
         else:
             family.build(4).save(where / family.model_file)
         dump_config(member, where / "config.yaml")
-        write_classes(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
-                      where / "classes.json")
+        write_classes(sorted(CLASSES), where / "classes.json")
         entries.append({"model": f"members/{name}/{family.model_file}"})
     if config.model.ensemble:
         dump_config(config, folder / "config.yaml")
-        write_classes(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"],
-                      folder / "classes.json")
+        write_classes(sorted(CLASSES), folder / "classes.json")
         write_json(folder / "ensemble.json", {"members": entries})
     return folder
 

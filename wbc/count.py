@@ -62,7 +62,7 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
         for probs in result.probabilities:
             counts[int(np.argmax(probs))] += 1
         if run.domain is not None:
-            flagged += sum(1 for d in result.distances if d > run.domain.threshold)
+            flagged += int(run.domain.outside(result.distances).sum())
     percent = percentages(counts)
     return {
         "folder": str(folder),

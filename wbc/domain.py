@@ -55,6 +55,10 @@ class DomainReference:
         delta = np.atleast_2d(vectors) - self.mean
         return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", delta, self.inverse, delta), 0.0))
 
+    def outside(self, distances) -> np.ndarray:
+        """Which distances lie beyond the threshold: the out-of-domain flag, bool array."""
+        return np.asarray(distances, dtype=np.float64) > self.threshold
+
     def distances(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not len(images):
             return np.zeros(0)

@@ -127,10 +127,10 @@ def predict_files(run, files: Sequence[Path], batch_size: int = 64):
     return probs, np.asarray(kept, dtype=np.int64), bad, distances
 
 
-def domain_summary(correct: np.ndarray, distances: np.ndarray, threshold: float
+def domain_summary(correct: np.ndarray, flagged: np.ndarray, threshold: float
                    ) -> dict[str, Any]:
-    """How often the out-of-domain flag fired, and the accuracy of flagged and other images."""
-    flagged = distances > threshold
+    """How often the out-of-domain flag fired (``flagged``: a bool per image), and the accuracy
+    of flagged and other images."""
     def share(mask):
         return float(correct[mask].mean()) if mask.any() else None
     return {"threshold": round(float(threshold), 4), "flagged": int(flagged.sum()),
@@ -161,7 +161,8 @@ def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
     metrics = compute_metrics(labels[kept], probs.argmax(axis=1), classes)
     if run.domain is not None:
         metrics["out_of_domain"] = domain_summary(labels[kept] == probs.argmax(axis=1),
-                                                  distances, run.domain.threshold)
+                                                  run.domain.outside(distances),
+                                                  run.domain.threshold)
     metrics["errors"] = [{"path": b.path, "reason": b.reason} for b in bad]
     metrics["model"] = str(run.model_path)
     metrics["data"] = str(data_dir)

@@ -359,7 +359,7 @@ def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: 
         if domain is not None:
             distance = result.distances[0] if result.distances else None
             row["stain_distance"] = None if distance is None else round(float(distance), 3)
-            row["out_of_domain"] = None if distance is None else bool(distance > domain.threshold)
+            row["out_of_domain"] = None if distance is None else bool(domain.outside(distance))
         if result.error is None and result.probabilities:
             probs = np.asarray(result.probabilities[0], dtype=np.float64)
             best = _top(probs, classes, k)
