@@ -6,7 +6,7 @@ WBC := $(BIN)/wbc
 DATA ?= data
 RAW ?=
 CONFIG ?= configs/default.yaml
-SUBSET ?= small
+SUBSET ?= full
 EPOCHS ?=
 ARGS ?=
 RUN := runs/$(shell date +%Y%m%d-%H%M%S)-$(SUBSET)
@@ -49,18 +49,16 @@ plot: $(INSTALLED) ## Redraw a run's curves: make plot RUN=runs/<name>
 cv: $(INSTALLED) ## Cross-validate: make cv FOLDS=5 EPOCHS=30 [ARGS='--per-class 600 --out runs/cv-x']
 	$(WBC) cv --config $(CONFIG) --data-dir $(DATA) --folds $(or $(FOLDS),5) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
-tune: $(INSTALLED) ## Rank a grid of settings: make tune GRID=configs/grid.yaml SUBSET=small EPOCHS=10
-	$(WBC) tune --config $(CONFIG) --data-dir $(DATA) --grid $(or $(GRID),configs/grid.yaml) --subset $(SUBSET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+tune: $(INSTALLED) ## Rank a grid of settings (the study CNN's by default): make tune GRID=configs/grid.yaml SUBSET=small EPOCHS=10
+	$(WBC) tune --config $(or $(TUNE_CONFIG),configs/study-crops.yaml) --data-dir $(DATA) --grid $(or $(GRID),configs/grid.yaml) --subset $(SUBSET) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
-all: install ## Fresh machine to trained model: make all [RAW=path/to/dataset-master] [SUBSET=small]
+all: install ## Fresh machine to trained model and its test metrics: make all [RAW=path/to/dataset-master] [CONFIG=...]
 	$(if $(RAW),,$(WBC) fetch --config $(CONFIG) --data-dir $(DATA))
 	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW))
 	$(WBC) train --config $(CONFIG) --data-dir $(DATA) --subset $(SUBSET) --run-dir $(RUN) $(if $(EPOCHS),--epochs $(EPOCHS))
 	$(WBC) plot $(RUN)
-	@echo "model:   $(RUN)/model.keras"
-	@echo "plots:   $(RUN)/curves.png $(RUN)/confusion_matrix.png"
-	@echo "metrics: $(RUN)/metrics.json"
-	@$(WBC) evaluate --model $(RUN)/model.keras --data $(DATA)/processed/$(SUBSET)/test
+	@echo "run:     $(RUN) (model, config, metrics.json, plots)"
+	@$(WBC) evaluate --model $(RUN) --data $(DATA)/processed/$(SUBSET)/test
 
 fetch: $(INSTALLED) ## Download the public dataset into data/raw/dataset-master
 	$(WBC) fetch --config $(CONFIG) --data-dir $(DATA) $(ARGS)

@@ -17,6 +17,9 @@ from PIL import Image
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The study's recipe with every key written out: tests of the study's model (and of the
+# commands on a study run) pin it, since the built-in default is another family.
+STUDY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "study.yaml"
 CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
 # Per class: blob radius as a fraction of the image height, and aspect (x stretch).
 _CLASS_SHAPES = {
@@ -115,7 +118,7 @@ def make_run(run_dir: Path, overrides=(), image_size=(40, 56), seed: int = 0) ->
 
     run_dir.mkdir(parents=True, exist_ok=True)
     config = load_config(
-        overrides=[f"train.image_size=[{image_size[0]}, {image_size[1]}]", *overrides]
+        STUDY_CONFIG, [f"train.image_size=[{image_size[0]}, {image_size[1]}]", *overrides]
     )
     keras.utils.set_random_seed(seed)
     model = build_model(config.model, config.train.image_size, len(CLASSES))

@@ -41,7 +41,8 @@ def make_src(root, ids=SOURCE_IDS, size=(48, 64), seed=0):
 
 
 def config(*overrides):
-    return load_config(None, ["augment.per_class=8", "augment.workers=1", *overrides])
+    return load_config(None, ["augment.per_class=8", "augment.workers=1",
+                              "augment.engine=imagedatagenerator", *overrides])
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, make_class_folders
+from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc import color
 from wbc.config import ColorConfig, load_config
@@ -61,12 +61,13 @@ def cells_image(background, cytoplasm, nucleus, size=(60, 80), seed=0) -> np.nda
 
 
 def test_color_config_defaults_change_nothing_and_bad_values_are_errors():
-    config = load_config()
-    assert config.color == ColorConfig()
+    config = load_config(STUDY_CONFIG)
+    assert config.color == ColorConfig(normalize="none")
+    assert load_config().color == ColorConfig(normalize="reinhard")  # the default recipe's
     assert config.train.freeze == "none"
     assert not color.jitter_enabled(config.color)
     assert not InputSpec.from_config(config).recolors
-    ok = load_config(overrides=["color.input=hematoxylin", "color.normalize=macenko",
+    ok = load_config(STUDY_CONFIG, ["color.input=hematoxylin", "color.normalize=macenko",
                                 "color.hue=0.05", "color.saturation=0.2", "train.freeze=features"])
     assert ok.color.input == "hematoxylin" and ok.color.hue == 0.05
     for bad, message in [
@@ -79,9 +80,9 @@ def test_color_config_defaults_change_nothing_and_bad_values_are_errors():
         ("color.normalise=macenko", "did you mean 'normalize'"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            load_config(overrides=[bad])
+            load_config(STUDY_CONFIG, [bad])
     with pytest.raises(ConfigError, match="train.feed: tfdata"):
-        load_config(overrides=["color.brightness=0.1", "train.feed=imagedatagenerator"])
+        load_config(STUDY_CONFIG, ["color.brightness=0.1", "train.feed=imagedatagenerator"])
 
 
 # --------------------------------------------------------------------------- deconvolution, inputs
@@ -244,9 +245,9 @@ def test_jitter_never_touches_evaluate_or_predict_inputs(side):
     for a, b in zip(plain, with_jitter):
         np.testing.assert_array_equal(a[0], b[0])
     size = f"train.image_size=[{SIZE[0]}, {SIZE[1]}]"
-    config = load_config(overrides=[size, "color.brightness=0.3", "color.hue=0.2"])
+    config = load_config(STUDY_CONFIG, [size, "color.brightness=0.3", "color.hue=0.2"])
     spec = InputSpec.from_config(config)
-    assert spec == InputSpec.from_config(load_config(overrides=[size]))  # jitter is not in it
+    assert spec == InputSpec.from_config(load_config(STUDY_CONFIG, [size]))  # jitter is not in it
     rgb = read_rgb(next((side / "MONOCYTE").iterdir()))
     (cell,) = model_inputs(rgb, spec)
     np.testing.assert_array_equal(cell.pixels, model_inputs(rgb, InputSpec(SIZE))[0].pixels)
@@ -280,7 +281,7 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
     from wbc.predict import model_inputs
     from wbc.preprocess import load_resized
 
-    config = load_config(overrides=[f"train.image_size=[{SIZE[0]}, {SIZE[1]}]", *overrides])
+    config = load_config(STUDY_CONFIG, [f"train.image_size=[{SIZE[0]}, {SIZE[1]}]", *overrides])
     _, files, _ = list_class_files(side)
     reference = None
     if config.color.normalize != "none":
@@ -306,7 +307,7 @@ def test_freeze_layers_freezes_the_right_layers():
     from wbc.models.study import build_model
     from wbc.train import freeze_layers
 
-    config = load_config()
+    config = load_config(STUDY_CONFIG)
 
     def trainable(mode):
         model = build_model(config.model, SIZE, 4)
@@ -336,7 +337,7 @@ def data_root(tmp_path_factory) -> Path:
 def _train(*args):
     from wbc.cli import cli
 
-    return CliRunner().invoke(cli, ["train", "--subset", "small", "--epochs", "1",
+    return CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--subset", "small", "--epochs", "1",
                                     "--set", f"train.image_size=[{SIZE[0]}, {SIZE[1]}]",
                                     "--set", "train.patience=null", *map(str, args)])
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, make_class_folders, make_raw_folder
+from conftest import STUDY_CONFIG, CLASSES, make_class_folders, make_raw_folder
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -34,7 +34,7 @@ GROUP = (0, 1, 2)  # three neutrophil ids declared one same-field group in group
 
 
 def _config(*extra: str):
-    return load_config(None, [*SETTINGS, *extra])
+    return load_config(STUDY_CONFIG, [*SETTINGS, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +254,8 @@ def test_other_settings_in_the_same_out_are_refused(cv_run, data_dir):
 @pytest.mark.slow  # the shared fixture trains one real fold
 def test_cli_prints_the_table_of_a_finished_cv(cv_run, data_dir):
     out, report, _ = cv_run
-    args = ["cv", "--data-dir", str(data_dir), "--folds", "2", "--epochs", "1", "--out", str(out)]
+    args = ["cv", "--config", str(STUDY_CONFIG), "--data-dir", str(data_dir), "--folds", "2",
+            "--epochs", "1", "--out", str(out)]
     for item in SETTINGS:
         args += ["--set", item]
     result = CliRunner().invoke(cli, args)
@@ -359,14 +360,14 @@ def test_augment_honours_per_class_targets(data_dir, tmp_path):
 
 def test_per_class_targets_config_errors():
     with pytest.raises(ConfigError, match="did you mean 'MONOCYTE'"):
-        load_config(None, ["augment.per_class_targets={MONOCYTES: 3}"])
+        load_config(STUDY_CONFIG, ["augment.per_class_targets={MONOCYTES: 3}"])
     with pytest.raises(ConfigError, match="at least 1"):
-        load_config(None, ["augment.per_class_targets.MONOCYTE=0"])
+        load_config(STUDY_CONFIG, ["augment.per_class_targets.MONOCYTE=0"])
     with pytest.raises(ConfigError, match="expected a mapping"):
-        load_config(None, ["augment.per_class_targets=5"])
+        load_config(STUDY_CONFIG, ["augment.per_class_targets=5"])
     with pytest.raises(ConfigError, match="per_class_targets.MONOCYTE: expected an integer"):
-        load_config(None, ["augment.per_class_targets={MONOCYTE: many}"])
-    config = load_config(None, ["augment.per_class_targets.MONOCYTE=900"])
+        load_config(STUDY_CONFIG, ["augment.per_class_targets={MONOCYTE: many}"])
+    config = load_config(STUDY_CONFIG, ["augment.per_class_targets.MONOCYTE=900"])
     assert config.augment.per_class_targets == {"MONOCYTE": 900}
     assert hash(config.augment)  # frozen configs stay hashable (the augment engine cache)
     with pytest.raises(TypeError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, make_class_folders
+from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -113,7 +113,7 @@ def model_dir(tmp_path_factory) -> Path:
     from wbc.models.study import build_model
 
     keras.utils.set_random_seed(3)
-    config = load_config(None, ["train.image_size=[48,64]"])
+    config = load_config(STUDY_CONFIG, ["train.image_size=[48,64]"])
     root = tmp_path_factory.mktemp("run")
     model = build_model(config.model, IMAGE_SIZE, len(CLASSES))
     # Make the untrained model's outputs differ between images (not one constant class).

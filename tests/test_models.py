@@ -98,7 +98,8 @@ def test_features_survive_a_yellow_illuminant():
 
 
 def test_families_are_chosen_by_config_alone():
-    assert family_for(load_config()).name == "study"
+    assert family_for(load_config()).name == "features"  # the default recipe
+    assert family_for(load_config(overrides=["model.family=study"])).name == "study"
     assert family_for(load_config(overrides=["model.family=cnn"])).input_size() == (64, 64)
     assert family_for(load_config(overrides=["model.family=features"])).name == "features"
     ensemble = family_for(load_config(overrides=["model.ensemble=[cnn, features]"]))
@@ -223,7 +224,7 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("config.yaml", "classes.json"):
+    for name in ("config.yaml", "classes.json", "stain_reference.json"):
         (run / name).write_bytes((features_run / name).read_bytes())
     small = Pipeline([("s", StandardScaler()), ("c", SVC())]).fit(
         np.random.default_rng(0).random((8, 3)), [0, 1] * 4)
@@ -308,7 +309,7 @@ def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text("model:\n  ensemble: [features]\n")
+    (run / "config.yaml").write_text("model:\n  ensemble: [features]\ncolor:\n  normalize: none\n")
     (run / "classes.json").write_bytes((features_run / "classes.json").read_bytes())
     (run / "ensemble.json").write_text(json.dumps(
         {"members": [{"model": str(features_run / "model.skops")}]}))

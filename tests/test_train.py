@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import CLASSES, make_class_folders
+from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -69,7 +69,7 @@ def tiny_root(tmp_path_factory) -> Path:
 def trained(data_root, tmp_path_factory):
     """One run through the CLI: (run folder, console output)."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    args = ["train", "--data-dir", str(data_root), "--subset", "small", "--epochs", str(EPOCHS),
+    args = ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(data_root), "--subset", "small", "--epochs", str(EPOCHS),
             "--run-dir", str(run_dir)]
     for item in LEARNABLE:
         args += ["--set", item]
@@ -180,7 +180,7 @@ def test_init_loads_weights_of_a_trained_model(trained):
     from wbc.train import load_initial_weights
 
     run_dir, _ = trained
-    config = load_config(None, LEARNABLE)
+    config = load_config(STUDY_CONFIG, LEARNABLE)
     model = build_model(config.model, (48, 64), 4)
     load_initial_weights(model, run_dir / "model.keras")
     import keras
@@ -195,14 +195,14 @@ def test_init_loads_weights_of_a_trained_model(trained):
 
 def test_existing_run_folder_needs_resume(trained, data_root):
     run_dir, _ = trained
-    result = CliRunner().invoke(cli, ["train", "--data-dir", str(data_root), "--subset", "small",
+    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(data_root), "--subset", "small",
                                       "--run-dir", str(run_dir)])
     assert result.exit_code == 1
     assert "already holds a run" in result.output and "--resume" in result.output
 
 
 def test_missing_prepared_data_is_a_one_line_error(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--data-dir", str(tmp_path), "--subset", "medium",
+    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(tmp_path), "--subset", "medium",
                                       "--run-dir", str(tmp_path / "run")])
     assert result.exit_code == 1
     assert "processed/medium/train: not found" in result.output
@@ -223,7 +223,7 @@ class Kill(keras.callbacks.Callback):
         if epoch == 2:  # epochs 1 and 2 are finished: kill -9, no clean-up at all
             os.kill(os.getpid(), signal.SIGKILL)
 
-train(load_config(None, {tiny!r}), data_dir=Path(sys.argv[1]), subset="small", epochs=4,
+train(load_config({study!r}, {tiny!r}), data_dir=Path(sys.argv[1]), subset="small", epochs=4,
       run_dir=Path(sys.argv[2]), callbacks=[Kill()], echo=print)
 """
 
@@ -239,7 +239,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     import keras
 
     run_dir = tmp_path / "run"
-    killed = _python(KILLER.format(tiny=TINY), str(tiny_root), str(run_dir))
+    killed = _python(KILLER.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir))
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert [r["epoch"] for r in _history(run_dir)] == [0, 1]
     assert backup_epoch(run_dir) == 2
@@ -259,7 +259,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     lines: list[str] = []
     # The config passed in is ignored on resume: the run's own config.yaml is re-read, and the
     # data folder comes from the run's run.json.
-    train(load_config(None, ["train.learning_rate=0.5"]), resume_dir=run_dir,
+    train(load_config(STUDY_CONFIG, ["train.learning_rate=0.5"]), resume_dir=run_dir,
           callbacks=[Watch()], echo=lines.append)
     assert Watch.epochs == [2, 3]  # 0-based: the 3rd and 4th epochs only, not from scratch
     for a, b in zip(Watch.start_weights, after_two):
@@ -271,11 +271,11 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
 
     # Resuming a finished run (CLI, no --data-dir) trains nothing more; --epochs raises the total.
-    result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)])
+    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--resume", str(run_dir)])
     assert result.exit_code == 0, result.output
     assert "all 4 epochs already done" in result.output and "Epoch " not in result.output
     Watch.epochs = []
-    train(load_config(), data_dir=tiny_root, resume_dir=run_dir, epochs=5, callbacks=[Watch()],
+    train(load_config(STUDY_CONFIG), data_dir=tiny_root, resume_dir=run_dir, epochs=5, callbacks=[Watch()],
           echo=lines.append)
     assert Watch.epochs == [4]
     assert [r["epoch"] for r in _history(run_dir)] == [0, 1, 2, 3, 4]
@@ -284,7 +284,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path, tiny_root):
     with pytest.raises(DataError, match="not a run folder"):
-        train(load_config(), data_dir=tiny_root, resume_dir=tmp_path)
+        train(load_config(STUDY_CONFIG), data_dir=tiny_root, resume_dir=tmp_path)
 
 
 # --------------------------------------------------------------------------- mirrored strategy
@@ -297,14 +297,14 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from pathlib import Path
 from wbc.config import load_config
 from wbc.train import train
-train(load_config(None, {tiny!r}), data_dir=Path(sys.argv[1]), subset="small", epochs=1,
+train(load_config({study!r}, {tiny!r}), data_dir=Path(sys.argv[1]), subset="small", epochs=1,
       run_dir=Path(sys.argv[2]), strategy="mirrored", echo=print)
 """
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tiny_root, tmp_path):
     run_dir = tmp_path / "run"
-    done = _python(MIRRORED.format(tiny=TINY), str(tiny_root), str(run_dir))
+    done = _python(MIRRORED.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "strategy: mirrored over 2 device(s)" in done.stdout
     assert [r["epoch"] for r in _history(run_dir)] == [0]

@@ -613,6 +613,44 @@ def bench(raw, quick, json_path, only):
     _echo_err(f"wrote {results['json_path']}")
 
 
+@cli.command(name="export")
+@click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite", "savedmodel"]),
+              required=True, help="onnx (onnxruntime), tflite (LiteRT) or savedmodel "
+                                  "(TensorFlow Serving). The features family exports onnx only.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Where to write it (default: RUN/export/model.onnx, model.tflite or "
+                   "saved_model/).")
+@click.option("--check", "check", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Images (a folder, searched recursively, or one file) for the parity check: "
+                   "up to 20 are preprocessed as predict does (default: 8 random images).")
+@handle_errors
+@needs_tensorflow
+def export(run_path, fmt, output, check):
+    """Export a trained run for a deployment runtime, checked against the run's model.
+
+    RUN is a run folder or its model file. Writes the model, its preprocessing and class order
+    as PATH.json (ONNX: also in its metadata_props), and the run's MODEL_CARD.md beside it. The
+    exported file is loaded in its own runtime and its probabilities compared with the run's
+    (max |difference| <= 1e-5, else nothing is written). The Keras families take uint8 RGB
+    pixels; the features family's ONNX graph takes the 62 measurements named in its metadata.
+
+    Example: wbc export runs/20240101-120000-full --format onnx -o model.onnx --check data/processed/full/test
+    """
+    from wbc.export import export_run
+    from wbc.predict import find_images
+    from wbc.runs import load_run
+
+    run = load_run(run_path)
+    images = find_images([check]) if check is not None else []
+    result = export_run(run, fmt, output, check_images=images)
+    click.echo(f"wrote {result.path} ({fmt}); preprocessing and classes in "
+               f"{result.metadata_path}" + (f"; card {result.card_path}" if result.card_path else ""))
+    click.echo(f"parity: max |difference| {result.max_difference:.2e} over "
+               f"{result.checked_images} {'images' if images else 'random inputs'} "
+               f"({result.runtime})")
+
+
 def main() -> None:
     cli(prog_name="wbc")
 

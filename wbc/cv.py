@@ -705,6 +705,10 @@ def cross_validate(
         write_atomic(out / CV_MD, format_markdown(report))
         echo(f"{where}: {score} model accuracy {result['accuracy']:.4f}, "
              f"macro-F1 {result['macro_f1']:.4f} on {result['n_test']} test images")
+    if report:
+        from wbc.card import write_cv_card
+
+        write_cv_card(out, report)
     return report
 
 

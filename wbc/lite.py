@@ -48,7 +48,7 @@ def cache_path(model_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Hide the converter's chatter: Keras prints the temporary SavedModel's signature on stdout
     (which would corrupt ``wbc predict --format json``), and the C++ layer logs on fd 2."""
     from wbc.tfsetup import silenced_stderr
@@ -62,7 +62,7 @@ def convert(model) -> bytes:
     """The Keras ``model`` as a LiteRT flatbuffer (float32 in, the model's outputs out)."""
     import tensorflow as tf
 
-    with _quiet():
+    with quiet():
         return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
@@ -95,7 +95,8 @@ def _prune(folder: Path, keep: int = CACHE_ENTRIES) -> None:
 
 
 class LiteModel:
-    """A LiteRT interpreter over one converted model: float32 batch (N, H, W, 3) -> outputs.
+    """A LiteRT interpreter over one converted model: a batch (N, H, W, 3) in the model's input
+    dtype (float32 for ``convert``'s models, uint8 for ``wbc export``'s) -> outputs.
 
     The batch dimension is resized only when N changes (a folder's full batches, then the last).
     """
@@ -103,7 +104,7 @@ class LiteModel:
     def __init__(self, blob: bytes, threads: Optional[int] = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        with _quiet():
+        with quiet():
             self._interpreter = Interpreter(model_content=blob,
                                             num_threads=threads or os.cpu_count() or 1)
         self._input = self._interpreter.get_input_details()[0]
@@ -111,9 +112,9 @@ class LiteModel:
         self._batch = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        batch = np.ascontiguousarray(batch, dtype=self._input["dtype"])
         if batch.shape[0] != self._batch:
-            with _quiet():  # the XNNPACK delegate announces itself on the first allocation
+            with quiet():  # the XNNPACK delegate announces itself on the first allocation
                 self._interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
                 self._interpreter.allocate_tensors()
             self._batch = batch.shape[0]

@@ -17,6 +17,8 @@ A run folder (default ``runs/<YYYYmmdd-HHMMSS>-<subset>``) holds:
 - ``stain_reference.json``  with ``color.normalize``: the training set's stain statistics
                     (``wbc.color``), read back by evaluate and predict
 - ``metrics.json``, ``curves.png``, ``confusion_matrix.png``  written at the end
+- ``MODEL_CARD.md``  what the model is for and not for, its data, metrics and limits
+- ``tensorboard/``   Keras families: TensorBoard logs (scalars, confusion matrix per epoch)
 
 As in the study, the validation data is the test side of the subset.
 """
@@ -524,6 +526,9 @@ def train(
         plot_history(history_path, out_dir / "curves.png", title=f"{run_dir.name}")
     plot_confusion(metrics["confusion_matrix"], fitted.classes, out_dir / "confusion_matrix.png",
                    title=f"{run_dir.name}: test side")
+    from wbc.card import write_run_card
+
+    write_run_card(out_dir)
     echo(
         f"done: {fitted.done} in {format_seconds(wall)}{fitted.notes} ({family.name}); "
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "

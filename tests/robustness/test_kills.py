@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_class_folders, make_raw_folder
+from tests.conftest import STUDY_CONFIG, make_class_folders, make_raw_folder
 from tests.robustness.helpers import manifest_digests
 
 KILL_SEEDS = (0, 1, 2, 3)
@@ -89,7 +89,7 @@ def test_training_killed_mid_run_resumes_at_the_next_epoch(tmp_path):
                            {"NEUTROPHIL": n, "EOSINOPHIL": n, "LYMPHOCYTE": n, "MONOCYTE": n},
                            seed=len(side))
     run_dir = tmp_path / "run"
-    command = wbc("train", "--data-dir", data, "--subset", "small", "--epochs", 6,
+    command = wbc("train", "--config", STUDY_CONFIG, "--data-dir", data, "--subset", "small", "--epochs", 6,
                   "--run-dir", run_dir, "--set", "train.image_size=[48, 64]",
                   "--set", "train.patience=null")
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
@@ -102,7 +102,7 @@ def test_training_killed_mid_run_resumes_at_the_next_epoch(tmp_path):
     process.wait()
     done_before = history_epochs(run_dir)
     assert len(done_before) >= 2
-    run_to_end(wbc("train", "--resume", run_dir))
+    run_to_end(wbc("train", "--config", STUDY_CONFIG, "--resume", run_dir))
     epochs = history_epochs(run_dir)
     assert epochs == list(range(6)), epochs
     assert (run_dir / "model.keras").is_file() and (run_dir / "metrics.json").is_file()

@@ -11,7 +11,8 @@ else in wbc knows them:
 - its ``model_file`` name in a run folder.
 
 A ``Classifier`` turns a uint8 batch (N, H, W, 3) into class probabilities (``engine``) and can
-say why it decided (``explain``). ``wbc train``, ``evaluate``, ``predict``, ``count``,
+say why it decided (``explain``), and writes itself in the formats it supports (``export``).
+``wbc train``, ``evaluate``, ``predict``, ``count``,
 ``explain``, ``cv`` and ``tune`` only talk to these, so none of them branches on the family.
 """
 
@@ -95,6 +96,21 @@ class Classifier:
         ``probabilities`` and either ``heat`` (a 2-D map in [0, 1], where it looked) or
         ``features`` (the measurements that moved the decision most)."""
         raise NotImplementedError
+
+    uses_tta: bool = True  # whether ``engine(tta=True)`` averages views (the CNNs do)
+
+    # Export (``wbc export``): the formats this family's model converts to, and how.
+    export_formats: tuple[str, ...] = ()
+
+    def export(self, fmt: str, path: Path) -> dict[str, Any]:
+        """Write the model as ``fmt`` (one of ``export_formats``) to ``path``. Returns what the
+        exported file takes and gives (``input``, ``output_columns``: the class index of each
+        output column), for its metadata."""
+        raise NotImplementedError
+
+    def export_inputs(self, batch: np.ndarray) -> np.ndarray:
+        """What the exported file takes for a uint8 batch of model-size, recoloured inputs."""
+        return batch
 
 
 class Family:

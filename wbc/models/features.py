@@ -128,6 +128,45 @@ class FeatureClassifier(Classifier):
         }
 
 
+    uses_tta = False
+    export_formats = ("onnx",)
+
+    def export(self, fmt: str, path: Path) -> dict[str, Any]:
+        """The scikit-learn pipeline (scaler + classifier) as ONNX (``skl2onnx``). The nucleus
+        segmentation and measurements are OpenCV code, not a graph: a consumer computes the
+        ``feature_names`` with ``wbc.models.nucleus.cell_features`` and feeds those."""
+        if fmt != "onnx":
+            raise ValueError(f"format must be one of {self.export_formats}, not {fmt!r}")
+        from skl2onnx import to_onnx
+
+        names = feature_names(self.colour)
+        classifier = self.pipeline[-1]
+        sample = np.zeros((1, len(names)), np.float32)
+        try:
+            with warnings.catch_warnings():  # skl2onnx's FutureWarnings about numpy aliases
+                warnings.simplefilter("ignore")
+                graph = to_onnx(self.pipeline, sample,
+                                options={id(classifier): {"zipmap": False}},
+                                target_opset={"": 17, "ai.onnx.ml": 3})
+        except Exception as exc:  # noqa: BLE001 - a converter without this estimator
+            raise ModelError(f"{self.path}: {type(classifier).__name__} does not convert to ONNX "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        Path(path).write_bytes(graph.SerializeToString())
+        return {"input": {"name": "X", "dtype": "float32", "shape": [None, len(names)],
+                          "features": list(names),
+                          "computed_by": "wbc.models.nucleus.cell_features(crop, colour="
+                                         f"{self.colour!r}) on each recoloured crop"},
+                "output": "probabilities (the second output)",
+                # onnxruntime runs the SVM's kernel and Platt scaling in float32, scikit-learn
+                # in float64: ~1e-5 apart on real crops
+                "tolerance": 1e-4,
+                "tolerance_reason": "the ONNX graph computes in float32, scikit-learn in float64",
+                "output_columns": [int(c) for c in self.pipeline.classes_]}
+
+    def export_inputs(self, batch: np.ndarray) -> np.ndarray:
+        return _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour)
+
+
 def _schema_types(node: Any) -> set[str]:
     """``module.class`` of every object node in a skops ``schema.json``."""
     found: set[str] = set()

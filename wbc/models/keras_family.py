@@ -167,6 +167,37 @@ class KerasClassifier(Classifier):
         heat, probs = grad_cam(self.model, np.asarray(pixels, np.uint8)[None])
         return {"heat": heat, "probabilities": probs, "method": "grad-cam"}
 
+    export_formats = ("onnx", "tflite", "savedmodel")
+
+    def uint8_model(self):
+        """The model behind a uint8 input and the /255 scaling, so that an exported file takes
+        image pixels as they are and its consumer needs no scaling convention."""
+        import keras
+
+        height, width = self.image_size
+        pixels = keras.Input((height, width, 3), dtype="uint8", name="image")
+        scaled = keras.layers.Rescaling(1.0 / 255.0, name="scale")(pixels)
+        wrapped = keras.Model(pixels, self.model(scaled), name="wbc")
+        wrapped(np.zeros((1, height, width, 3), np.uint8))  # Keras' ONNX export needs a call
+        return wrapped
+
+    def export(self, fmt: str, path: Path) -> dict[str, Any]:
+        from wbc.lite import convert, quiet
+
+        wrapped = self.uint8_model()
+        with quiet():  # tf2onnx and the SavedModel writer print the graph's signature on stdout
+            if fmt == "onnx":
+                wrapped.export(str(path), format="onnx")
+            elif fmt == "tflite":
+                Path(path).write_bytes(convert(wrapped))
+            elif fmt == "savedmodel":
+                wrapped.export(str(path), format="tf_saved_model")
+            else:
+                raise ValueError(f"format must be one of {self.export_formats}, not {fmt!r}")
+        return {"input": {"name": "image", "dtype": "uint8", "shape": [None, *self.image_size, 3],
+                          "layout": "NHWC, RGB, 0-255 (scaled by 1/255 inside the model)"},
+                "output_columns": list(range(self.n_classes))}
+
 
 # --------------------------------------------------------------------------- Grad-CAM
 
