@@ -221,6 +221,15 @@ def test_cv_json_schema_and_mean_std_from_the_folds(cv_run):
 
 
 @pytest.mark.slow  # the shared fixture trains one real fold
+@pytest.mark.slow  # the shared fixture trains one real fold
+def test_cv_folder_gets_a_model_card_with_the_cv_numbers(cv_run):
+    out, report, _ = cv_run
+    card = (out / "MODEL_CARD.md").read_text()
+    mean, std = report["mean"], report["std"]
+    assert (f"accuracy **{mean['accuracy']:.3f} +/- {std['accuracy']:.3f}**") in card
+    assert "2 folds x 1 repeat(s)" in card and "not a diagnostic device" in card
+
+
 def test_rerun_skips_finished_folds_and_resumes_a_partial_one(cv_run, data_dir, monkeypatch):
     out, report, _ = cv_run
     calls: list = []

@@ -107,6 +107,58 @@ def test_run_folder_is_complete(trained):
     assert all(math.isfinite(r[k]) for r in rows for k in ("loss", "val_loss"))
 
 
+def _events(folder: Path) -> list:
+    import tensorflow as tf
+
+    return [event for path in sorted(folder.glob("events.out.tfevents.*"))
+            for event in tf.compat.v1.train.summary_iterator(str(path))]
+
+
+def _tags(events, kind: str) -> dict[str, list[int]]:
+    """tag -> the steps it was written at, for summaries holding ``kind`` (tensor / image)."""
+    found: dict[str, list[int]] = {}
+    for event in events:
+        for value in event.summary.value:
+            metadata = value.metadata.plugin_data.plugin_name
+            if kind in (metadata, value.WhichOneof("value")):
+                found.setdefault(value.tag, []).append(event.step)
+    return found
+
+
+def test_tensorboard_has_the_curves_and_a_confusion_matrix_per_epoch(trained):
+    run_dir, _ = trained
+    board = run_dir / "tensorboard"
+    train_tags = _tags(_events(board / "train"), "scalars")
+    validation = _events(board / "validation")
+    assert sorted(train_tags["epoch_loss"]) == list(range(EPOCHS))
+    assert sorted(_tags(validation, "scalars")["epoch_accuracy"]) == list(range(EPOCHS))
+    assert sorted(_tags(validation, "images")["confusion_matrix"]) == list(range(EPOCHS))
+    test_events = _events(board / "test")
+    assert set(_tags(test_events, "scalars")) >= {"accuracy", "macro_f1"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    import tensorflow as tf
+
+    logged = {value.tag: float(tf.make_ndarray(value.tensor)) for e in test_events
+              for value in e.summary.value if value.tag in ("accuracy", "macro_f1")}
+    assert logged["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert "confusion_matrix" in _tags(test_events, "images")
+
+
+def test_model_card_states_use_limits_and_the_runs_own_numbers(trained):
+    run_dir, _ = trained
+    card = (run_dir / "MODEL_CARD.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == \
+        pytest.approx(metrics["accuracy"], abs=1e-4)
+    for heading in ("## Intended use", "## Out-of-scope use", "## Training data",
+                    "## Evaluation", "## Limitations", "### Cross-validation"):
+        assert heading in card
+    assert "not a diagnostic device" in card and "Monocytes" in card and "Basophils" in card
+    assert f"accuracy **{metrics['accuracy']:.3f}**" in card
+    assert "`study`" in card  # the family
+
+
 def test_console_has_keras_progress_and_one_summary_line(trained):
     run_dir, output = trained
     assert f"Epoch 1/{EPOCHS}" in output and f"Epoch {EPOCHS}/{EPOCHS}" in output

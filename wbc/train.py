@@ -527,7 +527,9 @@ def train(
     plot_confusion(metrics["confusion_matrix"], fitted.classes, out_dir / "confusion_matrix.png",
                    title=f"{run_dir.name}: test side")
     from wbc.card import write_run_card
+    from wbc.tensorboard import write_test_summary
 
+    write_test_summary(out_dir, metrics, step=len(fitted.history))
     write_run_card(out_dir)
     echo(
         f"done: {fitted.done} in {format_seconds(wall)}{fitted.notes} ({family.name}); "

@@ -422,6 +422,9 @@ class KerasFamily(Family):
         backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"), delete_checkpoint=False,
                                                   double_checkpoint=True)
         verbose = 1 if sys.stdout.isatty() else 2
+        from wbc.tensorboard import keras_callbacks
+
+        board = keras_callbacks(out_dir, val_feed.data, classes) if tr.is_chief() else []
         if done >= tc.epochs:
             echo(f"{out_dir}: all {tc.epochs} epochs already done; evaluating")
         elif stop_before:
@@ -436,7 +439,7 @@ class KerasFamily(Family):
                 model.fit(train_feed.data, validation_data=val_feed.data, epochs=tc.epochs,
                           steps_per_epoch=train_feed.steps_per_epoch, class_weight=class_weight,
                           shuffle=False,  # the feed shuffles, with the seed
-                          callbacks=[log, backup, *job.callbacks], verbose=verbose)
+                          callbacks=[log, backup, *board, *job.callbacks], verbose=verbose)
             except tf.errors.ResourceExhaustedError:
                 raise MemoryError from None
             except (ValueError, TypeError) as exc:
