@@ -318,13 +318,16 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
               show_default=True, help="Output format.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save a bar chart of the differential to this PNG file.")
+@click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also write one self-contained HTML page: every smear with its "
+                                 "cells boxed and labelled, then the differential.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Cells per inference batch.")
 @input_option
 @engine_option
 @handle_errors
 @needs_tensorflow
-def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
+def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine):
     """Count the white blood cells of one sample by type (a WBC differential).
 
     Classifies every image in FOLDER and prints the count and percentage per class. A model
@@ -332,7 +335,7 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
     image; otherwise each image is one cell. Unreadable images are listed and not counted (exit
     code 1).
 
-    Example: wbc count sample-042/ --plot differential.png
+    Example: wbc count sample-042/ --plot differential.png --report sample-042.html
     """
     from wbc.count import count_cells, format_count, plot_counts
     from wbc.predict import require_images
@@ -347,7 +350,14 @@ def count(folder, model_path, fmt, plot, batch_size, input_kind, engine):
     with _progress(len(files), "counting") as bar:
         result = count_cells(run, folder, files=files, input_kind=input_kind,
                              batch_size=batch_size, predictor=predictor,
-                             progress=bar.update if bar is not None else None)
+                             progress=bar.update if bar is not None else None,
+                             details=report is not None)
+    if report is not None:
+        from wbc.report import count_report
+
+        count_report(result, report)
+        del result["files"]  # the page has them; the table and JSON stay as they were
+        _echo_err(f"wrote {report}")
     for item in result["failed"]:
         _echo_err(f"{item['file']}: {item['error']}")
     if result["no_cells"]:
@@ -611,6 +621,34 @@ def bench(raw, quick, json_path, only):
     results = run_bench(raw=raw, quick=quick, json_path=json_path, only=only, echo=_echo_err)
     click.echo(table(results))
     _echo_err(f"wrote {results['json_path']}")
+
+
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write (default: RUN/report.html).")
+@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Test images (class folders) for the gallery of mistakes (default: the "
+                   "run's own test side, from run.json).")
+@handle_errors
+@needs_tensorflow
+def report(run_path, output, data):
+    """Write one self-contained HTML page about a run or a `wbc cv` folder.
+
+    Images are inlined, there is no script and nothing is fetched, so the file opens anywhere.
+    A run's page holds its settings and data, the curves with the study's caption, the
+    confusion matrix and per-class table, and the most confident mistakes on the test side,
+    each explained (Grad-CAM or the decisive measurements). A cv folder's page holds the fold
+    table with mean and std.
+
+    Example: wbc report runs/20240101-120000-full -o report.html
+    """
+    from wbc.report import run_report
+
+    folder = run_path.parent if run_path.is_file() else run_path
+    target = output or folder / "report.html"
+    run_report(run_path, target, data)
+    click.echo(f"wrote {target}")
 
 
 @cli.command(name="export")

@@ -32,12 +32,14 @@ def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
 def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
                 batch_size: int = DEFAULT_BATCH, workers: Optional[int] = None,
                 progress: Progress = None, predictor: Optional[Predictor] = None,
-                files: Optional[Sequence[Path]] = None) -> dict[str, Any]:
+                files: Optional[Sequence[Path]] = None, details: bool = False
+                ) -> dict[str, Any]:
     """A WBC differential of one sample: how many cells of each class, and the percentages.
 
     With a run trained on crops (crop.mode boxes/detect) every WBC that ``wbc.crop.detect_cells``
     finds in an image is classified and counted; with crop.mode none each image is one cell.
-    Unreadable images are listed in ``failed`` and not counted.
+    Unreadable images are listed in ``failed`` and not counted. ``details``: also ``files``,
+    each image's cells (box, class, probability, out_of_domain), for ``wbc count --report``.
     """
     folder = Path(folder)
     if files is None:
@@ -53,6 +55,7 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
     counts = [0] * len(classes)
     failed, no_cells = [], []
     flagged = 0
+    per_file = []
     for result in results:
         if result.error:
             failed.append({"file": str(result.path), "error": result.error})
@@ -61,9 +64,18 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
             no_cells.append(str(result.path))
         for probs in result.probabilities:
             counts[int(np.argmax(probs))] += 1
-        if run.domain is not None:
-            flagged += int(run.domain.outside(result.distances).sum())
+        outside = (run.domain.outside(result.distances) if run.domain is not None
+                   else np.zeros(len(result.probabilities), bool))
+        flagged += int(np.sum(outside))
+        if details:
+            per_file.append({"file": str(result.path), "cells": [
+                {"box": list(box) if box is not None else None,
+                 "class": classes[int(np.argmax(probs))],
+                 "probability": round(float(np.max(probs)), 6),
+                 "out_of_domain": bool(out)}
+                for box, probs, out in zip(result.boxes, result.probabilities, outside)]})
     percent = percentages(counts)
+    extra = {"files": per_file} if details else {}
     return {
         "folder": str(folder),
         "model": str(run.model_path),
@@ -78,6 +90,7 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
         "no_cells": no_cells,
         # cells whose stain lies beyond the run's out-of-domain threshold (None: no domain.json)
         "out_of_domain": flagged if run.domain is not None else None,
+        **extra,
     }
 
 
