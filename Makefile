@@ -12,7 +12,7 @@ ARGS ?=
 RUN := runs/$(shell date +%Y%m%d-%H%M%S)-$(SUBSET)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test prepare train plot cv tune fetch all bench robustness clean
+.PHONY: help install test lint format prepare train plot cv tune fetch all bench robustness clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,14 @@ install: $(BIN)/python ## Create .venv and install wbc with its dev extras
 
 test: $(INSTALLED) ## Run the whole test suite (WBC_RAW=path adds the real-data integration test)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(INSTALLED) ## Lint and check the formatting (ruff, settings in pyproject.toml)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(INSTALLED) ## Reformat the code and fix what ruff can fix
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 prepare: $(INSTALLED) ## Prepare the data: make prepare RAW=../shared/data/dataset-master
 	$(WBC) prepare --config $(CONFIG) --data-dir $(DATA) $(if $(RAW),--raw $(RAW)) $(ARGS)

@@ -145,22 +145,46 @@ def timed(function) -> tuple[float, float, object]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=None,
-                        help="Folder of images (default: N synthetic 640x480 JPEGs in a temp dir).")
-    parser.add_argument("--n", type=int, default=300,
-                        help="Synthetic images to make (default 300).")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="Trained model.keras (default: a fresh untrained study model).")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="Timed passes over the folder; the best of each is kept (default 5).")
-    parser.add_argument("--calls", type=int, default=500,
-                        help="Single-image calls to time after warm-up (default 500).")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="Folder of images (default: N synthetic 640x480 JPEGs in a temp dir).",
+    )
+    parser.add_argument(
+        "--n", type=int, default=300, help="Synthetic images to make (default 300)."
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="Trained model.keras (default: a fresh untrained study model).",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="Timed passes over the folder; the best of each is kept (default 5).",
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=500,
+        help="Single-image calls to time after warm-up (default 500).",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="Inference batch (default 64).")
-    parser.add_argument("--engine", choices=["auto", "litert", "tensorflow"], default="auto",
-                        help="Inference engine of the headline figures (default auto, as "
-                             "wbc predict).")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="Decoding threads (default 0 = wbc's default: one per core).")
+    parser.add_argument(
+        "--engine",
+        choices=["auto", "litert", "tensorflow"],
+        default="auto",
+        help="Inference engine of the headline figures (default auto, as wbc predict).",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Decoding threads (default 0 = wbc's default: one per core).",
+    )
     args = parser.parse_args(argv)
 
     from wbc.runs import load_run
@@ -178,8 +202,9 @@ def main(argv=None) -> int:
         predictor = Predictor.from_run(run, args.engine, cache=False)
 
         def predict():
-            return predict_files(run, files, predictor=predictor, batch_size=args.batch_size,
-                                 workers=workers)
+            return predict_files(
+                run, files, predictor=predictor, batch_size=args.batch_size, workers=workers
+            )
 
         def decode():
             return decode_only(files, run.spec, run.crop_size, workers)
@@ -195,8 +220,9 @@ def main(argv=None) -> int:
             else:
                 decoding.append(timed(decode))
                 pipeline.append(timed(predict))
-        serial_s = min(timed(lambda: decode_only(files, run.spec, run.crop_size, 1))[0]
-                       for _ in range(2))
+        serial_s = min(
+            timed(lambda: decode_only(files, run.spec, run.crop_size, 1))[0] for _ in range(2)
+        )
         rows = pipeline[-1][2]
         failed = sum(1 for r in rows if r["error"])
         pipeline_s = [p[0] for p in pipeline]
@@ -205,7 +231,8 @@ def main(argv=None) -> int:
         # CPU seconds per pass hardly depend on what else the machine runs: their ratio is the
         # throughput ratio to expect when both are CPU-bound on an otherwise idle machine.
         cpu_ratio = statistics.median(d[1] for d in decoding) / statistics.median(
-            p[1] for p in pipeline)
+            p[1] for p in pipeline
+        )
 
     predict_rate = len(files) / min(pipeline_s)
     decode_rate = len(files) / min(decode_s)
@@ -236,12 +263,16 @@ def main(argv=None) -> int:
     }
     engine = result["engine"]
     rows = [
-        (f"single image, {engine} (median; target < 2 ms)",
-         f"{result['single_image_ms_median']:.3f} ms"),
+        (
+            f"single image, {engine} (median; target < 2 ms)",
+            f"{result['single_image_ms_median']:.3f} ms",
+        ),
         (f"single image, {engine} (p90)", f"{result['single_image_ms_p90']:.3f} ms"),
         (f"single image, {engine} (min)", f"{result['single_image_ms_min']:.3f} ms"),
-        ("single image, tf.function (median)",
-         f"{result['single_image_tf_function_ms_median']:.3f} ms"),
+        (
+            "single image, tf.function (median)",
+            f"{result['single_image_tf_function_ms_median']:.3f} ms",
+        ),
         ("single image, model.predict (median)", f"{result['model_predict_ms_median']:.3f} ms"),
         (f"wbc predict on {len(files)} images ({engine})", f"{predict_rate:.1f} images/s"),
         ("decode + resize only (same threads)", f"{decode_rate:.1f} images/s"),

@@ -55,25 +55,38 @@ def fold_probabilities(cv_dir: Path, fold: dict, tta: bool):
     seconds = time.perf_counter() - started
     if any(r.error for r in results):
         raise WbcError(f"{test_dir}: unreadable test images")
-    return np.stack([r.probabilities[0] for r in results]), labels, seconds, len(files), \
-        list(run.classes)
+    return (
+        np.stack([r.probabilities[0] for r in results]),
+        labels,
+        seconds,
+        len(files),
+        list(run.classes),
+    )
 
 
 def score(rows):
     """Mean/std of accuracy and macro-F1 over folds, pooled recall per class."""
     from wbc.evaluate import compute_metrics
 
-    per_fold = [compute_metrics(labels, probs.argmax(1), classes) for probs, labels, classes
-                in rows]
+    per_fold = [
+        compute_metrics(labels, probs.argmax(1), classes) for probs, labels, classes in rows
+    ]
     classes = rows[0][2]
-    pooled = compute_metrics(np.concatenate([r[1] for r in rows]),
-                             np.concatenate([r[0].argmax(1) for r in rows]), classes)
+    pooled = compute_metrics(
+        np.concatenate([r[1] for r in rows]),
+        np.concatenate([r[0].argmax(1) for r in rows]),
+        classes,
+    )
     acc = np.array([m["accuracy"] for m in per_fold])
     f1 = np.array([m["macro_f1"] for m in per_fold])
-    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std(ddof=1)),
-            "macro_f1": float(f1.mean()), "macro_f1_std": float(f1.std(ddof=1)),
-            "recall": {c: pooled["per_class"][c]["recall"] for c in classes},
-            "folds": len(rows)}
+    return {
+        "accuracy": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)),
+        "macro_f1": float(f1.mean()),
+        "macro_f1_std": float(f1.std(ddof=1)),
+        "recall": {c: pooled["per_class"][c]["recall"] for c in classes},
+        "folds": len(rows),
+    }
 
 
 def main(argv=None) -> int:
@@ -85,15 +98,21 @@ def main(argv=None) -> int:
     try:
         plans = [json.loads((d / "folds.json").read_text(encoding="utf-8")) for d in args.cv_dirs]
         # Folds match by their test sources (a repeated CV's repeat 1 is dealt as a single CV).
-        by_members = [{json.dumps(f["test"], sort_keys=True): f for f in p["folds"]}
-                      for p in plans]
+        by_members = [{json.dumps(f["test"], sort_keys=True): f for f in p["folds"]} for p in plans]
         shared = [key for key in by_members[0] if all(key in other for other in by_members[1:])]
-        done = [[m[key] for m in by_members] for key in shared
-                if all((d / f"fold-{m[key]['fold']}" / "metrics.json").is_file()
-                       for d, m in zip(args.cv_dirs, by_members))]
+        done = [
+            [m[key] for m in by_members]
+            for key in shared
+            if all(
+                (d / f"fold-{m[key]['fold']}" / "metrics.json").is_file()
+                for d, m in zip(args.cv_dirs, by_members)
+            )
+        ]
         if not done:
-            raise WbcError("no fold with the same test sources has finished in every folder "
-                           "(same seed, folds and data are needed)")
+            raise WbcError(
+                "no fold with the same test sources has finished in every folder "
+                "(same seed, folds and data are needed)"
+            )
         modes = (False,) if args.no_tta else (False, True)
         variants: dict[str, list] = {}
         seconds: dict[str, float] = {}
@@ -109,8 +128,11 @@ def main(argv=None) -> int:
                     cells[key] = cells.get(key, 0) + n
                     parts.append((probs, labels, classes))
                 if len(parts) > 1:
-                    key = ("mean of " + " + ".join(d.name for d in args.cv_dirs)
-                           + (" (each with TTA)" if tta else ""))
+                    key = (
+                        "mean of "
+                        + " + ".join(d.name for d in args.cv_dirs)
+                        + (" (each with TTA)" if tta else "")
+                    )
                     mean = np.mean([p[0] for p in parts], axis=0)
                     variants.setdefault(key, []).append((mean, parts[0][1], parts[0][2]))
     except WbcError as exc:
@@ -123,19 +145,35 @@ def main(argv=None) -> int:
             table[key]["ms_per_cell"] = 1000 * seconds[key] / cells[key]
         else:  # an average runs every member
             suffix = " + TTA" if key.endswith("(each with TTA)") else ""
-            table[key]["ms_per_cell"] = sum(table[f"{d.name}{suffix}"]["ms_per_cell"]
-                                            for d in args.cv_dirs)
+            table[key]["ms_per_cell"] = sum(
+                table[f"{d.name}{suffix}"]["ms_per_cell"] for d in args.cv_dirs
+            )
     classes = next(iter(variants.values()))[0][2]
-    head = ["variant", "folds", "accuracy", "macro-F1", *[f"recall {c[:4]}" for c in classes],
-            "ms/cell"]
+    head = [
+        "variant",
+        "folds",
+        "accuracy",
+        "macro-F1",
+        *[f"recall {c[:4]}" for c in classes],
+        "ms/cell",
+    ]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for key, row in table.items():
-        print("| " + " | ".join([key, str(row["folds"]),
-                                 f"{row['accuracy']:.3f} +/- {row['accuracy_std']:.3f}",
-                                 f"{row['macro_f1']:.3f} +/- {row['macro_f1_std']:.3f}",
-                                 *[f"{row['recall'][c]:.2f}" for c in classes],
-                                 f"{row['ms_per_cell']:.1f}"]) + " |")
+        print(
+            "| "
+            + " | ".join(
+                [
+                    key,
+                    str(row["folds"]),
+                    f"{row['accuracy']:.3f} +/- {row['accuracy_std']:.3f}",
+                    f"{row['macro_f1']:.3f} +/- {row['macro_f1_std']:.3f}",
+                    *[f"{row['recall'][c]:.2f}" for c in classes],
+                    f"{row['ms_per_cell']:.1f}",
+                ]
+            )
+            + " |"
+        )
     if args.json:
         args.json.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -42,14 +42,21 @@ DEFAULT_DATA = Path("../shared/data/tecom-crops")
 def describe(run) -> str:
     """The settings that matter across labs: crop mode, colour input, normalisation, jitter."""
     c = run.config.color
-    jitter = [f"{k[0]}{getattr(c, k):g}" for k in ("brightness", "contrast", "saturation", "hue")
-              if getattr(c, k) > 0]
+    jitter = [
+        f"{k[0]}{getattr(c, k):g}"
+        for k in ("brightness", "contrast", "saturation", "hue")
+        if getattr(c, k) > 0
+    ]
     model = run.config.model
     family = "+".join(model.ensemble) if model.ensemble else model.family
     if family == "features":
         family += f"({model.features.colour})"
-    parts = [family + ("+tta" if model.tta else ""), f"crop={run.config.crop.mode}",
-             f"in={c.input}", f"norm={c.normalize}"]
+    parts = [
+        family + ("+tta" if model.tta else ""),
+        f"crop={run.config.crop.mode}",
+        f"in={c.input}",
+        f"norm={c.normalize}",
+    ]
     if jitter:
         parts.append("jit=" + ",".join(jitter))
     return " ".join(parts)
@@ -73,8 +80,12 @@ def majority_baseline(counts: list[int]) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"folder of class folders (default {DEFAULT_DATA})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"folder of class folders (default {DEFAULT_DATA})",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write all metrics here")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
@@ -103,24 +114,50 @@ def main(argv: list[str] | None = None) -> int:
         counts = [metrics["per_class"][c]["support"] for c in classes]
         recall = " ".join(f"{metrics['per_class'][c]['recall']:.2f}" for c in classes)
         domain = metrics.get("out_of_domain")
-        flag = "-" if not domain else (
-            f"{domain['flagged_share']:.2f}: "
-            + "/".join("-" if domain[k] is None else f"{domain[k]:.2f}"
-                       for k in ("accuracy_flagged", "accuracy_unflagged")))
-        rows.append([str(given), describe(run), in_domain_accuracy(path.parent),
-                     str(metrics["n_images"]), f"{metrics['accuracy']:.3f}",
-                     f"{metrics['macro_f1']:.3f}", recall, flag])
+        flag = (
+            "-"
+            if not domain
+            else (
+                f"{domain['flagged_share']:.2f}: "
+                + "/".join(
+                    "-" if domain[k] is None else f"{domain[k]:.2f}"
+                    for k in ("accuracy_flagged", "accuracy_unflagged")
+                )
+            )
+        )
+        rows.append(
+            [
+                str(given),
+                describe(run),
+                in_domain_accuracy(path.parent),
+                str(metrics["n_images"]),
+                f"{metrics['accuracy']:.3f}",
+                f"{metrics['macro_f1']:.3f}",
+                recall,
+                flag,
+            ]
+        )
         if metrics["errors"]:
             print(f"{given}: skipped {len(metrics['errors'])} unreadable images", file=sys.stderr)
     recall_head = "recall " + "/".join(c[:3] for c in classes) if classes else "recall"
-    headers = ["run", "settings", "own test acc", "images", "accuracy", "macro-F1", recall_head,
-               "flagged: acc flagged/others"]
+    headers = [
+        "run",
+        "settings",
+        "own test acc",
+        "images",
+        "accuracy",
+        "macro-F1",
+        recall_head,
+        "flagged: acc flagged/others",
+    ]
     if counts:
         accuracy, macro = majority_baseline(counts)
-        rows.append(["(majority class)", "", "", str(sum(counts)), f"{accuracy:.3f}",
-                     f"{macro:.3f}", ""])
-    widths = [max(len(h), *(len(r[i]) if i < len(r) else 0 for r in rows))
-              for i, h in enumerate(headers)]
+        rows.append(
+            ["(majority class)", "", "", str(sum(counts)), f"{accuracy:.3f}", f"{macro:.3f}", ""]
+        )
+    widths = [
+        max(len(h), *(len(r[i]) if i < len(r) else 0 for r in rows)) for i, h in enumerate(headers)
+    ]
     print(f"cross-domain evaluation on {args.data}")
     for line in [headers, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())

@@ -58,25 +58,31 @@ def main(argv: list[str] | None = None) -> int:
         square = square_box(main_truth, 0.15, rgb.shape)
         crop = crop_square(rgb, main_truth, 0.15, 256)
         k = 256 / (square[2] - square[0])
-        truth_in_crop = tuple(
-            int(round((v - o) * k)) for v, o in zip(main_truth, square[:2] * 2)
-        )
+        truth_in_crop = tuple(int(round((v - o) * k)) for v, o in zip(main_truth, square[:2] * 2))
         got = detect_cells(crop)
         crop_iou.append(iou(got[0], truth_in_crop) if got else 0.0)
 
     top1_a, best_a, crop_a = np.array(top1), np.array(best), np.array(crop_iou)
     print(f"raw folder: {args.raw}")
     print(f"images with a VOC WBC box: {len(top1)} ({len(best_a)} WBC boxes)")
-    print(f"top-1 vs largest VOC box : mean IoU {top1_a.mean():.3f}, "
-          f"median {np.median(top1_a):.3f}, IoU>=0.5 {np.mean(top1_a >= 0.5):.1%}, "
-          f"IoU 0 {int(np.sum(top1_a == 0))} (nothing found: {empty})")
-    print(f"best match per VOC box   : mean IoU {best_a.mean():.3f}, "
-          f"IoU>=0.5 {np.mean(best_a >= 0.5):.1%}")
+    print(
+        f"top-1 vs largest VOC box : mean IoU {top1_a.mean():.3f}, "
+        f"median {np.median(top1_a):.3f}, IoU>=0.5 {np.mean(top1_a >= 0.5):.1%}, "
+        f"IoU 0 {int(np.sum(top1_a == 0))} (nothing found: {empty})"
+    )
+    print(
+        f"best match per VOC box   : mean IoU {best_a.mean():.3f}, "
+        f"IoU>=0.5 {np.mean(best_a >= 0.5):.1%}"
+    )
     print(f"cell count == VOC count  : {np.mean(count_ok):.1%}")
-    print(f"simulated 256px crops    : mean IoU {crop_a.mean():.3f}, "
-          f"IoU>=0.5 {np.mean(crop_a >= 0.5):.1%}")
-    print(f"time per image (detect)  : {1000 * np.mean(seconds):.1f} ms "
-          f"(max {1000 * np.max(seconds):.1f} ms)")
+    print(
+        f"simulated 256px crops    : mean IoU {crop_a.mean():.3f}, "
+        f"IoU>=0.5 {np.mean(crop_a >= 0.5):.1%}"
+    )
+    print(
+        f"time per image (detect)  : {1000 * np.mean(seconds):.1f} ms "
+        f"(max {1000 * np.max(seconds):.1f} ms)"
+    )
     if args.worst:
         print(f"worst {args.worst}: IoU, image, detected, VOC boxes")
         for score, name, n_found, n_truth in sorted(rows)[: args.worst]:

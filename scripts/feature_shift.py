@@ -52,19 +52,31 @@ def shared_files(folder: Path) -> dict[str, list[Path]]:
 
 
 def other_files(folder: Path) -> dict[str, list[Path]]:
-    return {cls: sorted(p for p in (folder / cls).glob("*") if p.suffix.lower() in SUFFIXES)
-            for cls in CLASSES if (folder / cls).is_dir()}
+    return {
+        cls: sorted(p for p in (folder / cls).glob("*") if p.suffix.lower() in SUFFIXES)
+        for cls in CLASSES
+        if (folder / cls).is_dir()
+    }
 
 
 def draw(files: dict[str, list[Path]], per_class: int, rng) -> dict[str, list[Path]]:
-    return {cls: [paths[i] for i in sorted(rng.choice(len(paths), min(per_class, len(paths)),
-                                                      replace=False))]
-            for cls, paths in files.items() if paths}
+    return {
+        cls: [
+            paths[i]
+            for i in sorted(rng.choice(len(paths), min(per_class, len(paths)), replace=False))
+        ]
+        for cls, paths in files.items()
+        if paths
+    }
 
 
-def measure(images: dict[str, list[np.ndarray]], normalize: str, reference) -> dict[str, np.ndarray]:
-    return {cls: np.stack([cell_features(apply_color(im, "rgb", normalize, reference))
-                           for im in ims]) for cls, ims in images.items()}
+def measure(
+    images: dict[str, list[np.ndarray]], normalize: str, reference
+) -> dict[str, np.ndarray]:
+    return {
+        cls: np.stack([cell_features(apply_color(im, "rgb", normalize, reference)) for im in ims])
+        for cls, ims in images.items()
+    }
 
 
 def shifts(shared: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> np.ndarray:
@@ -87,10 +99,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
-    shared_images = {c: [load(p) for p in ps]
-                     for c, ps in draw(shared_files(args.shared), args.per_class, rng).items()}
-    other_images = {c: [load(p) for p in ps]
-                    for c, ps in draw(other_files(args.other), args.per_class, rng).items()}
+    shared_images = {
+        c: [load(p) for p in ps]
+        for c, ps in draw(shared_files(args.shared), args.per_class, rng).items()
+    }
+    other_images = {
+        c: [load(p) for p in ps]
+        for c, ps in draw(other_files(args.other), args.per_class, rng).items()
+    }
     if not shared_images or not other_images:
         sys.exit("feature_shift: no images found (check --shared and --other)")
     names = feature_names("absolute")
@@ -98,30 +114,45 @@ def main(argv=None) -> int:
     table = {}
     for normalize in ("none", "reinhard", "macenko"):
         reference = None if normalize == "none" else reference_from_images(pooled, normalize)
-        d = shifts(measure(shared_images, normalize, reference),
-                   measure(other_images, normalize, reference))
+        d = shifts(
+            measure(shared_images, normalize, reference),
+            measure(other_images, normalize, reference),
+        )
         table[normalize] = np.median(d, axis=0)  # the median class: one outlier class aside
 
     is_shape = np.array([name in SHAPE_FEATURES for name in names])
     order = np.argsort(-table["none"])
-    print(f"shared: {sum(map(len, shared_images.values()))} crops from {args.shared}; "
-          f"other: {sum(map(len, other_images.values()))} from {args.other}")
+    print(
+        f"shared: {sum(map(len, shared_images.values()))} crops from {args.shared}; "
+        f"other: {sum(map(len, other_images.values()))} from {args.other}"
+    )
     print("\n| feature | kind | shift as is | after Reinhard | after Macenko |")
     print("|---|---|---|---|---|")
     for i in order:
-        print(f"| {names[i]} | {'shape' if is_shape[i] else 'colour'} | {table['none'][i]:.2f} "
-              f"| {table['reinhard'][i]:.2f} | {table['macenko'][i]:.2f} |")
-    print("\n| group | features | median shift as is | after Reinhard | after Macenko "
-          "| share with shift < 0.5 (as is / Reinhard / Macenko) |")
+        print(
+            f"| {names[i]} | {'shape' if is_shape[i] else 'colour'} | {table['none'][i]:.2f} "
+            f"| {table['reinhard'][i]:.2f} | {table['macenko'][i]:.2f} |"
+        )
+    print(
+        "\n| group | features | median shift as is | after Reinhard | after Macenko "
+        "| share with shift < 0.5 (as is / Reinhard / Macenko) |"
+    )
     print("|---|---|---|---|---|---|")
     for label, mask in (("shape", is_shape), ("colour", ~is_shape)):
         cells = [f"{np.median(table[k][mask]):.2f}" for k in table]
         small = " / ".join(f"{np.mean(table[k][mask] < 0.5):.0%}" for k in table)
         print(f"| {label} | {int(mask.sum())} | {' | '.join(cells)} | {small} |")
     if args.json:
-        args.json.write_text(json.dumps({
-            "features": list(names), "is_shape": is_shape.tolist(),
-            **{k: v.round(4).tolist() for k, v in table.items()}}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "features": list(names),
+                    "is_shape": is_shape.tolist(),
+                    **{k: v.round(4).tolist() for k, v in table.items()},
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -31,8 +31,19 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(ROOT / "tests/robustness"), f"--junitxml={report}"], cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                str(ROOT / "tests/robustness"),
+                f"--junitxml={report}",
+            ],
+            cwd=ROOT,
+        )
         tree = ET.parse(report)
     figures: dict[str, dict[str, int]] = defaultdict(lambda: {"tried": 0, "passed": 0})
     failures = []
@@ -40,7 +51,11 @@ def main() -> int:
         module = case.get("classname", "").split(".")[-1]
         kind = KINDS.get(module, module)
         figures[kind]["tried"] += 1
-        if case.find("failure") is None and case.find("error") is None and case.find("skipped") is None:
+        if (
+            case.find("failure") is None
+            and case.find("error") is None
+            and case.find("skipped") is None
+        ):
             figures[kind]["passed"] += 1
         else:
             failures.append(f"{module}::{case.get('name')}")

@@ -49,18 +49,43 @@ def main(argv: list[str]) -> int:
         return 2
     runs = [summarize(Path(p)) for p in argv]
     classes = sorted({c for r in runs for c in r["f1"]})
-    header = ["run", "protocol", "crop", "subset", "lr", "epochs", "wall min", "final val acc",
-              "best val acc", "final val loss", "lowest val loss (epoch)",
-              "model.keras test acc", "macro-F1", *[f"F1 {c[:4]}" for c in classes], "collapsed"]
+    header = [
+        "run",
+        "protocol",
+        "crop",
+        "subset",
+        "lr",
+        "epochs",
+        "wall min",
+        "final val acc",
+        "best val acc",
+        "final val loss",
+        "lowest val loss (epoch)",
+        "model.keras test acc",
+        "macro-F1",
+        *[f"F1 {c[:4]}" for c in classes],
+        "collapsed",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in runs:
-        cells = [r["run"], r["protocol"], r["crop"], r["subset"], f"{r['lr']:g}", str(r["epochs"]),
-                 f"{r['minutes']:.0f}", f"{r['final_val_acc']:.3f}", f"{r['best_val_acc']:.3f}",
-                 f"{r['final_val_loss']:.3f}", f"{r['lowest_val_loss']:.3f} ({r['best_epoch']})",
-                 f"{r['test_acc']:.3f} (n={r['n_test']})", f"{r['macro_f1']:.3f}",
-                 *[f"{r['f1'].get(c, float('nan')):.2f}" for c in classes],
-                 "yes" if r["collapsed"] else "no"]
+        cells = [
+            r["run"],
+            r["protocol"],
+            r["crop"],
+            r["subset"],
+            f"{r['lr']:g}",
+            str(r["epochs"]),
+            f"{r['minutes']:.0f}",
+            f"{r['final_val_acc']:.3f}",
+            f"{r['best_val_acc']:.3f}",
+            f"{r['final_val_loss']:.3f}",
+            f"{r['lowest_val_loss']:.3f} ({r['best_epoch']})",
+            f"{r['test_acc']:.3f} (n={r['n_test']})",
+            f"{r['macro_f1']:.3f}",
+            *[f"{r['f1'].get(c, float('nan')):.2f}" for c in classes],
+            "yes" if r["collapsed"] else "no",
+        ]
         print("| " + " | ".join(cells) + " |")
     return 0
 

@@ -88,15 +88,18 @@ def make_raw_folder(root: Path, counts: dict[str, int], size=(48, 64), seed: int
             array, box = synthetic_smear(cls, rng, size)
             name = f"BloodImage_{image_id:05d}"
             Image.fromarray(array).save(images / f"{name}.jpg", quality=95)
-            (annotations / f"{name}.xml").write_text(voc_xml(f"{name}.jpg", size[1], size[0], [box]))
+            (annotations / f"{name}.xml").write_text(
+                voc_xml(f"{name}.jpg", size[1], size[0], [box])
+            )
             rows.append(f",{image_id},{cls}")
             image_id += 1
     (root / "labels.csv").write_bytes("\r\n".join(rows).encode())
     return root
 
 
-def make_class_folders(root: Path, counts: dict[str, int], size=(48, 64), seed: int = 0,
-                       ext: str = ".jpg") -> Path:
+def make_class_folders(
+    root: Path, counts: dict[str, int], size=(48, 64), seed: int = 0, ext: str = ".jpg"
+) -> Path:
     """``root/CLASS/CLASS.ID.jpg`` images (the layout of a prepared split side)."""
     rng = np.random.default_rng(seed)
     image_id = 0

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_smear
 from wbc.augmenters import KerasAugmenter, OpenCVAugmenter
 from wbc.config import AugmentConfig, load_config
 from wbc.errors import DataError
 from wbc.manifest import run_stage
 from wbc.stages.augment import augment, plan_copies
 from wbc.stages.naming import parse_name
+
+from conftest import synthetic_smear
 
 # Ids chosen so that numeric and text order differ (100 < 12 as text): copies follow numeric order.
 SOURCE_IDS = {
@@ -41,8 +42,15 @@ def make_src(root, ids=SOURCE_IDS, size=(48, 64), seed=0):
 
 
 def config(*overrides):
-    return load_config(None, ["augment.per_class=8", "augment.workers=1",
-                              "augment.engine=imagedatagenerator", *overrides])
+    return load_config(
+        None,
+        [
+            "augment.per_class=8",
+            "augment.workers=1",
+            "augment.engine=imagedatagenerator",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,11 @@ def test_copies_go_round_robin_over_sorted_source_ids(src):
     sources = [(3, src), (7, src), (12, src), (40, src), (100, src)]
     jobs = plan_copies("NEUTROPHIL", sources, per_class=12)  # 7 copies over 5 sources
     assert [(job.source_id, job.copies) for job in jobs] == [
-        (3, (0, 5)), (7, (1, 6)), (12, (2,)), (40, (3,)), (100, (4,))
+        (3, (0, 5)),
+        (7, (1, 6)),
+        (12, (2,)),
+        (40, (3,)),
+        (100, (4,)),
     ]
     assert plan_copies("NEUTROPHIL", sources, per_class=7)[-1].source_id == 7
 
@@ -133,8 +145,12 @@ def test_rerun_is_skipped_and_a_changed_parameter_redoes_it(src, tmp_path):
     assert other_workers.skipped
     rotated_less = augment(src, dst, config("augment.engine=opencv", "augment.rotation_range=10"))
     assert not rotated_less.skipped and rotated_less.outputs != first.outputs
-    assert augment(src, dst, config("augment.engine=opencv", "augment.rotation_range=10"),
-                   force=True).skipped is False
+    assert (
+        augment(
+            src, dst, config("augment.engine=opencv", "augment.rotation_range=10"), force=True
+        ).skipped
+        is False
+    )
 
 
 def test_per_class_below_the_originals_keeps_them_all(src, tmp_path):
@@ -185,13 +201,25 @@ def test_engines_draw_parameters_from_the_same_distributions(engines):
     shape = (480, 640, 3)
     draws = 3000
     keras, opencv = (
-        {key: np.array([float(p[key]) for p in params]) for key in params[0]
-         if key in ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical")}
-        for params in ([engine.random_params(shape, seed) for seed in range(draws)]
-                       for engine in engines)
+        {
+            key: np.array([float(p[key]) for p in params])
+            for key in params[0]
+            if key in ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal", "flip_vertical")
+        }
+        for params in (
+            [engine.random_params(shape, seed) for seed in range(draws)] for engine in engines
+        )
     )
-    bounds = {"theta": 180, "tx": 48, "ty": 64, "shear": 20, "zx": (0.8, 1.2), "zy": (0.8, 1.2),
-              "flip_horizontal": (0, 1), "flip_vertical": (0, 1)}
+    bounds = {
+        "theta": 180,
+        "tx": 48,
+        "ty": 64,
+        "shear": 20,
+        "zx": (0.8, 1.2),
+        "zy": (0.8, 1.2),
+        "flip_horizontal": (0, 1),
+        "flip_vertical": (0, 1),
+    }
     assert set(keras) == set(opencv) == set(bounds)
     for key, bound in bounds.items():
         low, high = bound if isinstance(bound, tuple) else (-bound, bound)
@@ -215,8 +243,14 @@ def smooth_image(height=60, width=80):
 
 FIXED_TRANSFORMS = [
     {"theta": 30, "tx": 5, "ty": -3, "shear": 10, "flip_horizontal": True},
-    {"theta": -120, "tx": -6, "ty": 6.5, "shear": 0.15, "flip_horizontal": True,
-     "flip_vertical": True},
+    {
+        "theta": -120,
+        "tx": -6,
+        "ty": 6.5,
+        "shear": 0.15,
+        "flip_horizontal": True,
+        "flip_vertical": True,
+    },
     {"theta": 170, "zx": 0.8, "zy": 1.2, "flip_vertical": True},
     {"shear": -25, "zx": 1.1, "zy": 1.1, "tx": 12.3},
     {"theta": 90},
@@ -250,10 +284,17 @@ def test_keras_engine_workers_start_quietly(src, tmp_path):
         "augment(Path(sys.argv[1]), Path(sys.argv[2]), "
         "load_config(None, ['augment.per_class=8', 'augment.workers=2']))"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
-    chatter = [line for line in done.stderr.splitlines()
-               if "absl" in line or "oneDNN" in line or "cuda" in line.lower()]
+    chatter = [
+        line
+        for line in done.stderr.splitlines()
+        if "absl" in line or "oneDNN" in line or "cuda" in line.lower()
+    ]
     assert chatter == []
     assert len(list((tmp_path / "out").glob("*/*.jpg"))) == 3 * 8

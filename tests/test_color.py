@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc import color
 from wbc.config import ColorConfig, load_config
 from wbc.errors import ConfigError, ModelError
 from wbc.preprocess import InputSpec
+
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
 SIZE = (48, 64)
 LN_1E6 = math.log(1e6)
@@ -33,8 +34,11 @@ def two_stain_image(stains, scale=1.0, size=(60, 80), seed=0) -> np.ndarray:
     height, width = size
     c = np.zeros((2, height, width))
     yy, xx = np.mgrid[:height, :width]
-    for (cy, cx, r), amounts in (((18, 20, 13), (1, 0)), ((18, 60, 13), (0, 1)),
-                                 ((45, 40, 12), (1, 1))):
+    for (cy, cx, r), amounts in (
+        ((18, 20, 13), (1, 0)),
+        ((18, 60, 13), (0, 1)),
+        ((45, 40, 12), (1, 1)),
+    ):
         inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         for k in (0, 1):
             if amounts[k]:
@@ -67,8 +71,16 @@ def test_color_config_defaults_change_nothing_and_bad_values_are_errors():
     assert config.train.freeze == "none"
     assert not color.jitter_enabled(config.color)
     assert not InputSpec.from_config(config).recolors
-    ok = load_config(STUDY_CONFIG, ["color.input=hematoxylin", "color.normalize=macenko",
-                                "color.hue=0.05", "color.saturation=0.2", "train.freeze=features"])
+    ok = load_config(
+        STUDY_CONFIG,
+        [
+            "color.input=hematoxylin",
+            "color.normalize=macenko",
+            "color.hue=0.05",
+            "color.saturation=0.2",
+            "train.freeze=features",
+        ],
+    )
     assert ok.color.input == "hematoxylin" and ok.color.hue == 0.05
     for bad, message in [
         ("color.input=grey", "color.input"),
@@ -90,10 +102,15 @@ def test_color_config_defaults_change_nothing_and_bad_values_are_errors():
 
 def test_hed_deconvolution_matches_hand_computed_values():
     # skimage.color's hed_from_rgb (the inverse of Ruifrok-Johnston's rgb_from_hed).
-    np.testing.assert_allclose(color.HED_FROM_RGB, [[1.87798274, -1.00767869, -0.55611582],
-                                                    [-0.06590806, 1.13473037, -0.1355218],
-                                                    [-0.60190736, -0.48041419, 1.57358807]],
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        color.HED_FROM_RGB,
+        [
+            [1.87798274, -1.00767869, -0.55611582],
+            [-0.06590806, 1.13473037, -0.1355218],
+            [-0.60190736, -0.48041419, 1.57358807],
+        ],
+        atol=1e-8,
+    )
     # Pure haematoxylin of optical density 1: light transmitted exp(-(0.65, 0.70, 0.29)).
     pure_h = np.exp(-np.array([0.65, 0.70, 0.29]))
     np.testing.assert_allclose(color.rgb2hed(pure_h), [1 / LN_1E6, 0, 0], atol=1e-12)
@@ -101,8 +118,9 @@ def test_hed_deconvolution_matches_hand_computed_values():
     np.testing.assert_allclose(color.rgb2hed(pure_e), [0, 2 / LN_1E6, 0], atol=1e-12)
     assert np.all(color.rgb2hed(np.full((2, 2, 3), 255, np.uint8)) == 0)  # white: no stain
     # As an image: haematoxylin drawn dark (255 exp(-1) = 94), eosin and background white.
-    pixels = np.array([[np.round(pure_h * 255), np.round(pure_e * 255), [255, 255, 255]]] * 4,
-                      np.uint8)
+    pixels = np.array(
+        [[np.round(pure_h * 255), np.round(pure_e * 255), [255, 255, 255]]] * 4, np.uint8
+    )
     pixels[-1] = 255  # some background for the white balance to find
     hema = color.to_hematoxylin(pixels)
     assert hema.shape == pixels.shape and np.all(hema[..., 0] == hema[..., 2])
@@ -133,8 +151,9 @@ def test_yellow_background_is_not_stain():
 
 
 def test_reinhard_maps_lab_mean_and_std_to_the_reference():
-    references = [cells_image((235, 235, 240), (205, 160, 200), (100, 60, 160), seed=s)
-                  for s in range(3)]
+    references = [
+        cells_image((235, 235, 240), (205, 160, 200), (100, 60, 160), seed=s) for s in range(3)
+    ]
     reference = color.reference_from_images(references, "reinhard")
     assert reference.method == "reinhard" and reference.images == 3
     source = cells_image((250, 240, 160), (215, 165, 110), (150, 70, 60), seed=9)  # yellow lab
@@ -182,12 +201,12 @@ def test_stain_reference_written_to_and_read_back_from_a_run_folder(tmp_path):
         back = color.read_reference(tmp_path, method)
         assert back.method == method
         for key in ("mean", "std", "stains", "max_concentration"):
-            np.testing.assert_allclose(np.asarray(getattr(back, key)),
-                                       np.asarray(getattr(reference, key)), atol=1e-12)
+            np.testing.assert_allclose(
+                np.asarray(getattr(back, key)), np.asarray(getattr(reference, key)), atol=1e-12
+            )
     with pytest.raises(ModelError, match="holds a reinhard reference"):
         color.read_reference(tmp_path, "macenko")
-    (tmp_path / color.REFERENCE_NAME).write_text(json.dumps({"method": "reinhard",
-                                                             "mean": [1, 2]}))
+    (tmp_path / color.REFERENCE_NAME).write_text(json.dumps({"method": "reinhard", "mean": [1, 2]}))
     with pytest.raises(ModelError, match="'mean' must be"):
         color.read_reference(tmp_path)
     with pytest.raises(ModelError, match="missing"):
@@ -216,19 +235,21 @@ def test_jitter_is_seeded_per_image_and_fresh_every_epoch(side):
     jittered = make_feed(side, SIZE, 8, seed=3, jitter=jitter).data
     again = make_feed(side, SIZE, 8, seed=3, jitter=jitter).data
     other_seed = make_feed(side, SIZE, 8, seed=4, jitter=jitter).data
-    (x0, y0), = _first_batches(plain, 1)
-    (x1, y1), = _first_batches(jittered, 1)
-    (x2, _), = _first_batches(again, 1)
+    ((x0, y0),) = _first_batches(plain, 1)
+    ((x1, y1),) = _first_batches(jittered, 1)
+    ((x2, _),) = _first_batches(again, 1)
     np.testing.assert_array_equal(y0, y1)  # same images, same order: only colours change
     assert x1.shape == x0.shape and 0 <= x1.min() and x1.max() <= 1
     assert np.abs(x1 - x0).mean() > 0.01
     np.testing.assert_array_equal(x1, x2)  # seeded
-    (x3, _), = _first_batches(other_seed, 1)
+    ((x3, _),) = _first_batches(other_seed, 1)
     assert not np.array_equal(x3, x1)
     epoch2 = _first_batches(jittered, 1)[0][0]  # a second pass over the dataset
     epoch2_plain = _first_batches(plain, 1)[0][0]
-    changes = [np.abs(x1 - x0).mean(axis=(1, 2, 3)),
-               np.abs(epoch2 - epoch2_plain).mean(axis=(1, 2, 3))]
+    changes = [
+        np.abs(x1 - x0).mean(axis=(1, 2, 3)),
+        np.abs(epoch2 - epoch2_plain).mean(axis=(1, 2, 3)),
+    ]
     assert not np.allclose(np.sort(changes[0]), np.sort(changes[1]))  # fresh colours
     assert np.std(changes[0]) > 0  # each image draws its own jitter
 
@@ -240,8 +261,7 @@ def test_jitter_never_touches_evaluate_or_predict_inputs(side):
 
     jitter = ColorConfig(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.2)
     plain = _first_batches(make_feed(side, SIZE, 8, 3, training=False).data, 2)
-    with_jitter = _first_batches(
-        make_feed(side, SIZE, 8, 3, training=False, jitter=jitter).data, 2)
+    with_jitter = _first_batches(make_feed(side, SIZE, 8, 3, training=False, jitter=jitter).data, 2)
     for a, b in zip(plain, with_jitter):
         np.testing.assert_array_equal(a[0], b[0])
     size = f"train.image_size=[{SIZE[0]}, {SIZE[1]}]"
@@ -272,9 +292,15 @@ def test_jitter_batch_on_its_own():
 # --------------------------------------------------------------------------- one preprocessing
 
 
-@pytest.mark.parametrize("overrides", [["color.input=gray"], ["color.input=hematoxylin"],
-                                       ["color.normalize=macenko", "color.input=hematoxylin"],
-                                       ["color.normalize=reinhard"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["color.input=gray"],
+        ["color.input=hematoxylin"],
+        ["color.normalize=macenko", "color.input=hematoxylin"],
+        ["color.normalize=reinhard"],
+    ],
+)
 def test_training_and_prediction_preprocess_alike(side, overrides):
     from wbc.feeds import list_class_files, load_images
     from wbc.imageio import read_rgb
@@ -285,8 +311,9 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
     _, files, _ = list_class_files(side)
     reference = None
     if config.color.normalize != "none":
-        reference = color.training_reference(config.color.normalize, files,
-                                             lambda p: load_resized(p, SIZE), config.seed)
+        reference = color.training_reference(
+            config.color.normalize, files, lambda p: load_resized(p, SIZE), config.seed
+        )
     spec = InputSpec.from_config(config, reference)
     assert spec.recolors
     trained_on, kept, _ = load_images(files[:3], SIZE, spec=spec)
@@ -302,7 +329,6 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
 
 
 def test_freeze_layers_freezes_the_right_layers():
-    import keras
 
     from wbc.models.study import build_model
     from wbc.train import freeze_layers
@@ -318,8 +344,14 @@ def test_freeze_layers_freezes_the_right_layers():
     assert frozen == [] and all(flags.values())
     frozen, flags = trainable("features")
     assert frozen == ["conv1", "conv2", "conv3", "conv4"]
-    assert flags == {"conv1": False, "conv2": False, "conv3": False, "conv4": False,
-                     "dense": True, "probabilities": True}
+    assert flags == {
+        "conv1": False,
+        "conv2": False,
+        "conv3": False,
+        "conv4": False,
+        "dense": True,
+        "probabilities": True,
+    }
     frozen, flags = trainable("all_but_head")
     assert [name for name, on in flags.items() if on] == ["probabilities"]
     with pytest.raises(ConfigError):
@@ -337,21 +369,45 @@ def data_root(tmp_path_factory) -> Path:
 def _train(*args):
     from wbc.cli import cli
 
-    return CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--subset", "small", "--epochs", "1",
-                                    "--set", f"train.image_size=[{SIZE[0]}, {SIZE[1]}]",
-                                    "--set", "train.patience=null", *map(str, args)])
+    return CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(STUDY_CONFIG),
+            "--subset",
+            "small",
+            "--epochs",
+            "1",
+            "--set",
+            f"train.image_size=[{SIZE[0]}, {SIZE[1]}]",
+            "--set",
+            "train.patience=null",
+            *map(str, args),
+        ],
+    )
 
 
 @pytest.mark.slow
-def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_features(data_root,
-                                                                                  tmp_path):
+def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_features(
+    data_root, tmp_path
+):
     from wbc.models.keras_family import load_model_file
     from wbc.runs import load_run
 
     run = tmp_path / "run"
-    result = _train("--data-dir", data_root, "--run-dir", run,
-                    "--set", "color.normalize=macenko", "--set", "color.input=hematoxylin",
-                    "--set", "color.brightness=0.1")
+    result = _train(
+        "--data-dir",
+        data_root,
+        "--run-dir",
+        run,
+        "--set",
+        "color.normalize=macenko",
+        "--set",
+        "color.input=hematoxylin",
+        "--set",
+        "color.brightness=0.1",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "stain reference (macenko)" in result.output
     reference = color.read_reference(run, "macenko")
@@ -368,14 +424,25 @@ def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_feature
     (run / color.REFERENCE_NAME).write_text(saved)
 
     # Freezing needs --init.
-    result = _train("--data-dir", data_root, "--run-dir", tmp_path / "nope",
-                    "--set", "train.freeze=features")
+    result = _train(
+        "--data-dir", data_root, "--run-dir", tmp_path / "nope", "--set", "train.freeze=features"
+    )
     assert result.exit_code != 0 and "--init" in result.output
 
     # Fine-tune from the run with the conv layers frozen: they keep the initial weights.
     tuned = tmp_path / "tuned"
-    result = _train("--data-dir", data_root, "--run-dir", tuned, "--init", run / "model.keras",
-                    "--set", "train.freeze=features", "--set", "train.learning_rate=0.01")
+    result = _train(
+        "--data-dir",
+        data_root,
+        "--run-dir",
+        tuned,
+        "--init",
+        run / "model.keras",
+        "--set",
+        "train.freeze=features",
+        "--set",
+        "train.learning_rate=0.01",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "frozen layers conv1, conv2, conv3, conv4" in result.output
     before = load_model_file(run / "model.keras")
@@ -384,6 +451,10 @@ def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_feature
         for a, b in zip(layer.get_weights(), after.get_layer(layer.name).get_weights()):
             if layer.name.startswith("conv"):
                 np.testing.assert_array_equal(a, b)
-    changed = [not np.array_equal(a, b) for a, b in
-               zip(before.get_layer("dense").get_weights(), after.get_layer("dense").get_weights())]
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(
+            before.get_layer("dense").get_weights(), after.get_layer("dense").get_weights()
+        )
+    ]
     assert any(changed)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,13 @@ def test_defaults_match_the_study():
     assert config.rename.classes == CLASSES
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").glob("*.yaml")
-                                        if p.name != "grid.yaml"),  # a `wbc tune` grid
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p for p in (ROOT / "configs").glob("*.yaml") if p.name != "grid.yaml"
+    ),  # a `wbc tune` grid
+    ids=lambda p: p.name,
+)
 def test_shipped_configs_load(path):
     config = load_config(path)
     assert config.seed == 42
@@ -52,23 +57,32 @@ def test_unknown_section_suggests_the_closest():
 
 
 def test_overrides_apply_in_order_and_coerce():
-    config = load_config(overrides=["augment.per_class=40", "augment.per_class=50",
-                                    "train.image_size=[32, 40]", "train.patience=null",
-                                    "split.protocol=report"])
+    config = load_config(
+        overrides=[
+            "augment.per_class=40",
+            "augment.per_class=50",
+            "train.image_size=[32, 40]",
+            "train.patience=null",
+            "split.protocol=report",
+        ]
+    )
     assert config.augment.per_class == 50
     assert config.train.image_size == (32, 40)
     assert config.train.patience is None
     assert config.split.protocol == "report"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("augment.per_class=many", "expected an integer"),
-    ("augment.horizontal_flip=3", "expected true or false"),
-    ("split.protocol=random", "not one of"),
-    ("train.steps_per_epoch=0", "steps_per_epoch"),
-    ("split.test_fraction=1.5", "test_fraction"),
-    ("augment.per_class", "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("augment.per_class=many", "expected an integer"),
+        ("augment.horizontal_flip=3", "expected true or false"),
+        ("split.protocol=random", "not one of"),
+        ("train.steps_per_epoch=0", "steps_per_epoch"),
+        ("split.test_fraction=1.5", "test_fraction"),
+        ("augment.per_class", "expected section.key=value"),
+    ],
+)
 def test_bad_values_are_clear_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
@@ -88,7 +102,7 @@ def test_missing_config_file():
 
 def test_config_is_frozen():
     config = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1  # type: ignore[misc]
 
 
@@ -108,8 +122,12 @@ def test_arbitrary_override_text_never_crashes_unexpectedly(text):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.sampled_from(["seed", "augment", "per_class", "train", "x"]), min_size=1,
-                max_size=4), st.integers())
+@given(
+    st.lists(
+        st.sampled_from(["seed", "augment", "per_class", "train", "x"]), min_size=1, max_size=4
+    ),
+    st.integers(),
+)
 def test_parse_override_nests_dotted_keys(parts, value):
     nested = parse_override(".".join(parts) + f"={value}")
     for part in parts[:-1]:

@@ -10,15 +10,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, synthetic_smear, voc_xml
 from wbc.config import load_config
 from wbc.crop import (
-    center_box, crop_cells, crop_image, crop_square, detect_cells, detect_or_center, find_boxes,
-    iou, read_voc_boxes, square_box,
+    center_box,
+    crop_cells,
+    crop_image,
+    crop_square,
+    detect_cells,
+    detect_or_center,
+    find_boxes,
+    iou,
+    read_voc_boxes,
+    square_box,
 )
 from wbc.errors import DataError
 from wbc.manifest import run_stage
 from wbc.stages.crop import crop, read_boxes_csv
+
+from conftest import CLASSES, synthetic_smear, voc_xml
 
 
 def exclusive(box):
@@ -32,7 +41,7 @@ def cropped_cell(rng: np.random.Generator, size: int = 120) -> tuple[np.ndarray,
     image[:] = (226, 221, 214)  # pale background
     yy, xx = np.mgrid[:size, :size]
     cy, cx, r = size / 2 + 3, size / 2 - 2, size * 0.40
-    cell = (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+    cell = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
     image[cell] = (206, 186, 214)  # cytoplasm
     nucleus = ((yy - cy + 4) / (r * 0.55)) ** 2 + ((xx - cx - 3) / (r * 0.65)) ** 2 <= 1
     image[nucleus] = (112, 72, 186)
@@ -178,10 +187,13 @@ def test_crop_image_modes():
 
 def test_read_voc_boxes(tmp_path):
     xml = tmp_path / "a.xml"
-    xml.write_text(voc_xml("a.jpg", 640, 480, [(260, 177, 491, 376), (1, 1, 50, 60)]).replace(
-        "</annotation>",
-        "<object><name>RBC</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>20</xmax>"
-        "<ymax>20</ymax></bndbox></object></annotation>"))
+    xml.write_text(
+        voc_xml("a.jpg", 640, 480, [(260, 177, 491, 376), (1, 1, 50, 60)]).replace(
+            "</annotation>",
+            "<object><name>RBC</name><bndbox><xmin>10</xmin><ymin>10</ymin><xmax>20</xmax>"
+            "<ymax>20</ymax></bndbox></object></annotation>",
+        )
+    )
     assert read_voc_boxes(xml) == [(259, 176, 491, 376), (0, 0, 50, 60)]
     assert read_voc_boxes(xml, name="RBC") == [(9, 9, 20, 20)]
     assert read_voc_boxes(xml, name="Platelets") == []
@@ -194,8 +206,10 @@ def test_read_voc_boxes_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="broken.xml: malformed annotation XML"):
         read_voc_boxes(broken)
     bad = tmp_path / "bad.xml"
-    bad.write_text("<annotation><object><name>WBC</name><bndbox><xmin>a</xmin><ymin>1</ymin>"
-                   "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    bad.write_text(
+        "<annotation><object><name>WBC</name><bndbox><xmin>a</xmin><ymin>1</ymin>"
+        "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>"
+    )
     with pytest.raises(DataError, match="bad.xml"):
         read_voc_boxes(bad)
 
@@ -216,9 +230,11 @@ def fake_renamed(folder: Path, n: int = 6, blank_ids=(), box_rows=None) -> Path:
                 image = np.full_like(image, 225)
             truth[image_id] = exclusive(box)
             Image.fromarray(image).save(tmp / f"{cls}.{image_id}.jpg", quality=95)
-        rows = box_rows if box_rows is not None else [
-            [i, *truth[i]] for i in range(n) if i % 2 == 0 and i not in blank_ids
-        ]
+        rows = (
+            box_rows
+            if box_rows is not None
+            else [[i, *truth[i]] for i in range(n) if i % 2 == 0 and i not in blank_ids]
+        )
         with open(tmp / "boxes.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "xmin", "ymin", "xmax", "ymax"])
@@ -248,7 +264,13 @@ def test_crop_stage_boxes_mode(tmp_path):
     assert (summary["from_boxes"], summary["detected"], summary["fallback_centre"]) == (3, 2, 1)
     rows = read_crops_csv(tmp_path / "cropped")
     assert [r["source"] for r in sorted(rows, key=lambda r: int(r["id"]))] == [
-        "boxes", "detect", "boxes", "detect", "boxes", "centre"]
+        "boxes",
+        "detect",
+        "boxes",
+        "detect",
+        "boxes",
+        "centre",
+    ]
     saved = json.loads((tmp_path / "cropped" / "manifest.json").read_text())
     assert saved["inputs"]["renamed"] and saved["params"]["mode"] == "boxes"
     assert "crops.csv" in saved["outputs"]

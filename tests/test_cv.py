@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import STUDY_CONFIG, CLASSES, make_class_folders, make_raw_folder
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -26,10 +25,18 @@ from wbc.stages.augment import augment, augment_params
 from wbc.stages.naming import parse_name
 from wbc.stages.rename import rename
 
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders, make_raw_folder
+
 COUNTS = {"NEUTROPHIL": 8, "EOSINOPHIL": 6, "LYMPHOCYTE": 5, "MONOCYTE": 4}
-SETTINGS = ["rename.find_duplicates=false", "augment.per_class=12", "augment.engine=opencv",
-            "augment.workers=1", "train.image_size=[40,48]", "train.patience=null",
-            "train.batch_size=8"]
+SETTINGS = [
+    "rename.find_duplicates=false",
+    "augment.per_class=12",
+    "augment.engine=opencv",
+    "augment.workers=1",
+    "train.image_size=[40,48]",
+    "train.patience=null",
+    "train.batch_size=8",
+]
 GROUP = (0, 1, 2)  # three neutrophil ids declared one same-field group in groups.csv
 
 
@@ -64,30 +71,60 @@ def cv_run(data_dir, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("wbc.train.train", first_fold_real)
-        report = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, out=out,
-                                echo=lines.append, train_echo=lines.append)
+        report = cross_validate(
+            _config(),
+            data_dir=data_dir,
+            folds=2,
+            epochs=1,
+            out=out,
+            echo=lines.append,
+            train_echo=lines.append,
+        )
     return out, report, lines
 
 
 def _stub_train(calls: list):
     """Stands in for wbc.train.train: records the call, writes a run's metrics.json."""
 
-    def fake(config, data_dir=None, run_dir=None, resume_dir=None, init_model=None, echo=print,
-             folders=None, **kwargs):
-        calls.append({"run_dir": Path(run_dir), "resume_dir": resume_dir, "folders": folders,
-                      "init_model": init_model, "config": config})
+    def fake(
+        config,
+        data_dir=None,
+        run_dir=None,
+        resume_dir=None,
+        init_model=None,
+        echo=print,
+        folders=None,
+        **kwargs,
+    ):
+        calls.append(
+            {
+                "run_dir": Path(run_dir),
+                "resume_dir": resume_dir,
+                "folders": folders,
+                "init_model": init_model,
+                "config": config,
+            }
+        )
         train_dir, test_dir = map(Path, folders)
         classes = sorted(p.name for p in train_dir.iterdir())
-        support = [len(list((test_dir / c).glob("*"))) if (test_dir / c).is_dir() else 0
-                   for c in classes]
+        support = [
+            len(list((test_dir / c).glob("*"))) if (test_dir / c).is_dir() else 0 for c in classes
+        ]
         matrix = np.diag(support).tolist()  # every test image right
         metrics = {
-            "accuracy": 1.0, "macro_f1": 1.0, "classes": classes,
-            "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": n}
-                          for c, n in zip(classes, support)},
-            "confusion_matrix": matrix, "n_images": sum(support),
+            "accuracy": 1.0,
+            "macro_f1": 1.0,
+            "classes": classes,
+            "per_class": {
+                c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": n}
+                for c, n in zip(classes, support)
+            },
+            "confusion_matrix": matrix,
+            "n_images": sum(support),
             "train_images": sum(len(list((train_dir / c).iterdir())) for c in classes),
-            "best_epoch": 0, "epochs_run": 1, "wall_seconds": 0.1,
+            "best_epoch": 0,
+            "epochs_run": 1,
+            "wall_seconds": 0.1,
         }
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics))
@@ -97,17 +134,22 @@ def _stub_train(calls: list):
 
 
 def _side_ids(folder: Path) -> dict[str, set[int]]:
-    return {c.name: {parse_name(f.name).source_id for f in c.iterdir()}
-            for c in folder.iterdir() if c.is_dir()}
+    return {
+        c.name: {parse_name(f.name).source_id for f in c.iterdir()}
+        for c in folder.iterdir()
+        if c.is_dir()
+    }
 
 
 # --------------------------------------------------------------------------- folds (pure)
 
 
 def test_folds_are_disjoint_stratified_complete_and_keep_groups_together():
-    units = {"A": [[i] for i in range(23)] + [[100, 101, 102]],
-             "B": [[i] for i in range(200, 207)],
-             "C": [[300], [301]]}
+    units = {
+        "A": [[i] for i in range(23)] + [[100, 101, 102]],
+        "B": [[i] for i in range(200, 207)],
+        "C": [[300], [301]],
+    }
     folds = deal_folds(units, 5, seed=3)
     assert len(folds) == 5
     for cls, class_units in units.items():
@@ -129,8 +171,10 @@ def test_folds_are_disjoint_stratified_complete_and_keep_groups_together():
 
 
 def test_cap_keeps_originals_first_and_spreads_copies_evenly(tmp_path):
-    files = {i: [tmp_path / f"A.{i}.jpg"] + [tmp_path / f"A.{i}.a{c:04d}.jpg"
-                                             for c in range(i, 40, 4)] for i in range(4)}
+    files = {
+        i: [tmp_path / f"A.{i}.jpg"] + [tmp_path / f"A.{i}.a{c:04d}.jpg" for c in range(i, 40, 4)]
+        for i in range(4)
+    }
     every = [p for v in files.values() for p in v]
     assert cap_files(files, None, 1, "f") == sorted(every, key=lambda p: p.name)
     capped = cap_files(files, 10, 1, "f")
@@ -151,8 +195,10 @@ def test_cap_keeps_originals_first_and_spreads_copies_evenly(tmp_path):
 @pytest.mark.slow  # the shared fixture trains one real fold
 def test_fold_folders_have_no_leak_and_test_originals_only(cv_run, data_dir):
     out, report, _ = cv_run
-    sources = {c: {parse_name(p.name).source_id for p in (data_dir / "interim/renamed").glob(
-        f"{c}.*.jpg")} for c in CLASSES}
+    sources = {
+        c: {parse_name(p.name).source_id for p in (data_dir / "interim/renamed").glob(f"{c}.*.jpg")}
+        for c in CLASSES
+    }
     tested: dict[str, list[int]] = {c: [] for c in CLASSES}
     for fold in (1, 2):
         folder = out / "data" / f"fold-{fold}"
@@ -170,7 +216,7 @@ def test_fold_folders_have_no_leak_and_test_originals_only(cv_run, data_dir):
     for cls in CLASSES:  # the test folds partition the sources, about half each
         assert sorted(tested[cls]) == sorted(sources[cls])
     folds = json.loads((out / "folds.json").read_text())["folds"]
-    for cls, n in COUNTS.items():
+    for cls in COUNTS:
         sizes = sorted(len(f["test"][cls]) for f in folds)
         assert sizes[1] - sizes[0] <= (len(GROUP) if cls == "NEUTROPHIL" else 1)
 
@@ -234,16 +280,18 @@ def test_rerun_skips_finished_folds_and_resumes_a_partial_one(cv_run, data_dir, 
     out, report, _ = cv_run
     calls: list = []
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
-    again = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, out=out,
-                           echo=lambda _: None)
+    again = cross_validate(
+        _config(), data_dir=data_dir, folds=2, epochs=1, out=out, echo=lambda _: None
+    )
     assert calls == []  # both folds had metrics.json: nothing trained
     assert again["summary"] == report["summary"]
     # A fold killed during training (history and checkpoints, no metrics.json) is resumed.
     saved = (out / "fold-1" / "metrics.json").read_bytes()
     (out / "fold-1" / "metrics.json").unlink()
     try:
-        cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, out=out,
-                       echo=lambda _: None)
+        cross_validate(
+            _config(), data_dir=data_dir, folds=2, epochs=1, out=out, echo=lambda _: None
+        )
     finally:
         (out / "fold-1" / "metrics.json").write_bytes(saved)
     assert [c["run_dir"].name for c in calls] == ["fold-1"]
@@ -263,8 +311,19 @@ def test_other_settings_in_the_same_out_are_refused(cv_run, data_dir):
 @pytest.mark.slow  # the shared fixture trains one real fold
 def test_cli_prints_the_table_of_a_finished_cv(cv_run, data_dir):
     out, report, _ = cv_run
-    args = ["cv", "--config", str(STUDY_CONFIG), "--data-dir", str(data_dir), "--folds", "2",
-            "--epochs", "1", "--out", str(out)]
+    args = [
+        "cv",
+        "--config",
+        str(STUDY_CONFIG),
+        "--data-dir",
+        str(data_dir),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
     for item in SETTINGS:
         args += ["--set", item]
     result = CliRunner().invoke(cli, args)
@@ -282,8 +341,15 @@ def test_cli_prints_the_table_of_a_finished_cv(cv_run, data_dir):
 def test_per_class_caps_training_images_per_fold(data_dir, tmp_path, monkeypatch):
     calls: list = []
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
-    report = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5,
-                            out=tmp_path / "cv", echo=lambda _: None)
+    report = cross_validate(
+        _config(),
+        data_dir=data_dir,
+        folds=2,
+        epochs=1,
+        per_class=5,
+        out=tmp_path / "cv",
+        echo=lambda _: None,
+    )
     assert len(calls) == 2
     for call in calls:
         train_dir = call["folders"][0]
@@ -298,8 +364,9 @@ def test_per_class_targets_make_their_own_augmented_set(data_dir, tmp_path, monk
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
     config = _config("augment.per_class_targets={MONOCYTE: 20}")
     lines: list[str] = []
-    cross_validate(config, data_dir=data_dir, folds=2, epochs=1, out=tmp_path / "cv",
-                   echo=lines.append)
+    cross_validate(
+        config, data_dir=data_dir, folds=2, epochs=1, out=tmp_path / "cv", echo=lines.append
+    )
     built = list((tmp_path / "cv").glob("augmented-*"))
     assert len(built) == 1 and any("does not match the augment settings" in x for x in lines)
     assert len(list((built[0] / "MONOCYTE").iterdir())) == 20
@@ -313,13 +380,21 @@ def test_per_class_targets_make_their_own_augmented_set(data_dir, tmp_path, monk
 def test_data_folder_mode_folds_files_and_passes_init(tmp_path, monkeypatch):
     folder = make_class_folders(tmp_path / "lab", {"NEUTROPHIL": 6, "MONOCYTE": 3})
     (tmp_path / "lab/MONOCYTE/MONOCYTE.8.a0001.jpg").write_bytes(
-        (tmp_path / "lab/MONOCYTE/MONOCYTE.8.jpg").read_bytes())  # a copy: same fold as its source
+        (tmp_path / "lab/MONOCYTE/MONOCYTE.8.jpg").read_bytes()
+    )  # a copy: same fold as its source
     init = tmp_path / "init.keras"
     init.write_bytes(b"stub")
     calls: list = []
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
-    report = cross_validate(_config(), folds=3, epochs=1, data=folder, init_model=init,
-                            out=tmp_path / "cv", echo=lambda _: None)
+    report = cross_validate(
+        _config(),
+        folds=3,
+        epochs=1,
+        data=folder,
+        init_model=init,
+        out=tmp_path / "cv",
+        echo=lambda _: None,
+    )
     assert report["mode"] == "folder" and len(calls) == 3
     assert all(c["init_model"] == init for c in calls)
     seen: list[str] = []
@@ -333,8 +408,14 @@ def test_data_folder_mode_folds_files_and_passes_init(tmp_path, monkeypatch):
         seen += sorted(test)
     assert len(seen) == len(set(seen)) == 10
     with pytest.raises(DataError, match="model file not found"):
-        cross_validate(_config(), folds=3, data=folder, init_model=tmp_path / "nope.keras",
-                       out=tmp_path / "cv2", echo=lambda _: None)
+        cross_validate(
+            _config(),
+            folds=3,
+            data=folder,
+            init_model=tmp_path / "nope.keras",
+            out=tmp_path / "cv2",
+            echo=lambda _: None,
+        )
 
 
 def test_a_class_with_one_source_is_a_clear_error(tmp_path):
@@ -347,8 +428,9 @@ def test_missing_prepared_data_names_the_stage(tmp_path):
     with pytest.raises(DataError, match="run `wbc prepare --stage rename`"):
         cross_validate(_config(), data_dir=tmp_path, folds=2, out=tmp_path / "cv", echo=print)
     with pytest.raises(DataError, match="run `wbc prepare --stage crop`"):
-        cross_validate(_config("crop.mode=boxes"), data_dir=tmp_path, folds=2,
-                       out=tmp_path / "cv", echo=print)
+        cross_validate(
+            _config("crop.mode=boxes"), data_dir=tmp_path, folds=2, out=tmp_path / "cv", echo=print
+        )
 
 
 # --------------------------------------------------------------------------- per_class_targets
@@ -384,8 +466,9 @@ def test_per_class_targets_config_errors():
 
 
 def test_fold_source_units_bundle_groups():
-    source = FoldSource("prepared", "x", "id", {}, {"A": {1: [], 2: [], 3: [], 4: []}},
-                        groups={2: 1, 1: 1})
+    source = FoldSource(
+        "prepared", "x", "id", {}, {"A": {1: [], 2: [], 3: [], 4: []}}, groups={2: 1, 1: 1}
+    )
     assert source.units() == {"A": [[1, 2], [3], [4]]}
 
 
@@ -393,10 +476,19 @@ def test_repeats_deal_the_folds_again_with_other_seeds(data_dir, tmp_path, monke
     calls: list = []
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
     out = tmp_path / "cv"
-    report = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5,
-                            out=out, echo=lambda _: None, repeats=3)
+    report = cross_validate(
+        _config(),
+        data_dir=data_dir,
+        folds=2,
+        epochs=1,
+        per_class=5,
+        out=out,
+        echo=lambda _: None,
+        repeats=3,
+    )
     assert [Path(c["run_dir"]).name for c in calls] == [
-        f"fold-{r}.{j}" for r in (1, 2, 3) for j in (1, 2)]
+        f"fold-{r}.{j}" for r in (1, 2, 3) for j in (1, 2)
+    ]
     assert report["complete"] and report["repeats"] == 3 and len(report["folds"]) == 6
     dealt = json.loads((out / "folds.json").read_text())["folds"]
     tests = [json.dumps(f["test"], sort_keys=True) for f in dealt]
@@ -405,10 +497,26 @@ def test_repeats_deal_the_folds_again_with_other_seeds(data_dir, tmp_path, monke
         members = [m for f in dealt if f["repeat"] == r for ms in f["test"].values() for m in ms]
         assert len(members) == len(set(members)) == sum(COUNTS.values())
     # repeat 1 is the single CV's dealing
-    single = cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5,
-                            out=tmp_path / "single", echo=lambda _: None)
-    assert [f["test_counts"] for f in single["folds"]] == \
-        [f["test_counts"] for f in report["folds"][:2]]
+    single = cross_validate(
+        _config(),
+        data_dir=data_dir,
+        folds=2,
+        epochs=1,
+        per_class=5,
+        out=tmp_path / "single",
+        echo=lambda _: None,
+    )
+    assert [f["test_counts"] for f in single["folds"]] == [
+        f["test_counts"] for f in report["folds"][:2]
+    ]
     with pytest.raises(DataError, match="--repeats"):  # another plan in the same folder
-        cross_validate(_config(), data_dir=data_dir, folds=2, epochs=1, per_class=5, out=out,
-                       echo=lambda _: None, repeats=2)
+        cross_validate(
+            _config(),
+            data_dir=data_dir,
+            folds=2,
+            epochs=1,
+            per_class=5,
+            out=out,
+            echo=lambda _: None,
+            repeats=2,
+        )

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLASSES, make_class_folders
 from wbc.cli import cli
 from wbc.config import load_config
 from wbc.domain import QUANTILE, fit_reference, read_reference
+
+from conftest import CLASSES, make_class_folders
 
 
 def test_threshold_is_the_training_quantile_and_the_mean_is_at_zero():
@@ -42,8 +43,12 @@ def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
     data = tmp_path / "crops"
     make_class_folders(data / "train", {c: 8 for c in CLASSES}, size=(64, 64), seed=1)
     make_class_folders(data / "test", {c: 3 for c in CLASSES}, size=(64, 64), seed=2)
-    run_dir = train(load_config(overrides=["model.family=features"]), run_dir=tmp_path / "run",
-                    folders=(data / "train", data / "test"), echo=lambda _m: None)
+    run_dir = train(
+        load_config(overrides=["model.family=features"]),
+        run_dir=tmp_path / "run",
+        folders=(data / "train", data / "test"),
+        echo=lambda _m: None,
+    )
     reference = read_reference(run_dir)
     assert reference is not None and reference.images == 32 and reference.threshold > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -53,8 +58,9 @@ def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     strange = [tinted(p, other / f"tinted-{i}.png") for i, p in enumerate(same)]
-    result = CliRunner().invoke(cli, ["predict", *map(str, same + strange), "--model",
-                                      str(run_dir), "--format", "json"])
+    result = CliRunner().invoke(
+        cli, ["predict", *map(str, same + strange), "--model", str(run_dir), "--format", "json"]
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     rows = {r["file"]: r for r in document["predictions"]}
@@ -65,8 +71,9 @@ def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
     assert document["out_of_domain"] == flagged_same + flagged_other
     assert min(rows[str(p)]["stain_distance"] for p in strange) > reference.threshold
 
-    csv_out = CliRunner().invoke(cli, ["predict", str(strange[0]), "--model", str(run_dir),
-                                       "--format", "csv"])
+    csv_out = CliRunner().invoke(
+        cli, ["predict", str(strange[0]), "--model", str(run_dir), "--format", "csv"]
+    )
     header, row = csv_out.stdout.splitlines()[:2]
     assert "out_of_domain" in header.split(",") and row.split(",")[-2] == "true"
 

@@ -38,7 +38,7 @@ def view(field: np.ndarray, x: int, y: int, angle: float = 0.0, size=(240, 320))
         h, w = field.shape[:2]
         rotation = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
         field = cv2.warpAffine(field, rotation, (w, h), borderMode=cv2.BORDER_REFLECT)
-    return np.ascontiguousarray(field[y:y + size[0], x:x + size[1]])
+    return np.ascontiguousarray(field[y : y + size[0], x : x + size[1]])
 
 
 def save(folder: Path, image_id: int, image: np.ndarray) -> Path:
@@ -61,8 +61,10 @@ def test_a_shifted_and_rotated_copy_is_found_and_other_fields_are_not(tmp_path):
 
 
 def test_two_different_images_are_not_a_pair(tmp_path):
-    images = {1: save(tmp_path, 1, view(slide(10), 120, 90)),
-              2: save(tmp_path, 2, view(slide(11), 120, 90))}
+    images = {
+        1: save(tmp_path, 1, view(slide(10), 120, 90)),
+        2: save(tmp_path, 2, view(slide(11), 120, 90)),
+    }
     assert find_duplicates(images) == []
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -22,6 +21,8 @@ from wbc.evaluate import (
     write_classes,
 )
 
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders
+
 IMAGE_SIZE = (48, 64)
 
 
@@ -31,12 +32,14 @@ IMAGE_SIZE = (48, 64)
 def test_confusion_matrix_by_hand():
     y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
     y_pred = [0, 0, 1, 1, 2, 2, 2, 0, 2, 3]
-    expected = np.array([
-        [2, 1, 0, 0],
-        [0, 1, 1, 0],
-        [1, 0, 3, 0],
-        [0, 0, 0, 1],
-    ])
+    expected = np.array(
+        [
+            [2, 1, 0, 0],
+            [0, 1, 1, 0],
+            [1, 0, 3, 0],
+            [0, 0, 0, 1],
+        ]
+    )
     np.testing.assert_array_equal(confusion_matrix(y_true, y_pred, 4), expected)
 
 
@@ -51,13 +54,17 @@ def test_metrics_by_hand():
     assert m["accuracy"] == pytest.approx(7 / 10)
     assert m["n_images"] == 10
     assert m["per_class"]["a"] == pytest.approx(
-        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
     assert m["per_class"]["b"] == pytest.approx(
-        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    )
     assert m["per_class"]["c"] == pytest.approx(
-        {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4})
+        {"precision": 0.75, "recall": 0.75, "f1": 0.75, "support": 4}
+    )
     assert m["per_class"]["d"] == pytest.approx(
-        {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1})
+        {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
+    )
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0.75 + 1.0) / 4)
     assert m["classes"] == ["a", "b", "c", "d"]
 
@@ -96,8 +103,17 @@ def test_format_table_shows_everything():
     m = compute_metrics([0, 0, 1, 1], [0, 1, 1, 1], ["NEUTROPHIL", "MONOCYTE"])
     m["errors"] = [{"path": "x/y.jpg", "reason": "empty file (0 bytes)"}]
     text = format_table(m)
-    for piece in ("accuracy  0.7500", "macro-F1", "precision", "recall", "support",
-                  "NEUTROPHIL", "MONOCYTE", "confusion matrix", "x/y.jpg: empty file"):
+    for piece in (
+        "accuracy  0.7500",
+        "macro-F1",
+        "precision",
+        "recall",
+        "support",
+        "NEUTROPHIL",
+        "MONOCYTE",
+        "confusion matrix",
+        "x/y.jpg: empty file",
+    ):
         assert piece in text
 
 
@@ -165,7 +181,8 @@ def test_evaluate_matches_hand_computed_confusion(model_dir, folder):
     assert metrics["n_images"] == 27  # 24 jpg + png + bmp + tif; the broken file is skipped
     assert metrics["accuracy"] == pytest.approx(np.trace(expected) / expected.sum())
     assert [e["path"] for e in metrics["errors"]] == [
-        str(folder / "NEUTROPHIL" / "NEUTROPHIL.999.jpg")]
+        str(folder / "NEUTROPHIL" / "NEUTROPHIL.999.jpg")
+    ]
     assert metrics["classes"] == sorted(CLASSES)
     support = {c: metrics["per_class"][c]["support"] for c in CLASSES}
     assert support == {"NEUTROPHIL": 6, "EOSINOPHIL": 7, "LYMPHOCYTE": 7, "MONOCYTE": 7}
@@ -240,34 +257,61 @@ def test_missing_classes_json_is_a_model_error(model_dir, folder, tmp_path):
 
 def test_cli_table(model_dir, folder):
     result = CliRunner().invoke(
-        cli, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(folder)])
+        cli, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(folder)]
+    )
     assert result.exit_code == 0, result.output
-    for piece in ("accuracy", "macro-F1", "precision", "recall", "f1", "support",
-                  "confusion matrix", *CLASSES):
+    for piece in (
+        "accuracy",
+        "macro-F1",
+        "precision",
+        "recall",
+        "f1",
+        "support",
+        "confusion matrix",
+        *CLASSES,
+    ):
         assert piece in result.output
 
 
 def test_cli_json_and_output_file(model_dir, folder, tmp_path):
     out = tmp_path / "metrics.json"
-    result = CliRunner().invoke(cli, [
-        "evaluate", "--model", str(model_dir), "--data", str(folder), "--format", "json",
-        "--output", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(folder),
+            "--format",
+            "json",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     saved = json.loads(out.read_text())
     assert printed["confusion_matrix"] == saved["confusion_matrix"]
-    assert set(saved) >= {"accuracy", "macro_f1", "per_class", "confusion_matrix", "n_images",
-                          "errors", "classes"}
+    assert set(saved) >= {
+        "accuracy",
+        "macro_f1",
+        "per_class",
+        "confusion_matrix",
+        "n_images",
+        "errors",
+        "classes",
+    }
 
 
 def test_cli_unknown_class_and_missing_model_are_one_line_errors(model_dir, tmp_path):
     root = _with_basophils(tmp_path / "data")
-    result = CliRunner().invoke(
-        cli, ["evaluate", "--model", str(model_dir), "--data", str(root)])
+    result = CliRunner().invoke(cli, ["evaluate", "--model", str(model_dir), "--data", str(root)])
     assert result.exit_code == 1
     assert "BASOPHIL" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(
-        cli, ["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(root)])
+        cli, ["evaluate", "--model", str(tmp_path / "none.keras"), "--data", str(root)]
+    )
     assert result.exit_code == 1
     assert "none.keras: model file not found" in result.output
 
@@ -280,8 +324,9 @@ def test_metrics_match_scikit_learn_and_the_hand_formulas_on_random_predictions(
     y_true = rng.integers(0, 4, 200)
     y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 3, 200))  # class 3 rare
     metrics = compute_metrics(y_true, y_pred, CLASSES)
-    report = classification_report(y_true, y_pred, labels=range(4), output_dict=True,
-                                   zero_division=0)
+    report = classification_report(
+        y_true, y_pred, labels=range(4), output_dict=True, zero_division=0
+    )
     for i, name in enumerate(CLASSES):
         assert metrics["per_class"][name]["f1"] == pytest.approx(report[str(i)]["f1-score"])
         tp = np.sum((y_true == i) & (y_pred == i))

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 from wbc.cli import cli
 from wbc.config import load_config
 from wbc.errors import ModelError
+
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,9 @@ def _train(crops: Path, run_dir: Path, path=None, *overrides) -> Path:
     from wbc.train import train
 
     config = load_config(path, ["train.epochs=1", "train.patience=null", *overrides])
-    return train(config, run_dir=run_dir, folders=(crops / "train", crops / "test"),
-                 echo=lambda _m: None)
+    return train(
+        config, run_dir=run_dir, folders=(crops / "train", crops / "test"), echo=lambda _m: None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +40,41 @@ def runs(crops, tmp_path_factory) -> dict[str, Path]:
     return {
         # the study's CNN on whole images, the cnn family with Reinhard and TTA, the default
         "study": _train(crops, root / "study", STUDY_CONFIG, "train.image_size=[48, 64]"),
-        "cnn": _train(crops, root / "cnn", None, "model.family=cnn", "model.tta=true",
-                      "model.cnn.widths=[8, 16]", "train.batch_size=8"),
+        "cnn": _train(
+            crops,
+            root / "cnn",
+            None,
+            "model.family=cnn",
+            "model.tta=true",
+            "model.cnn.widths=[8, 16]",
+            "train.batch_size=8",
+        ),
         "features": _train(crops, root / "features"),
     }
 
 
 def _export(run_dir: Path, fmt: str, out: Path, crops: Path):
-    return CliRunner().invoke(cli, ["export", str(run_dir), "--format", fmt, "-o", str(out),
-                                    "--check", str(crops / "test")])
+    return CliRunner().invoke(
+        cli,
+        ["export", str(run_dir), "--format", fmt, "-o", str(out), "--check", str(crops / "test")],
+    )
 
 
-@pytest.mark.parametrize("family, fmt", [("study", "onnx"), ("study", "tflite"),
-                                         ("study", "savedmodel"), ("cnn", "onnx"),
-                                         ("cnn", "tflite"), ("cnn", "savedmodel"),
-                                         ("features", "onnx")])
-def test_exported_model_gives_the_runs_probabilities_in_its_runtime(runs, crops, tmp_path,
-                                                                      family, fmt):
+@pytest.mark.parametrize(
+    "family, fmt",
+    [
+        ("study", "onnx"),
+        ("study", "tflite"),
+        ("study", "savedmodel"),
+        ("cnn", "onnx"),
+        ("cnn", "tflite"),
+        ("cnn", "savedmodel"),
+        ("features", "onnx"),
+    ],
+)
+def test_exported_model_gives_the_runs_probabilities_in_its_runtime(
+    runs, crops, tmp_path, family, fmt
+):
     from wbc.export import _runtime, metadata_path, sample_inputs
     from wbc.predict import find_images
     from wbc.runs import load_run
@@ -106,13 +126,18 @@ def test_default_output_is_in_the_run_and_a_rerun_replaces_it(runs, crops):
         result = CliRunner().invoke(cli, ["export", str(runs["study"]), "--format", "tflite"])
         assert result.exit_code == 0, result.output
     folder = runs["study"] / "export"
-    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "model.tflite",
-                                                        "model.tflite.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "MODEL_CARD.md",
+        "model.tflite",
+        "model.tflite.json",
+    ]
 
 
 def test_unsupported_formats_and_missing_extras_are_one_line_errors(runs, tmp_path, monkeypatch):
-    result = CliRunner().invoke(cli, ["export", str(runs["features"]), "--format", "tflite",
-                                      "-o", str(tmp_path / "f.tflite")])
+    result = CliRunner().invoke(
+        cli,
+        ["export", str(runs["features"]), "--format", "tflite", "-o", str(tmp_path / "f.tflite")],
+    )
     assert result.exit_code == 1
     assert "a features model cannot be exported as tflite; it exports to onnx" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "f.tflite").exists()
@@ -120,13 +145,17 @@ def test_unsupported_formats_and_missing_extras_are_one_line_errors(runs, tmp_pa
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "tf2onnx" else real(name, *a))
-    result = CliRunner().invoke(cli, ["export", str(runs["study"]), "--format", "onnx",
-                                      "-o", str(tmp_path / "s.onnx")])
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a)
+    )
+    result = CliRunner().invoke(
+        cli, ["export", str(runs["study"]), "--format", "onnx", "-o", str(tmp_path / "s.onnx")]
+    )
     assert result.exit_code == 1
-    assert "onnx export needs tf2onnx" in result.output and "pip install 'wbc[export]'" in \
-        result.output
+    assert (
+        "onnx export needs tf2onnx" in result.output
+        and "pip install 'wbc[export]'" in result.output
+    )
     assert len(result.output.strip().splitlines()) == 1
 
 

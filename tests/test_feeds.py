@@ -20,13 +20,19 @@ def test_random_flips_mirror_training_images_only_and_are_seeded(tmp_path):
     first, second = _epoch(flipped_feed), _epoch(flipped_feed)  # two epochs of one feed
     kinds = []
     for original, image in zip(plain, first):  # same order: only the pixels move
-        variants = {"none": original, "lr": original[:, ::-1], "ud": original[::-1],
-                    "both": original[::-1, ::-1]}
+        variants = {
+            "none": original,
+            "lr": original[:, ::-1],
+            "ud": original[::-1],
+            "both": original[::-1, ::-1],
+        }
         kinds.append(next(k for k, v in variants.items() if np.array_equal(v, image)))
     assert len(set(kinds)) >= 3 and kinds.count("none") < len(kinds)  # a mix, drawn per image
     assert not np.array_equal(first, second)  # fresh flips every epoch
-    np.testing.assert_array_equal(first, _epoch(make_feed(side, SIZE, 8, seed=3,
-                                                          flips=True).data))  # seeded
+    np.testing.assert_array_equal(
+        first, _epoch(make_feed(side, SIZE, 8, seed=3, flips=True).data)
+    )  # seeded
     test_side = make_feed(side, SIZE, 8, seed=3, training=False, flips=True).data
-    np.testing.assert_array_equal(_epoch(test_side),
-                                  _epoch(make_feed(side, SIZE, 8, 3, training=False).data))
+    np.testing.assert_array_equal(
+        _epoch(test_side), _epoch(make_feed(side, SIZE, 8, 3, training=False).data)
+    )

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_raw_folder
 from wbc.cli import cli
 from wbc.config import load_config
 from wbc.data.labels import read_labels
 from wbc.data.raw import locate_raw
 from wbc.errors import DataError
 from wbc.fetch import ALTERNATIVE, MARKER_NAME, default_dest, download, fetch_dataset, read_marker
+
+from conftest import make_raw_folder
 
 TOP = "BCCD_Dataset-0123456789abcdef0123456789abcdef01234567"
 COUNTS = {"NEUTROPHIL": 3, "EOSINOPHIL": 2, "LYMPHOCYTE": 2, "MONOCYTE": 1}  # 8 images
@@ -36,7 +37,8 @@ LICENSE_TEXT = "MIT License\n\nCopyright (c) 2017 shenggan\n"
 
 
 def bccd_zip(src: Path, *, bad_image: bool = False, extra: dict[str, bytes] | None = None) -> bytes:
-    """A zip in the BCCD archive layout: TOP/{LICENSE, README.md, BCCD/JPEGImages, BCCD/Annotations}."""
+    """A zip in the BCCD archive layout:
+    TOP/{LICENSE, README.md, BCCD/JPEGImages, BCCD/Annotations}."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(f"{TOP}/", b"")
@@ -136,7 +138,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def overrides(server: Server, dataset, bccd="/bccd.zip", labels="/labels.csv", **extra) -> list[str]:
+def overrides(
+    server: Server, dataset, bccd="/bccd.zip", labels="/labels.csv", **extra
+) -> list[str]:
     sets = {
         "fetch.bccd_url": server.url(bccd) if bccd.startswith("/") else bccd,
         "fetch.labels_url": server.url(labels) if labels.startswith("/") else labels,
@@ -203,7 +207,9 @@ def test_fetch_builds_the_dataset_master_layout(tmp_path, server, dataset):
 
     marker = read_marker(dest)
     assert marker["sources"]["bccd"] == {
-        "url": server.url("/bccd.zip"), "sha256": sha(dataset["zip"]), "bytes": len(dataset["zip"])
+        "url": server.url("/bccd.zip"),
+        "sha256": sha(dataset["zip"]),
+        "bytes": len(dataset["zip"]),
     }
     assert marker["sources"]["labels"]["sha256"] == sha(dataset["labels"])
 
@@ -267,8 +273,9 @@ def test_progress_bar_goes_to_stderr(tmp_path, server, dataset, capsys):
 
 def test_labels_hash_mismatch(tmp_path, server, dataset):
     config = config_for(server, dataset, **{"fetch.labels_sha256": "ab" * 32})
-    expect_failure(config, tmp_path / "raw" / "dataset-master",
-                   server.url("/labels.csv"), "sha256 mismatch")
+    expect_failure(
+        config, tmp_path / "raw" / "dataset-master", server.url("/labels.csv"), "sha256 mismatch"
+    )
 
 
 def test_archive_hash_mismatch_when_pinned(tmp_path, server, dataset):
@@ -276,28 +283,40 @@ def test_archive_hash_mismatch_when_pinned(tmp_path, server, dataset):
     expect_failure(config, tmp_path / "dataset-master", server.url("/bccd.zip"), "sha256 mismatch")
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("short", ["download truncated: got", "of"]),
-    ("chunked", ["download truncated"]),
-])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("short", ["download truncated: got", "of"]),
+        ("chunked", ["download truncated"]),
+    ],
+)
 def test_truncated_download(tmp_path, server, dataset, mode, words):
     server.routes["/bccd.zip"] = (200, dataset["zip"], mode)
-    message = expect_failure(config_for(server, dataset), tmp_path / "dataset-master",
-                             server.url("/bccd.zip"), *words)
+    message = expect_failure(
+        config_for(server, dataset), tmp_path / "dataset-master", server.url("/bccd.zip"), *words
+    )
     if mode == "short":
         assert f"of {len(dataset['zip']) + 1000:,} bytes" in message
 
 
 def test_server_error(tmp_path, server, dataset):
     server.routes["/bccd.zip"] = (500, b"oops", "ok")
-    expect_failure(config_for(server, dataset), tmp_path / "dataset-master",
-                   server.url("/bccd.zip"), "HTTP 500")
+    expect_failure(
+        config_for(server, dataset),
+        tmp_path / "dataset-master",
+        server.url("/bccd.zip"),
+        "HTTP 500",
+    )
 
 
 def test_unreachable_host(tmp_path, server, dataset):
     url = closed_port_url("/labels.csv")
-    expect_failure(config_for(server, dataset, labels=url), tmp_path / "dataset-master",
-                   url, "cannot reach host")
+    expect_failure(
+        config_for(server, dataset, labels=url),
+        tmp_path / "dataset-master",
+        url,
+        "cannot reach host",
+    )
 
 
 def test_stalled_server_times_out(tmp_path, server, dataset):
@@ -308,20 +327,24 @@ def test_stalled_server_times_out(tmp_path, server, dataset):
 
 def test_image_that_does_not_decode(tmp_path, server, dataset):
     server.routes["/bccd.zip"] = (200, dataset["bad_zip"], "ok")
-    expect_failure(config_for(server, dataset), tmp_path / "dataset-master",
-                   "BloodImage_00003.jpg")
+    expect_failure(config_for(server, dataset), tmp_path / "dataset-master", "BloodImage_00003.jpg")
 
 
 def test_unsafe_archive_is_refused(tmp_path, server, dataset):
     server.routes["/bccd.zip"] = (200, dataset["unsafe_zip"], "ok")
-    expect_failure(config_for(server, dataset), tmp_path / "dataset-master",
-                   server.url("/bccd.zip"), "refused entry")
+    expect_failure(
+        config_for(server, dataset),
+        tmp_path / "dataset-master",
+        server.url("/bccd.zip"),
+        "refused entry",
+    )
 
 
 def test_not_a_zip(tmp_path, server, dataset):
     server.routes["/bccd.zip"] = (200, b"<html>login page</html>", "ok")
-    expect_failure(config_for(server, dataset), tmp_path / "dataset-master",
-                   "not a valid zip archive")
+    expect_failure(
+        config_for(server, dataset), tmp_path / "dataset-master", "not a valid zip archive"
+    )
 
 
 def test_failed_refetch_keeps_the_earlier_fetch(tmp_path, server, dataset):

@@ -13,7 +13,9 @@ def write(tmp_path, data: bytes, name="labels.csv"):
 
 
 def test_real_quirks_crlf_index_column_no_final_newline(tmp_path):
-    path = write(tmp_path, b',Image,Category\r\n,0,NEUTROPHIL\r\n,1,\r\n,2,"NEUTROPHIL, EOSINOPHIL"')
+    path = write(
+        tmp_path, b',Image,Category\r\n,0,NEUTROPHIL\r\n,1,\r\n,2,"NEUTROPHIL, EOSINOPHIL"'
+    )
     rows = read_labels(path)
     assert [r.image_id for r in rows] == [0, 1, 2]
     assert rows[0].categories == ("NEUTROPHIL",)
@@ -35,13 +37,16 @@ def test_ids_that_are_not_numbers_are_kept_as_raw_text(tmp_path):
     assert rows[0].raw_id == "../../etc"
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty file"),
-    (b"   \n", "empty file"),
-    (b",Image,Category\r\n", "header only"),
-    (b"id,label\n1,NEUTROPHIL\n", "expected columns 'Image' and 'Category'"),
-    (b"\x00\x01\x02binary", "expected"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"   \n", "empty file"),
+        (b",Image,Category\r\n", "header only"),
+        (b"id,label\n1,NEUTROPHIL\n", "expected columns 'Image' and 'Category'"),
+        (b"\x00\x01\x02binary", "expected"),
+    ],
+)
 def test_unusable_files_raise_one_line_errors(tmp_path, data, message):
     path = write(tmp_path, data)
     with pytest.raises(DataError, match=message) as info:
@@ -60,7 +65,9 @@ def test_categories_parsing():
     assert parse_categories("") == ()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=300))
 def test_any_bytes_parse_or_raise_data_error(tmp_path, data):
     path = write(tmp_path, data)
@@ -72,12 +79,25 @@ def test_any_bytes_parse_or_raise_data_error(tmp_path, data):
         assert all(r.image_id is None or r.image_id >= 0 for r in rows)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, 99999),
-                          st.lists(st.sampled_from(["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE",
-                                                    "MONOCYTE", "BASOPHIL"]), max_size=3)),
-                min_size=1, max_size=20),
-       st.sampled_from([",", ";"]), st.sampled_from(["\n", "\r\n"]), st.booleans())
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 99999),
+            st.lists(
+                st.sampled_from(["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "BASOPHIL"]),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from([",", ";"]),
+    st.sampled_from(["\n", "\r\n"]),
+    st.booleans(),
+)
 def test_generated_files_round_trip(tmp_path, rows, sep, newline, bom):
     lines = [f"{sep}Image{sep}Category"]
     for image_id, cats in rows:

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import make_class_folders, make_run
 from wbc import lite
 from wbc.cli import cli
 from wbc.errors import DataError
 from wbc.predict import Predictor
 from wbc.runs import load_run
+
+from conftest import make_class_folders, make_run
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,11 @@ def test_litert_gives_tensorflows_probabilities_for_any_batch_size(run):
 def test_models_with_dropout_convert(tmp_path, dropout):
     model_run = load_run(make_run(tmp_path / "run", [f"model.dropout={dropout}"]))
     images = batch(2, model_run.spec.image_size)
-    np.testing.assert_allclose(Predictor.from_run(model_run, "litert")(images),
-                               Predictor.from_run(model_run, "tensorflow")(images), atol=1e-5)
+    np.testing.assert_allclose(
+        Predictor.from_run(model_run, "litert")(images),
+        Predictor.from_run(model_run, "tensorflow")(images),
+        atol=1e-5,
+    )
 
 
 def test_conversion_is_cached_by_model_content(tmp_path, monkeypatch):
@@ -59,8 +63,9 @@ def test_conversion_is_cached_by_model_content(tmp_path, monkeypatch):
     monkeypatch.setattr(lite, "convert", no_conversion)
     again = Predictor.from_run(first, "litert")  # read back from the cache
     images = batch(2, first.spec.image_size)
-    np.testing.assert_allclose(again(images), Predictor.from_run(first, "tensorflow")(images),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        again(images), Predictor.from_run(first, "tensorflow")(images), atol=1e-5
+    )
     other = load_run(make_run(tmp_path / "b", seed=2))  # other weights: another key
     with pytest.raises(DataError, match="converted again"):
         Predictor.from_run(other, "litert")
@@ -90,8 +95,19 @@ def test_cli_engines_agree_and_json_stays_clean(run, tmp_path):
     images = make_class_folders(tmp_path / "images", {"NEUTROPHIL": 2, "MONOCYTE": 1})
     outputs = {}
     for engine in ("litert", "tensorflow"):
-        result = CliRunner().invoke(cli, ["predict", str(images), "--model", str(run.model_path),
-                                          "--format", "json", "--engine", engine])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "predict",
+                str(images),
+                "--model",
+                str(run.model_path),
+                "--format",
+                "json",
+                "--engine",
+                engine,
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs[engine] = json.loads(result.stdout)  # no converter output mixed into stdout
     rows = {engine: out["predictions"] for engine, out in outputs.items()}
@@ -107,9 +123,22 @@ def test_a_fresh_process_prints_no_runtime_chatter(run, tmp_path):
 
     images = make_class_folders(tmp_path / "images", {"EOSINOPHIL": 2})
     done = subprocess.run(
-        [sys.executable, "-m", "wbc", "predict", str(images), "--model", str(run.model_path),
-         "--format", "json", "--engine", "litert"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "wbc",
+            "predict",
+            str(images),
+            "--model",
+            str(run.model_path),
+            "--format",
+            "json",
+            "--engine",
+            "litert",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "WBC_CACHE_DIR": str(tmp_path / "cache")},
     )
     assert done.returncode == 0, done.stderr

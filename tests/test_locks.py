@@ -21,8 +21,9 @@ def hold_in_another_process(folder):
             print("locked", flush=True)
             sys.stdin.read()
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert child.stdout.readline().strip() == "locked"
     return child
 
@@ -36,8 +37,11 @@ def test_a_second_holder_is_refused_with_the_pid_and_the_lock_file_goes_away(tmp
     folder = tmp_path / "run"
     child = hold_in_another_process(folder)
     try:
-        with pytest.raises(DataError, match=rf"another wbc process \(pid {child.pid}\) is "
-                                            r"training in this folder"):
+        with pytest.raises(
+            DataError,
+            match=rf"another wbc process \(pid {child.pid}\) is "
+            r"training in this folder",
+        ):
             with folder_lock(folder, "training"):
                 pass
     finally:
@@ -86,10 +90,12 @@ def test_train_and_prepare_refuse_a_folder_in_use(tmp_path, tiny_raw):
     holders = [hold_in_another_process(run_dir), hold_in_another_process(data_dir)]
     try:
         runner = CliRunner()
-        trained = runner.invoke(cli, ["train", "--data-dir", str(data_dir), "--run-dir",
-                                      str(run_dir), "--epochs", "1"])
-        prepared = runner.invoke(cli, ["prepare", "--raw", str(tiny_raw), "--data-dir",
-                                       str(data_dir)])
+        trained = runner.invoke(
+            cli, ["train", "--data-dir", str(data_dir), "--run-dir", str(run_dir), "--epochs", "1"]
+        )
+        prepared = runner.invoke(
+            cli, ["prepare", "--raw", str(tiny_raw), "--data-dir", str(data_dir)]
+        )
     finally:
         for child in holders:
             release(child)

@@ -96,7 +96,9 @@ def test_nested_zip_layout_is_found(tiny_raw, tmp_path):
     entries = {}
     for path in tiny_raw.rglob("*"):
         if path.is_file():
-            entries[f"dataset-master/dataset-master/{path.relative_to(tiny_raw).as_posix()}"] = path.read_bytes()
+            entries[f"dataset-master/dataset-master/{path.relative_to(tiny_raw).as_posix()}"] = (
+                path.read_bytes()
+            )
     archive = make_zip(tmp_path / "dataset-master.zip", entries)
     raw = locate_raw(archive, tmp_path / "raw")
     assert raw.labels.is_file() and raw.images.is_dir()

@@ -65,7 +65,11 @@ def test_dropout_layouts(layout):
 def test_2_v2_is_dropout_around_the_first_dense_layer():
     names = [layer.name for layer in build_model(ModelConfig(dropout="2_v2")).layers]
     assert names[-5:] == [
-        "flatten", "dropout_before_dense", "dense", "dropout_after_dense", "probabilities"
+        "flatten",
+        "dropout_before_dense",
+        "dense",
+        "dropout_after_dense",
+        "probabilities",
     ]
 
 

@@ -13,13 +13,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLASSES, make_class_folders
 from wbc.cli import cli
 from wbc.config import load_config
 from wbc.errors import ConfigError, ModelError
 from wbc.models import family_for
 from wbc.models.base import dihedral_views
 from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
+
+from conftest import CLASSES, make_class_folders
 
 BACKGROUND = (236, 228, 226)  # pale smear background
 NUCLEUS = (110, 60, 175)  # Wright-stained nucleus: blue well above red
@@ -32,8 +33,8 @@ def canvas() -> np.ndarray:
 
 
 def disk(image, centre, radius, colour=NUCLEUS):
-    yy, xx = np.mgrid[:image.shape[0], :image.shape[1]]
-    image[(yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius ** 2] = colour
+    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
+    image[(yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius**2] = colour
     return image
 
 
@@ -48,7 +49,7 @@ def test_a_disk_has_its_area_one_lobe_and_is_round():
     radius = 20
     found = values(disk(canvas(), (64, 64), radius))
     assert found["nucleus_found"] == 1
-    assert found["nucleus_area"] == pytest.approx(math.pi * radius ** 2 / WORK_SIDE ** 2, rel=0.08)
+    assert found["nucleus_area"] == pytest.approx(math.pi * radius**2 / WORK_SIDE**2, rel=0.08)
     assert found["lobe_count"] == 1 and found["piece_count"] == 1 and found["euler_number"] == 1
     assert found["nucleus_hull_ratio"] > 0.95
     assert found["circularity"] > 0.85 and found["eccentricity"] < 0.2
@@ -88,7 +89,8 @@ def test_features_survive_a_yellow_illuminant():
     the shape features (another lab's camera)."""
     image = disk(disk(canvas(), (50, 64), 14), (80, 64), 14)
     tinted = np.clip(image.astype(np.float32) * np.array([1.0, 0.93, 0.78]), 0, 255).astype(
-        np.uint8)
+        np.uint8
+    )
     plain, yellow = values(image), values(tinted)
     for name in ("nucleus_area", "lobe_count", "nucleus_hull_ratio", "eccentricity"):
         assert yellow[name] == pytest.approx(plain[name], rel=0.05, abs=0.01)
@@ -128,8 +130,9 @@ def test_the_residual_cnn_has_residual_blocks_and_global_pooling():
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"Add", "BatchNormalization", "GlobalAveragePooling2D"} <= kinds
     assert model.output_shape == (None, 4)
-    grouped = family_for(load_config(overrides=["model.family=cnn",
-                                                "model.cnn.normalization=group"])).build(4)
+    grouped = family_for(
+        load_config(overrides=["model.family=cnn", "model.cnn.normalization=group"])
+    ).build(4)
     assert any(isinstance(layer, keras.layers.GroupNormalization) for layer in grouped.layers)
     assert 100_000 < model.count_params() < 1_000_000
 
@@ -150,14 +153,19 @@ def train_run(crop_data, run_dir, *overrides):
     from wbc.train import train
 
     config = load_config(overrides=list(overrides))
-    return train(config, run_dir=run_dir, folders=(crop_data / "train", crop_data / "test"),
-                 echo=lambda _m: None)
+    return train(
+        config,
+        run_dir=run_dir,
+        folders=(crop_data / "train", crop_data / "test"),
+        echo=lambda _m: None,
+    )
 
 
 @pytest.fixture(scope="module")
 def features_run(crop_data, tmp_path_factory):
-    return train_run(crop_data, tmp_path_factory.mktemp("runs") / "features",
-                     "model.family=features")
+    return train_run(
+        crop_data, tmp_path_factory.mktemp("runs") / "features", "model.family=features"
+    )
 
 
 def test_features_family_trains_evaluates_and_predicts(features_run, crop_data):
@@ -181,8 +189,17 @@ def test_features_family_trains_evaluates_and_predicts(features_run, crop_data):
 
 def test_features_model_explains_with_named_features(features_run, crop_data, tmp_path):
     image = next((crop_data / "test" / "NEUTROPHIL").iterdir())
-    result = CliRunner().invoke(cli, ["explain", str(image), "--model", str(features_run),
-                                      "--output", str(tmp_path / "why.png")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "explain",
+            str(image),
+            "--model",
+            str(features_run),
+            "--output",
+            str(tmp_path / "why.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "nucleus" in result.output or "cytoplasm" in result.output
     assert "moves" in result.output
@@ -205,8 +222,9 @@ def test_a_skops_file_with_an_untrusted_type_is_refused(features_run, tmp_path):
     (run / "model.skops").write_bytes(sio.dumps(foreign))
     with pytest.raises(ModelError, match="untrusted type .*refusing to load it"):
         load_run(run)
-    result = CliRunner().invoke(cli, ["predict", str(features_run / "config.yaml"),
-                                      "--model", str(run)])
+    result = CliRunner().invoke(
+        cli, ["predict", str(features_run / "config.yaml"), "--model", str(run)]
+    )
     assert result.exit_code != 0
     assert "untrusted type" in result.output and "Traceback" not in result.output
     (run / "model.skops").write_bytes(b"not a zip")
@@ -215,8 +233,8 @@ def test_a_skops_file_with_an_untrusted_type_is_refused(features_run, tmp_path):
 
 
 def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
-    from sklearn.preprocessing import StandardScaler
     from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     from wbc.models.features import save_pipeline
@@ -227,38 +245,52 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
     for name in ("config.yaml", "classes.json", "stain_reference.json"):
         (run / name).write_bytes((features_run / name).read_bytes())
     small = Pipeline([("s", StandardScaler()), ("c", SVC())]).fit(
-        np.random.default_rng(0).random((8, 3)), [0, 1] * 4)
+        np.random.default_rng(0).random((8, 3)), [0, 1] * 4
+    )
     save_pipeline(small, run / "model.skops")
     with pytest.raises(ModelError, match="takes 3 features"):
         load_run(run)
 
 
-def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(features_run, crop_data,
-                                                                   tmp_path):
-    from conftest import make_run
+def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(
+    features_run, crop_data, tmp_path
+):
     from wbc.models.base import tta_views
     from wbc.predict import Predictor
     from wbc.runs import load_run
 
-    images = np.stack([np.asarray(Image.open(p).resize((48, 48)))
-                       for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())])
+    from conftest import make_run
+
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).resize((48, 48)))
+            for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())
+        ]
+    )
     square = load_run(make_run(tmp_path / "square", image_size=(48, 48)))
     plain = Predictor.from_run(square, "tensorflow", cache=False, tta=False)
     tta = Predictor.from_run(square, "tensorflow", cache=False, tta=True)
     views = tta_views(images)
     assert len(views) == 8 * len(images)
-    expected = np.mean([plain(views[v * len(images):(v + 1) * len(images)]) for v in range(8)],
-                       axis=0)
+    expected = np.mean(
+        [plain(views[v * len(images) : (v + 1) * len(images)]) for v in range(8)], axis=0
+    )
     np.testing.assert_allclose(tta(images), expected, atol=1e-6)
     assert tta.engine == "tensorflow+tta"
     assert not np.allclose(tta(images), plain(images), atol=1e-6)  # the views do differ
     wide = np.zeros((2, 40, 56, 3), np.uint8)
     assert len(tta_views(wide)) == 8  # a non-square input: its 4 flips
     features = load_run(features_run)
-    crops = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
-                      for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())])
-    np.testing.assert_array_equal(Predictor.from_run(features, tta=True)(crops),
-                                  Predictor.from_run(features, tta=False)(crops))
+    crops = np.stack(
+        [
+            np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+            for p in sorted((crop_data / "test" / "LYMPHOCYTE").iterdir())
+        ]
+    )
+    np.testing.assert_array_equal(
+        Predictor.from_run(features, tta=True)(crops),
+        Predictor.from_run(features, tta=False)(crops),
+    )
 
 
 @pytest.mark.slow
@@ -267,9 +299,17 @@ def test_cnn_family_trains_with_its_schedule_and_runs_on_litert(crop_data, tmp_p
     from wbc.predict import Predictor
     from wbc.runs import load_run
 
-    run_dir = train_run(crop_data, tmp_path / "cnn", "model.family=cnn", "train.epochs=3",
-                        "train.batch_size=8", "train.patience=null", "model.cnn.image_size=32",
-                        "model.cnn.widths=[8, 16]", "model.cnn.mixup=0.2")
+    run_dir = train_run(
+        crop_data,
+        tmp_path / "cnn",
+        "model.family=cnn",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "train.patience=null",
+        "model.cnn.image_size=32",
+        "model.cnn.widths=[8, 16]",
+        "model.cnn.mixup=0.2",
+    )
     history = (run_dir / "history.csv").read_text().splitlines()
     assert len(history) == 4  # header + 3 epochs
     rates = [float(row.split(",")[5]) for row in history[1:]]
@@ -289,17 +329,24 @@ def test_an_ensemble_averages_its_members(crop_data, tmp_path):
     from wbc.predict import Predictor
     from wbc.runs import load_run
 
-    run_dir = train_run(crop_data, tmp_path / "ensemble", "model.ensemble=[features, features]",
-                        "model.features.classifier=boosting")
+    run_dir = train_run(
+        crop_data,
+        tmp_path / "ensemble",
+        "model.ensemble=[features, features]",
+        "model.features.classifier=boosting",
+    )
     members = json.loads((run_dir / "ensemble.json").read_text())["members"]
     assert [m["seed"] for m in members] == [42, 43]
     assert all((run_dir / m["model"]).is_file() for m in members)
     run = load_run(run_dir)
-    images = np.stack([np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
-                       for p in sorted((crop_data / "test" / "EOSINOPHIL").iterdir())])
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).resize((WORK_SIDE, WORK_SIDE)))
+            for p in sorted((crop_data / "test" / "EOSINOPHIL").iterdir())
+        ]
+    )
     parts = [Predictor.from_run(load_run(run_dir / m["model"]))(images) for m in members]
-    np.testing.assert_allclose(Predictor.from_run(run)(images), np.mean(parts, axis=0),
-                               atol=1e-9)
+    np.testing.assert_allclose(Predictor.from_run(run)(images), np.mean(parts, axis=0), atol=1e-9)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["family"] == "ensemble" and metrics["last_model"] is None
 
@@ -311,8 +358,9 @@ def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
     run.mkdir()
     (run / "config.yaml").write_text("model:\n  ensemble: [features]\ncolor:\n  normalize: none\n")
     (run / "classes.json").write_bytes((features_run / "classes.json").read_bytes())
-    (run / "ensemble.json").write_text(json.dumps(
-        {"members": [{"model": str(features_run / "model.skops")}]}))
+    (run / "ensemble.json").write_text(
+        json.dumps({"members": [{"model": str(features_run / "model.skops")}]})
+    )
     with pytest.raises(ModelError, match="lies outside the run folder"):
         load_run(run)
     (run / "ensemble.json").write_text("{}")
@@ -321,8 +369,9 @@ def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
 
 
 def test_a_keras_file_under_a_features_config_is_refused(features_run, tmp_path):
-    from conftest import make_run
     from wbc.runs import load_run
+
+    from conftest import make_run
 
     model = make_run(tmp_path / "run")
     (model.parent / "config.yaml").write_bytes((features_run / "config.yaml").read_bytes())
@@ -332,8 +381,13 @@ def test_a_keras_file_under_a_features_config_is_refused(features_run, tmp_path)
 
 
 def test_relative_colour_is_each_region_against_the_whole_cell():
-    from wbc.models.nucleus import (COLOUR_STATS, SHAPE_FEATURES, SPREAD_STATS, colour_features,
-                                    pixel_table)
+    from wbc.models.nucleus import (
+        COLOUR_STATS,
+        SHAPE_FEATURES,
+        SPREAD_STATS,
+        colour_features,
+        pixel_table,
+    )
 
     rng = np.random.default_rng(3)
     image = disk(disk(canvas(), (64, 64), 34, colour=(200, 170, 205)), (64, 64), 18)
@@ -344,8 +398,9 @@ def test_relative_colour_is_each_region_against_the_whole_cell():
     nucleus = colour_features(table, seg.nucleus)
     relative = dict(zip(feature_names("relative"), cell_features(image, "relative")))
     for index, stat in enumerate(COLOUR_STATS):
-        expected = (nucleus[index] / cell[index] if stat in SPREAD_STATS
-                    else nucleus[index] - cell[index])
+        expected = (
+            nucleus[index] / cell[index] if stat in SPREAD_STATS else nucleus[index] - cell[index]
+        )
         assert relative[f"nucleus_{stat}_rel"] == pytest.approx(expected, rel=1e-4, abs=1e-5)
     assert len(cell_features(image, "none")) == len(SHAPE_FEATURES)
     with pytest.raises(ConfigError, match="model.features.colour"):
@@ -361,18 +416,26 @@ def test_features_init_refits_with_the_earlier_training_crops(features_run, crop
     few = tmp_path / "lab"
     make_class_folders(few, {c: 2 for c in CLASSES}, size=(64, 64), seed=9)
     lines: list[str] = []
-    adapted = train(load_config(overrides=["model.family=features"]), run_dir=tmp_path / "run",
-                    folders=(few, crop_data / "test"), init_model=features_run / "model.skops",
-                    echo=lines.append)
+    adapted = train(
+        load_config(overrides=["model.family=features"]),
+        run_dir=tmp_path / "run",
+        folders=(few, crop_data / "test"),
+        init_model=features_run / "model.skops",
+        echo=lines.append,
+    )
     assert any("refitting on its 40 training crops and these 8" in line for line in lines)
     assert (adapted / TRAINING_FEATURES).is_file()
     (tmp_path / "old").mkdir()
     for name in ("config.yaml", "classes.json", "model.skops"):
         (tmp_path / "old" / name).write_bytes((features_run / name).read_bytes())
     with pytest.raises(ModelError, match="train_features.npz: missing"):
-        train(load_config(overrides=["model.family=features"]), run_dir=tmp_path / "run2",
-              folders=(few, crop_data / "test"), init_model=tmp_path / "old" / "model.skops",
-              echo=lines.append)
+        train(
+            load_config(overrides=["model.family=features"]),
+            run_dir=tmp_path / "run2",
+            folders=(few, crop_data / "test"),
+            init_model=tmp_path / "old" / "model.skops",
+            echo=lines.append,
+        )
 
 
 def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
@@ -385,11 +448,16 @@ def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
     # another lab's stain: much darker crops
     for path in lab.rglob("*.jpg"):
         Image.fromarray((np.asarray(Image.open(path)) * 0.6).astype(np.uint8)).save(path)
-    adapted = train(load_config(overrides=overrides), run_dir=tmp_path / "adapted",
-                    folders=(lab, crop_data / "test"), init_model=base / "model.skops",
-                    echo=lambda _m: None)
-    assert (adapted / "stain_reference.json").read_bytes() == \
-        (base / "stain_reference.json").read_bytes()
+    adapted = train(
+        load_config(overrides=overrides),
+        run_dir=tmp_path / "adapted",
+        folders=(lab, crop_data / "test"),
+        init_model=base / "model.skops",
+        echo=lambda _m: None,
+    )
+    assert (adapted / "stain_reference.json").read_bytes() == (
+        base / "stain_reference.json"
+    ).read_bytes()
 
 
 def test_plot_of_a_run_fitted_in_one_step_redraws_the_confusion_matrix(features_run):

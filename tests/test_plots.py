@@ -44,8 +44,9 @@ def test_caption_of_the_study_example():
 
 
 def test_read_history_types_and_blanks(tmp_path):
-    run = _run(tmp_path, "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n"
-                         "1,1.0,0.5,,0.5,,1\n")
+    run = _run(
+        tmp_path, "epoch,loss,accuracy,val_loss,val_accuracy,lr,seconds\n1,1.0,0.5,,0.5,,1\n"
+    )
     (row,) = read_history(run / "history.csv")
     assert row["epoch"] == 1 and isinstance(row["epoch"], int)
     assert math.isnan(row["val_loss"]) and math.isnan(row["lr"])
@@ -68,16 +69,19 @@ def test_plot_history_errors(tmp_path):
 
 
 def test_plot_confusion_writes_a_png(tmp_path):
-    out = plot_confusion([[5, 1, 0, 0], [0, 6, 0, 0], [2, 0, 4, 0], [0, 0, 0, 0]],
-                         ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"],
-                         tmp_path / "cm.png")
+    out = plot_confusion(
+        [[5, 1, 0, 0], [0, 6, 0, 0], [2, 0, 4, 0], [0, 0, 0, 0]],
+        ["NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE"],
+        tmp_path / "cm.png",
+    )
     assert out.read_bytes().startswith(PNG)
 
 
 def test_cli_plot_redraws_curves_and_confusion(tmp_path):
     run = _run(tmp_path)
-    (run / "metrics.json").write_text(json.dumps(
-        {"confusion_matrix": [[3, 1], [0, 4]], "classes": ["A", "B"]}))
+    (run / "metrics.json").write_text(
+        json.dumps({"confusion_matrix": [[3, 1], [0, 4]], "classes": ["A", "B"]})
+    )
     result = CliRunner().invoke(cli, ["plot", str(run)])
     assert result.exit_code == 0, result.output
     assert "acc=0.95 (val_acc=0.93)" in result.stdout

@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLASSES, make_class_folders, make_run, synthetic_smear
 from wbc.cli import cli
 from wbc.errors import ModelError
+
+from conftest import CLASSES, make_class_folders, make_run, synthetic_smear
 
 IMAGE_SIZE = (40, 56)
 
@@ -68,8 +69,15 @@ def test_predict_json_schema_probabilities_and_top(model_path, images):
     assert len(rows) == 10
     assert any(row["file"].endswith("extra.PNG") for row in rows)
     for row in rows:
-        assert set(row) == {"file", "class", "probability", "confidence", "top",
-                            "probabilities", "error"}  # no domain.json: no stain columns
+        assert set(row) == {
+            "file",
+            "class",
+            "probability",
+            "confidence",
+            "top",
+            "probabilities",
+            "error",
+        }  # no domain.json: no stain columns
         assert row["confidence"] == row["probability"]
         assert row["error"] is None
         assert row["class"] in CLASSES
@@ -83,8 +91,19 @@ def test_predict_json_schema_probabilities_and_top(model_path, images):
 
 def test_predict_csv_and_output_file(model_path, images, tmp_path):
     out = tmp_path / "predictions.csv"
-    result = invoke("predict", images / "NEUTROPHIL", images / "MONOCYTE", "--model",
-                    model_path, "--format", "csv", "--output", out, "--top", 4)
+    result = invoke(
+        "predict",
+        images / "NEUTROPHIL",
+        images / "MONOCYTE",
+        "--model",
+        model_path,
+        "--format",
+        "csv",
+        "--output",
+        out,
+        "--top",
+        4,
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -174,8 +193,11 @@ def test_latest_model_picks_newest_run(tmp_path):
     from wbc.runs import latest_model
 
     runs = tmp_path / "runs"
-    for name, age in [("20250101-000000-small", 300), ("20250301-000000-full", 100),
-                      ("20250201-000000-medium", 200)]:
+    for name, age in [
+        ("20250101-000000-small", 300),
+        ("20250301-000000-full", 100),
+        ("20250201-000000-medium", 200),
+    ]:
         (runs / name).mkdir(parents=True)
         model = runs / name / "model.keras"
         model.write_bytes(b"x")
@@ -270,18 +292,24 @@ def smear_with_cells(centres, size=(240, 320), radius=22, seed=0) -> np.ndarray:
     """A pink smear with one purple round 'WBC' nucleus at each (x, y) centre."""
     rng = np.random.default_rng(seed)
     height, width = size
-    image = np.clip(np.full((height, width, 3), (228, 190, 200), np.float32)
-                    + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
+    image = np.clip(
+        np.full((height, width, 3), (228, 190, 200), np.float32)
+        + rng.normal(0, 4, (height, width, 3)),
+        0,
+        255,
+    ).astype(np.uint8)
     yy, xx = np.mgrid[:height, :width]
     for cx, cy in centres:
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = (95, 40, 140)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = (95, 40, 140)
     return image
 
 
 @pytest.fixture(scope="module")
 def detect_model(tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("runs") / "20250102-000000-small",
-                    overrides=["crop.mode=detect", "crop.size=64"])
+    return make_run(
+        tmp_path_factory.mktemp("runs") / "20250102-000000-small",
+        overrides=["crop.mode=detect", "crop.size=64"],
+    )
 
 
 def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
@@ -303,8 +331,9 @@ def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
     assert sum(summary["percent"].values()) == pytest.approx(100.0)
 
     # predict: one row per image (the main cell), cut from the whole smear
-    rows = json.loads(invoke("predict", folder, "--model", detect_model,
-                             "--format", "json").stdout)["predictions"]
+    rows = json.loads(
+        invoke("predict", folder, "--model", detect_model, "--format", "json").stdout
+    )["predictions"]
     assert [r["error"] for r in rows] == [None, None, None]
 
 
@@ -338,6 +367,7 @@ def test_explain_with_crop_model(detect_model, tmp_path):
     with Image.open(out) as picture:
         assert picture.size == (320, 240)
         changed = np.asarray(picture.convert("RGB")).astype(int) != np.asarray(
-            Image.open(image).convert("RGB")).astype(int)
+            Image.open(image).convert("RGB")
+        ).astype(int)
     ys, xs = np.nonzero(changed.any(axis=2))
     assert xs.min() > 150  # only the crop square around the cell at x=250 is painted

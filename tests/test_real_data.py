@@ -10,15 +10,24 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import tree_hash
 from wbc.cli import cli
 from wbc.stages.naming import parse_name
+
+from conftest import tree_hash
 
 pytestmark = pytest.mark.realdata
 
 CLASSES = ("NEUTROPHIL", "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")
-SMALL = ["--set", "augment.per_class=40", "--set", "subsets.small=40",
-         "--set", "subsets.medium=40", "--set", "subsets.full=40"]
+SMALL = [
+    "--set",
+    "augment.per_class=40",
+    "--set",
+    "subsets.small=40",
+    "--set",
+    "subsets.medium=40",
+    "--set",
+    "subsets.full=40",
+]
 
 
 def expected_counts(raw):
@@ -38,7 +47,9 @@ def prepared(tmp_path_factory, real_raw):
     raw = real_raw
     data = tmp_path_factory.mktemp("real") / "data"
     before = tree_hash(raw)
-    result = CliRunner().invoke(cli, ["prepare", "--raw", str(raw), "--data-dir", str(data), *SMALL])
+    result = CliRunner().invoke(
+        cli, ["prepare", "--raw", str(raw), "--data-dir", str(data), *SMALL]
+    )
     assert result.exit_code == 0, result.output
     return raw, data, before, result.output
 
@@ -89,23 +100,53 @@ def test_raw_folder_is_unchanged(prepared):
 def test_train_one_epoch_on_the_small_subset_then_evaluate_and_predict(prepared, tmp_path):
     raw, data, _, _ = prepared
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--data-dir", str(data), "--subset", "small",
-                                      "--epochs", "1", "--run-dir", str(run_dir)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            "--subset",
+            "small",
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(run_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    for name in ("model.keras", "last.keras", "history.csv", "config.yaml", "classes.json",
-                 "metrics.json", "curves.png", "confusion_matrix.png"):
+    for name in (
+        "model.keras",
+        "last.keras",
+        "history.csv",
+        "config.yaml",
+        "classes.json",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test_images = len(list((data / "processed/small/test").rglob("*.jpg")))
     assert metrics["n_images"] == test_images
-    evaluated = CliRunner().invoke(cli, ["evaluate", "--model", str(run_dir / "model.keras"),
-                                         "--data", str(data / "processed/small/test"),
-                                         "--format", "json"])
+    evaluated = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            "--model",
+            str(run_dir / "model.keras"),
+            "--data",
+            str(data / "processed/small/test"),
+            "--format",
+            "json",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["n_images"] == test_images
     image = raw / "JPEGImages" / "BloodImage_00000.jpg"
-    predicted = CliRunner().invoke(cli, ["predict", str(image), "--model",
-                                         str(run_dir / "model.keras"), "--format", "json"])
+    predicted = CliRunner().invoke(
+        cli, ["predict", str(image), "--model", str(run_dir / "model.keras"), "--format", "json"]
+    )
     assert predicted.exit_code == 0, predicted.output
     rows = json.loads(predicted.stdout)
     rows = rows if isinstance(rows, list) else rows["predictions"]

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tree_hash
 from wbc.config import load_config
 from wbc.errors import DataError
-from wbc.stages.rename import rename
 from wbc.stages.naming import parse_name
+from wbc.stages.rename import rename
+
+from conftest import tree_hash
 
 NO_DUPES = ["rename.find_duplicates=false"]
 
@@ -26,29 +27,38 @@ def add_rows(raw, text):
 def test_keeps_single_class_images_and_copies_them_byte_for_byte(tiny_raw, tmp_path):
     before = tree_hash(tiny_raw)
     manifest = rename(tiny_raw, tmp_path / "renamed", load_config(overrides=NO_DUPES))
-    assert manifest.summary["counts"] == {"NEUTROPHIL": 12, "EOSINOPHIL": 8, "LYMPHOCYTE": 6, "MONOCYTE": 5}
+    assert manifest.summary["counts"] == {
+        "NEUTROPHIL": 12,
+        "EOSINOPHIL": 8,
+        "LYMPHOCYTE": 6,
+        "MONOCYTE": 5,
+    }
     files = sorted(p.name for p in (tmp_path / "renamed").glob("*.jpg"))
     assert len(files) == 31
     parsed = parse_name("NEUTROPHIL.0.jpg")
     assert parsed.cls == "NEUTROPHIL" and parsed.source_id == 0 and parsed.copy is None
-    assert (tmp_path / "renamed" / "NEUTROPHIL.0.jpg").read_bytes() == \
-        (tiny_raw / "JPEGImages" / "BloodImage_00000.jpg").read_bytes()
+    assert (tmp_path / "renamed" / "NEUTROPHIL.0.jpg").read_bytes() == (
+        tiny_raw / "JPEGImages" / "BloodImage_00000.jpg"
+    ).read_bytes()
     assert tree_hash(tiny_raw) == before
 
 
 def test_every_dropped_row_and_file_has_a_reason(tiny_raw, tmp_path):
     images = tiny_raw / "JPEGImages"
     good = (images / "BloodImage_00000.jpg").read_bytes()
-    (images / "BloodImage_00100.jpg").write_bytes(b"")                    # zero bytes
+    (images / "BloodImage_00100.jpg").write_bytes(b"")  # zero bytes
     (images / "BloodImage_00101.jpg").write_bytes(good[: len(good) // 2])  # truncated
     (images / "BloodImage_00102.jpg").write_bytes(b"<html>not found</html>")  # HTML named .jpg
     for image_id in (103, 104, 105):
         (images / f"BloodImage_{image_id:05d}.jpg").write_bytes(good)
-    (images / "BloodImage_00200.jpg").write_bytes(good)                   # no row
+    (images / "BloodImage_00200.jpg").write_bytes(good)  # no row
     (images / "notes.txt").write_text("hello")
-    add_rows(tiny_raw, "\r\n,100,NEUTROPHIL\r\n,101,NEUTROPHIL\r\n,102,MONOCYTE"
-             "\r\n,103,BASOPHIL\r\n,104,\r\n,105,\"NEUTROPHIL, EOSINOPHIL\"\r\n,106,MONOCYTE"
-             "\r\n,../../etc/passwd,MONOCYTE\r\n,0,EOSINOPHIL\r\n,1,NEUTROPHIL")
+    add_rows(
+        tiny_raw,
+        "\r\n,100,NEUTROPHIL\r\n,101,NEUTROPHIL\r\n,102,MONOCYTE"
+        '\r\n,103,BASOPHIL\r\n,104,\r\n,105,"NEUTROPHIL, EOSINOPHIL"\r\n,106,MONOCYTE'
+        "\r\n,../../etc/passwd,MONOCYTE\r\n,0,EOSINOPHIL\r\n,1,NEUTROPHIL",
+    )
     dst = tmp_path / "renamed"
     manifest = rename(tiny_raw, dst, load_config(overrides=NO_DUPES))
     reasons = skipped_reasons(dst)
@@ -77,7 +87,7 @@ def test_readable_odd_images_are_converted_to_rgb_jpeg(tiny_raw, tmp_path, mode)
     if mode == "PNG":
         rgb.save(path, format="PNG")
     elif mode == "I;16":
-        gray = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
+        gray = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
         Image.fromarray(gray).save(path, format="PNG")
     elif mode == "RGBA":
         rgb.convert("RGBA").save(path, format="PNG")
@@ -113,7 +123,9 @@ def test_same_field_pairs_are_grouped_and_conflicting_labels_dropped(tiny_raw, t
     Image.fromarray(big).save(images / "BloodImage_00001.jpg", quality=95)
     Image.fromarray(np.roll(big, 3, axis=1)).save(images / "BloodImage_00300.jpg", quality=95)
     # Image 2 photographed again as 301 but labelled differently.
-    other = np.asarray(Image.open(images / "BloodImage_00002.jpg").convert("RGB").resize((256, 192)))
+    other = np.asarray(
+        Image.open(images / "BloodImage_00002.jpg").convert("RGB").resize((256, 192))
+    )
     Image.fromarray(other).save(images / "BloodImage_00002.jpg", quality=95)
     Image.fromarray(np.roll(other, 2, axis=0)).save(images / "BloodImage_00301.jpg", quality=95)
     add_rows(tiny_raw, "\r\n,300,NEUTROPHIL\r\n,301,MONOCYTE")

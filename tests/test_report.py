@@ -13,13 +13,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 from wbc.cli import cli
 from wbc.config import load_config
 
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders
+
 CHROMIUM = os.environ.get("WBC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,9 @@ def open_page(browser, path: Path, screenshot: Path):
     """Load ``path``; return (page, console errors, natural widths of its images)."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text)
-            if message.type == "error" else None)
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
     page.on("pageerror", lambda error: errors.append(str(error)))
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
@@ -72,17 +81,24 @@ def crops(tmp_path_factory) -> Path:
 def keras_run(crops, tmp_path_factory) -> Path:
     from wbc.train import train
 
-    config = load_config(STUDY_CONFIG, ["train.epochs=2", "train.patience=null",
-                                        "train.image_size=[48, 64]"])
-    return train(config, run_dir=tmp_path_factory.mktemp("report-runs") / "study",
-                 folders=(crops / "train", crops / "test"), echo=lambda _m: None)
+    config = load_config(
+        STUDY_CONFIG, ["train.epochs=2", "train.patience=null", "train.image_size=[48, 64]"]
+    )
+    return train(
+        config,
+        run_dir=tmp_path_factory.mktemp("report-runs") / "study",
+        folders=(crops / "train", crops / "test"),
+        echo=lambda _m: None,
+    )
 
 
-def test_run_report_is_self_contained_and_shows_the_runs_numbers(browser, keras_run, crops,
-                                                                 tmp_path):
+def test_run_report_is_self_contained_and_shows_the_runs_numbers(
+    browser, keras_run, crops, tmp_path
+):
     out = tmp_path / "report.html"
-    result = CliRunner().invoke(cli, ["report", str(keras_run), "-o", str(out),
-                                      "--data", str(crops / "test")])
+    result = CliRunner().invoke(
+        cli, ["report", str(keras_run), "-o", str(out), "--data", str(crops / "test")]
+    )
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "<script" not in text and not re.search(r"(src|href)=\"https?:", text)
@@ -90,12 +106,14 @@ def test_run_report_is_self_contained_and_shows_the_runs_numbers(browser, keras_
     assert errors == []
     assert len(widths) >= 3 and all(w > 0 for w in widths)  # curves, confusion, gallery
     metrics = json.loads((keras_run / "metrics.json").read_text())
-    assert cells(page, "#summary") == [[str(metrics["n_images"]), f"{metrics['accuracy']:.4f}",
-                                        f"{metrics['macro_f1']:.4f}"]]
+    assert cells(page, "#summary") == [
+        [str(metrics["n_images"]), f"{metrics['accuracy']:.4f}", f"{metrics['macro_f1']:.4f}"]
+    ]
     per_class = cells(page, "#per-class")
     assert [row[0] for row in per_class] == list(metrics["per_class"])
-    assert [row[3] for row in per_class] == [f"{v['f1']:.3f}" for v in
-                                             metrics["per_class"].values()]
+    assert [row[3] for row in per_class] == [
+        f"{v['f1']:.3f}" for v in metrics["per_class"].values()
+    ]
     wrong = sum(metrics["confusion_matrix"][i][j] for i in range(4) for j in range(4) if i != j)
     shown = page.evaluate("document.querySelectorAll('#mistakes figure').length")
     assert shown == min(wrong, 12)
@@ -109,15 +127,40 @@ def test_run_report_is_self_contained_and_shows_the_runs_numbers(browser, keras_
 def test_cv_folder_report_has_the_fold_table(browser, tmp_path):
     folder = tmp_path / "cv"
     folder.mkdir()
-    folds = [{"fold": j, "n_train": 40, "n_test": 10, "accuracy": 0.5 + j / 10,
-              "macro_f1": 0.4 + j / 10, "per_class_f1": {c: 0.5 for c in CLASSES}}
-             for j in (1, 2)]
-    (folder / "cv.json").write_text(json.dumps({
-        "k": 2, "repeats": 1, "complete": True, "score": "last", "classes": list(CLASSES),
-        "folds": folds, "mean": {"accuracy": 0.65, "macro_f1": 0.55,
-                                 "per_class_f1": {c: 0.5 for c in CLASSES}},
-        "std": {"accuracy": 0.07, "macro_f1": 0.07, "per_class_f1": {c: 0.0 for c in CLASSES}},
-        "config": {"seed": 1}}))
+    folds = [
+        {
+            "fold": j,
+            "n_train": 40,
+            "n_test": 10,
+            "accuracy": 0.5 + j / 10,
+            "macro_f1": 0.4 + j / 10,
+            "per_class_f1": {c: 0.5 for c in CLASSES},
+        }
+        for j in (1, 2)
+    ]
+    (folder / "cv.json").write_text(
+        json.dumps(
+            {
+                "k": 2,
+                "repeats": 1,
+                "complete": True,
+                "score": "last",
+                "classes": list(CLASSES),
+                "folds": folds,
+                "mean": {
+                    "accuracy": 0.65,
+                    "macro_f1": 0.55,
+                    "per_class_f1": {c: 0.5 for c in CLASSES},
+                },
+                "std": {
+                    "accuracy": 0.07,
+                    "macro_f1": 0.07,
+                    "per_class_f1": {c: 0.0 for c in CLASSES},
+                },
+                "config": {"seed": 1},
+            }
+        )
+    )
     result = CliRunner().invoke(cli, ["report", str(folder)])
     assert result.exit_code == 0, result.output
     page, errors, _ = open_page(browser, folder / "report.html", tmp_path / "cv.png")
@@ -129,18 +172,24 @@ def test_cv_folder_report_has_the_fold_table(browser, tmp_path):
 def test_count_report_boxes_every_cell_and_has_the_differential(browser, crops, tmp_path):
     from wbc.train import train
 
-    run = train(load_config(None, ["color.normalize=none"]), run_dir=tmp_path / "features",
-                folders=(crops / "train", crops / "test"), echo=lambda _m: None)
-    smears = make_class_folders(tmp_path / "smears", {"NEUTROPHIL": 2, "MONOCYTE": 2},
-                                size=(120, 160), seed=5)
+    run = train(
+        load_config(None, ["color.normalize=none"]),
+        run_dir=tmp_path / "features",
+        folders=(crops / "train", crops / "test"),
+        echo=lambda _m: None,
+    )
+    smears = make_class_folders(
+        tmp_path / "smears", {"NEUTROPHIL": 2, "MONOCYTE": 2}, size=(120, 160), seed=5
+    )
     flat = tmp_path / "sample"
     flat.mkdir()
     for path in smears.rglob("*.jpg"):
         shutil.copy(path, flat / path.name)
     (flat / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "count.html"
-    result = CliRunner().invoke(cli, ["count", str(flat), "--model", str(run), "--format",
-                                      "json", "--report", str(out)])
+    result = CliRunner().invoke(
+        cli, ["count", str(flat), "--model", str(run), "--format", "json", "--report", str(out)]
+    )
     assert result.exit_code == 1  # the broken image: listed, the others counted
     counted = json.loads(result.stdout)
     assert "files" not in counted  # the JSON output is unchanged by --report
@@ -148,7 +197,8 @@ def test_count_report_boxes_every_cell_and_has_the_differential(browser, crops, 
     assert errors == [] and len(widths) == 4 and all(w > 0 for w in widths)
     rows = cells(page, "#differential")
     assert {r[0]: int(r[1]) for r in rows} == {**counted["counts"], "total": counted["cells"]}
-    captions = page.evaluate("Array.from(document.querySelectorAll('#smears figcaption'))"
-                             ".map(c => c.textContent)")
+    captions = page.evaluate(
+        "Array.from(document.querySelectorAll('#smears figcaption')).map(c => c.textContent)"
+    )
     assert sum(int(re.search(r": (\d+) cell", c).group(1)) for c in captions) == counted["cells"]
     assert "broken.jpg" in page.inner_text("body")

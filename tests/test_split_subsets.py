@@ -14,6 +14,7 @@ COPIES = 9  # per source
 
 def fake_augmented(root: Path) -> Path:
     """An augment-stage folder: originals and copies with distinct bytes, and a manifest."""
+
     def build(tmp):
         image_id = 0
         for cls, n in SOURCES.items():
@@ -102,8 +103,10 @@ def test_subsets_are_nested_and_report_shortfalls(tmp_path):
     assert full["MONOCYTE"]["test"] == 1  # only one monocyte source on the grouped test side
     assert any("test/MONOCYTE: 1 of 10" in s for s in manifests["full"].summary["shortfalls"])
     for side in ("train", "test"):
-        names = {name: {p.name for p in (tmp_path / "processed" / name / side).rglob("*.jpg")}
-                 for name in ("small", "medium", "full")}
+        names = {
+            name: {p.name for p in (tmp_path / "processed" / name / side).rglob("*.jpg")}
+            for name in ("small", "medium", "full")
+        }
         assert names["small"] <= names["medium"] <= names["full"]
     again = subsets(tmp_path / "split", tmp_path / "processed", config)
     assert all(m.skipped for m in again.values())

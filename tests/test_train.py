@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import STUDY_CONFIG, CLASSES, make_class_folders
 
 from wbc.cli import cli
 from wbc.config import load_config
@@ -28,27 +27,37 @@ from wbc.train import (
     HISTORY_COLUMNS,
     CollapseDetector,
     PatienceTracker,
-    balanced_class_weights,
     backup_epoch,
+    balanced_class_weights,
     train,
 )
+
+from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 10
 # A learnable setting for the tiny synthetic images (the study's rmsprop/L2 needs more epochs).
 # Test accuracy with it: 0.9-1.0 over seeds 1, 2, 3, 7, 11, 42 and 2024.
-LEARNABLE = ["train.image_size=[48,64]", "train.optimizer=adam", "train.learning_rate=0.003",
-             "train.batch_size=8", "model.l2=0", "train.patience=null"]
+LEARNABLE = [
+    "train.image_size=[48,64]",
+    "train.optimizer=adam",
+    "train.learning_rate=0.003",
+    "train.batch_size=8",
+    "model.l2=0",
+    "train.patience=null",
+]
 TINY = ["train.image_size=[48,64]", "train.patience=null"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _subset(root: Path, per_class_train: int, per_class_test: int, seed: int = 1) -> Path:
-    make_class_folders(root / "processed" / "small" / "train",
-                       {c: per_class_train for c in CLASSES}, seed=seed)
-    make_class_folders(root / "processed" / "small" / "test",
-                       {c: per_class_test for c in CLASSES}, seed=seed + 100)
+    make_class_folders(
+        root / "processed" / "small" / "train", {c: per_class_train for c in CLASSES}, seed=seed
+    )
+    make_class_folders(
+        root / "processed" / "small" / "test", {c: per_class_test for c in CLASSES}, seed=seed + 100
+    )
     return root
 
 
@@ -69,8 +78,19 @@ def tiny_root(tmp_path_factory) -> Path:
 def trained(data_root, tmp_path_factory):
     """One run through the CLI: (run folder, console output)."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    args = ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(data_root), "--subset", "small", "--epochs", str(EPOCHS),
-            "--run-dir", str(run_dir)]
+    args = [
+        "train",
+        "--config",
+        str(STUDY_CONFIG),
+        "--data-dir",
+        str(data_root),
+        "--subset",
+        "small",
+        "--epochs",
+        str(EPOCHS),
+        "--run-dir",
+        str(run_dir),
+    ]
     for item in LEARNABLE:
         args += ["--set", item]
     result = CliRunner().invoke(cli, args)
@@ -89,8 +109,16 @@ def _history(run_dir: Path) -> list[dict]:
 
 def test_run_folder_is_complete(trained):
     run_dir, output = trained
-    for name in ("model.keras", "last.keras", "history.csv", "config.yaml", "classes.json",
-                 "metrics.json", "curves.png", "confusion_matrix.png"):
+    for name in (
+        "model.keras",
+        "last.keras",
+        "history.csv",
+        "config.yaml",
+        "classes.json",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+    ):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "backup").is_dir()
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -110,8 +138,11 @@ def test_run_folder_is_complete(trained):
 def _events(folder: Path) -> list:
     import tensorflow as tf
 
-    return [event for path in sorted(folder.glob("events.out.tfevents.*"))
-            for event in tf.compat.v1.train.summary_iterator(str(path))]
+    return [
+        event
+        for path in sorted(folder.glob("events.out.tfevents.*"))
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+    ]
 
 
 def _tags(events, kind: str) -> dict[str, list[int]]:
@@ -138,8 +169,12 @@ def test_tensorboard_has_the_curves_and_a_confusion_matrix_per_epoch(trained):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     import tensorflow as tf
 
-    logged = {value.tag: float(tf.make_ndarray(value.tensor)) for e in test_events
-              for value in e.summary.value if value.tag in ("accuracy", "macro_f1")}
+    logged = {
+        value.tag: float(tf.make_ndarray(value.tensor))
+        for e in test_events
+        for value in e.summary.value
+        if value.tag in ("accuracy", "macro_f1")
+    }
     assert logged["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     assert "confusion_matrix" in _tags(test_events, "images")
 
@@ -149,10 +184,17 @@ def test_model_card_states_use_limits_and_the_runs_own_numbers(trained):
     card = (run_dir / "MODEL_CARD.md").read_text()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == \
-        pytest.approx(metrics["accuracy"], abs=1e-4)
-    for heading in ("## Intended use", "## Out-of-scope use", "## Training data",
-                    "## Evaluation", "## Limitations", "### Cross-validation"):
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == pytest.approx(
+        metrics["accuracy"], abs=1e-4
+    )
+    for heading in (
+        "## Intended use",
+        "## Out-of-scope use",
+        "## Training data",
+        "## Evaluation",
+        "## Limitations",
+        "### Cross-validation",
+    ):
         assert heading in card
     assert "not a diagnostic device" in card and "Monocytes" in card and "Basophils" in card
     assert f"accuracy **{metrics['accuracy']:.3f}**" in card
@@ -199,8 +241,7 @@ def test_bad_training_image_is_skipped_with_a_warning(trained):
     assert "warning: skipping unreadable image" in output and "MONOCYTE.9999.jpg" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train_images"] == 240
-    assert [Path(b["path"]).name for b in metrics["skipped_train_images"]] == [
-        "MONOCYTE.9999.jpg"]
+    assert [Path(b["path"]).name for b in metrics["skipped_train_images"]] == ["MONOCYTE.9999.jpg"]
 
 
 def _val_loss(model_path: Path, test_dir: Path) -> float:
@@ -224,7 +265,8 @@ def test_model_keras_is_the_best_epoch_and_last_keras_the_last(trained, data_roo
     best = min(r["val_loss"] for r in rows)
     assert _val_loss(run_dir / "model.keras", test_dir) == pytest.approx(best, abs=2e-3)
     assert _val_loss(run_dir / "last.keras", test_dir) == pytest.approx(
-        rows[-1]["val_loss"], abs=2e-3)
+        rows[-1]["val_loss"], abs=2e-3
+    )
 
 
 def test_init_loads_weights_of_a_trained_model(trained):
@@ -247,15 +289,39 @@ def test_init_loads_weights_of_a_trained_model(trained):
 
 def test_existing_run_folder_needs_resume(trained, data_root):
     run_dir, _ = trained
-    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(data_root), "--subset", "small",
-                                      "--run-dir", str(run_dir)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(STUDY_CONFIG),
+            "--data-dir",
+            str(data_root),
+            "--subset",
+            "small",
+            "--run-dir",
+            str(run_dir),
+        ],
+    )
     assert result.exit_code == 1
     assert "already holds a run" in result.output and "--resume" in result.output
 
 
 def test_missing_prepared_data_is_a_one_line_error(tmp_path):
-    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--data-dir", str(tmp_path), "--subset", "medium",
-                                      "--run-dir", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(STUDY_CONFIG),
+            "--data-dir",
+            str(tmp_path),
+            "--subset",
+            "medium",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 1
     assert "processed/medium/train: not found" in result.output
     assert "wbc prepare" in result.output and "Traceback" not in result.output
@@ -283,15 +349,23 @@ train(load_config({study!r}, {tiny!r}), data_dir=Path(sys.argv[1]), subset="smal
 def _python(script: str, *args: str, env_extra: dict | None = None, timeout: int = 240):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     import keras
 
     run_dir = tmp_path / "run"
-    killed = _python(KILLER.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir))
+    killed = _python(
+        KILLER.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir)
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert [r["epoch"] for r in _history(run_dir)] == [0, 1]
     assert backup_epoch(run_dir) == 2
@@ -311,8 +385,12 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     lines: list[str] = []
     # The config passed in is ignored on resume: the run's own config.yaml is re-read, and the
     # data folder comes from the run's run.json.
-    train(load_config(STUDY_CONFIG, ["train.learning_rate=0.5"]), resume_dir=run_dir,
-          callbacks=[Watch()], echo=lines.append)
+    train(
+        load_config(STUDY_CONFIG, ["train.learning_rate=0.5"]),
+        resume_dir=run_dir,
+        callbacks=[Watch()],
+        echo=lines.append,
+    )
     assert Watch.epochs == [2, 3]  # 0-based: the 3rd and 4th epochs only, not from scratch
     for a, b in zip(Watch.start_weights, after_two):
         np.testing.assert_array_equal(a, b)
@@ -323,12 +401,20 @@ def test_resume_after_kill_continues_at_the_next_epoch(tiny_root, tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
 
     # Resuming a finished run (CLI, no --data-dir) trains nothing more; --epochs raises the total.
-    result = CliRunner().invoke(cli, ["train", "--config", str(STUDY_CONFIG), "--resume", str(run_dir)])
+    result = CliRunner().invoke(
+        cli, ["train", "--config", str(STUDY_CONFIG), "--resume", str(run_dir)]
+    )
     assert result.exit_code == 0, result.output
     assert "all 4 epochs already done" in result.output and "Epoch " not in result.output
     Watch.epochs = []
-    train(load_config(STUDY_CONFIG), data_dir=tiny_root, resume_dir=run_dir, epochs=5, callbacks=[Watch()],
-          echo=lines.append)
+    train(
+        load_config(STUDY_CONFIG),
+        data_dir=tiny_root,
+        resume_dir=run_dir,
+        epochs=5,
+        callbacks=[Watch()],
+        echo=lines.append,
+    )
     assert Watch.epochs == [4]
     assert [r["epoch"] for r in _history(run_dir)] == [0, 1, 2, 3, 4]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["epochs"] == 5
@@ -356,7 +442,9 @@ train(load_config({study!r}, {tiny!r}), data_dir=Path(sys.argv[1]), subset="smal
 
 def test_mirrored_strategy_over_two_logical_cpus(tiny_root, tmp_path):
     run_dir = tmp_path / "run"
-    done = _python(MIRRORED.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir))
+    done = _python(
+        MIRRORED.format(study=str(STUDY_CONFIG), tiny=TINY), str(tiny_root), str(run_dir)
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "strategy: mirrored over 2 device(s)" in done.stdout
     assert [r["epoch"] for r in _history(run_dir)] == [0]
@@ -391,8 +479,9 @@ def test_tfdata_feed_scales_one_hot_and_shuffles_with_the_seed(tiny_root):
 def test_integer_steps_per_epoch_repeats_the_data(tiny_root):
     from wbc.feeds import make_feed
 
-    feed = make_feed(tiny_root / "processed/small/train", (48, 64), batch_size=8, seed=1,
-                     steps_per_epoch=10)
+    feed = make_feed(
+        tiny_root / "processed/small/train", (48, 64), batch_size=8, seed=1, steps_per_epoch=10
+    )
     assert feed.steps_per_epoch == 10
     assert len(_batches(feed.data, 10)) == 10  # 80 images from 32: the data repeats
 
@@ -417,7 +506,7 @@ def test_feeds_skip_bad_images_with_a_warning(tmp_path):
     for cache in (True, False):
         lines: list[str] = []
         feed = make_feed(folder, (48, 64), 16, 0, cache=cache, echo=lines.append)
-        (x, y), = _batches(feed.data, 2)
+        ((x, y),) = _batches(feed.data, 2)
         assert len(x) == 5
         assert len(lines) == 1 and "MONOCYTE.77.jpg" in lines[0] and "empty file" in lines[0]
     lines = []
@@ -470,8 +559,9 @@ def test_collapse_detector_fires_after_n_stuck_epochs():
 def test_collapse_detector_ignores_learning_and_interrupted_streaks():
     detector = CollapseDetector(4, 0.25, epochs=2)
     ln4 = math.log(4)
-    assert not any([detector.update(ln4, 0.25), detector.update(1.2, 0.4),
-                    detector.update(ln4, 0.25)])
+    assert not any(
+        [detector.update(ln4, 0.25), detector.update(1.2, 0.4), detector.update(ln4, 0.25)]
+    )
     # Loss near ln(4) but accuracy far above the majority share: not a collapse.
     assert not any(detector.update(ln4, 0.6) for _ in range(5))
     assert not detector.warned
@@ -480,7 +570,11 @@ def test_collapse_detector_ignores_learning_and_interrupted_streaks():
 def test_patience_tracker_replays_history():
     tracker = PatienceTracker(2)
     assert [tracker.update(e, v) for e, v in enumerate([1.0, 0.8, 0.9, 0.85], 1)] == [
-        False, False, False, True]
+        False,
+        False,
+        False,
+        True,
+    ]
     assert tracker.best == 0.8 and tracker.best_epoch == 2
     off = PatienceTracker(None)
     assert not any(off.update(e, 1.0) for e in range(50))

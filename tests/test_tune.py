@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import CLASSES, make_class_folders
 
 from wbc.cli import cli
 from wbc.config import load_config
 from wbc.errors import ConfigError
 from wbc.tune import cell_config, cell_id, expand_grid, read_grid, sort_rows, tune
+
+from conftest import CLASSES, make_class_folders
 
 BASE = ["train.image_size=[40,48]", "train.patience=null", "train.batch_size=8"]
 
@@ -45,15 +46,31 @@ def _stub_train(calls: list):
 
         calls.append(Path(run_dir))
         score = config.model.dense_units / 100 - config.train.learning_rate
-        rows = [{"epoch": e, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.0 - score + e / 10,
-                 "val_accuracy": score - e / 100, "lr": config.train.learning_rate,
-                 "seconds": 0.1} for e in range(config.train.epochs)]
+        rows = [
+            {
+                "epoch": e,
+                "loss": 1.0,
+                "accuracy": 0.5,
+                "val_loss": 1.0 - score + e / 10,
+                "val_accuracy": score - e / 100,
+                "lr": config.train.learning_rate,
+                "seconds": 0.1,
+            }
+            for e in range(config.train.epochs)
+        ]
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_history_rows(run_dir / "history.csv", rows)
-        (run_dir / "metrics.json").write_text(json.dumps({
-            "macro_f1": score, "epochs_run": config.train.epochs, "wall_seconds": 1.5,
-            "collapsed": False}))
+        (run_dir / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "macro_f1": score,
+                    "epochs_run": config.train.epochs,
+                    "wall_seconds": 1.5,
+                    "collapsed": False,
+                }
+            )
+        )
         return run_dir
 
     return fake
@@ -66,11 +83,19 @@ GRID = "model.dense_units: [16, 64]\ntrain.learning_rate: [0.01, 0.001]\n"
 
 
 def test_grid_expands_to_the_cross_product_in_file_order(tmp_path):
-    grid = read_grid(_grid(tmp_path, "model.filters: [[8, 8], [4, 8, 8]]\n"
-                                      "train.optimizer: [adam, rmsprop, nadam]\n"
-                                      "model.dropout: none\n"))
-    assert grid == {"model.filters": [[8, 8], [4, 8, 8]],
-                    "train.optimizer": ["adam", "rmsprop", "nadam"], "model.dropout": ["none"]}
+    grid = read_grid(
+        _grid(
+            tmp_path,
+            "model.filters: [[8, 8], [4, 8, 8]]\n"
+            "train.optimizer: [adam, rmsprop, nadam]\n"
+            "model.dropout: none\n",
+        )
+    )
+    assert grid == {
+        "model.filters": [[8, 8], [4, 8, 8]],
+        "train.optimizer": ["adam", "rmsprop", "nadam"],
+        "model.dropout": ["none"],
+    }
     cells = expand_grid(grid)
     assert len(cells) == 6
     assert cells[0] == {"model.filters": [8, 8], "train.optimizer": "adam", "model.dropout": "none"}
@@ -89,17 +114,26 @@ def test_shipped_grid_is_valid():
         cell_config(load_config(), cell, "cell")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("model.dens_units: [1, 2]\n", r"unknown config key 'model.dens_units' \(did you mean 'dense_units'\?\)"),
-    ("modle.dense_units: [1, 2]\n", r"unknown config key 'modle.dense_units' \(did you mean 'model'\?\)"),
-    ("model: [1, 2]\n", r"'model' is a section"),
-    ("model:\n  dense_units: [1, 2]\n", r"use dotted keys"),
-    ("model.dense_units.x: [1]\n", r"'model.dense_units' is a value, not a section"),
-    ("augment.per_class: [10, 20]\n", r"augment.\* only with --cv"),
-    ("split.test_fraction: [0.1, 0.2]\n", r"fixed by `wbc prepare`"),
-    ("model.dense_units: []\n", r"empty list"),
-    ("", r"empty grid"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "model.dens_units: [1, 2]\n",
+            r"unknown config key 'model.dens_units' \(did you mean 'dense_units'\?\)",
+        ),
+        (
+            "modle.dense_units: [1, 2]\n",
+            r"unknown config key 'modle.dense_units' \(did you mean 'model'\?\)",
+        ),
+        ("model: [1, 2]\n", r"'model' is a section"),
+        ("model:\n  dense_units: [1, 2]\n", r"use dotted keys"),
+        ("model.dense_units.x: [1]\n", r"'model.dense_units' is a value, not a section"),
+        ("augment.per_class: [10, 20]\n", r"augment.\* only with --cv"),
+        ("split.test_fraction: [0.1, 0.2]\n", r"fixed by `wbc prepare`"),
+        ("model.dense_units: []\n", r"empty list"),
+        ("", r"empty grid"),
+    ],
+)
 def test_bad_grid_keys_are_clear_errors(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message) as info:
         read_grid(_grid(tmp_path, text))
@@ -107,8 +141,13 @@ def test_bad_grid_keys_are_clear_errors(tmp_path, text, message):
 
 
 def test_augment_keys_are_tunable_under_cv(tmp_path):
-    grid = read_grid(_grid(tmp_path, "augment.per_class_targets.MONOCYTE: [10, 20]\n"
-                                      "train.class_weight: [none, balanced]\n"), cv=True)
+    grid = read_grid(
+        _grid(
+            tmp_path,
+            "augment.per_class_targets.MONOCYTE: [10, 20]\ntrain.class_weight: [none, balanced]\n",
+        ),
+        cv=True,
+    )
     cells = expand_grid(grid)
     config = cell_config(load_config(), cells[3], "cell")
     assert config.augment.per_class_targets == {"MONOCYTE": 20}
@@ -117,14 +156,26 @@ def test_augment_keys_are_tunable_under_cv(tmp_path):
 
 def test_bad_cell_values_name_the_cell(tmp_path):
     grid = read_grid(_grid(tmp_path, "model.filters: [8, 16]\n"))
-    with pytest.raises(ConfigError, match=r"cell 1.*model.filters: expected a list.*list value is written"):
-        tune(load_config(), tmp_path / "grid.yaml", data_dir=tmp_path, out=tmp_path / "out",
-             echo=lambda _: None)
+    with pytest.raises(
+        ConfigError, match=r"cell 1.*model.filters: expected a list.*list value is written"
+    ):
+        tune(
+            load_config(),
+            tmp_path / "grid.yaml",
+            data_dir=tmp_path,
+            out=tmp_path / "out",
+            echo=lambda _: None,
+        )
     assert grid
     _grid(tmp_path, "train.optimizer: [adam, sgd]\n")
     with pytest.raises(ConfigError, match=r"cell 2 \(train.optimizer=sgd\).*not one of"):
-        tune(load_config(), tmp_path / "grid.yaml", data_dir=tmp_path, out=tmp_path / "out",
-             echo=lambda _: None)
+        tune(
+            load_config(),
+            tmp_path / "grid.yaml",
+            data_dir=tmp_path,
+            out=tmp_path / "out",
+            echo=lambda _: None,
+        )
 
 
 def test_cell_id_changes_with_any_setting():
@@ -136,9 +187,11 @@ def test_cell_id_changes_with_any_setting():
 
 
 def test_sort_rows_direction_follows_the_column():
-    rows = [{"index": 0, "val_acc_final": 0.5, "val_loss_min": 0.9},
-            {"index": 1, "val_acc_final": 0.8, "val_loss_min": 1.2},
-            {"index": 2, "val_acc_final": None, "val_loss_min": 0.1}]
+    rows = [
+        {"index": 0, "val_acc_final": 0.5, "val_loss_min": 0.9},
+        {"index": 1, "val_acc_final": 0.8, "val_loss_min": 1.2},
+        {"index": 2, "val_acc_final": None, "val_loss_min": 0.1},
+    ]
     assert [r["index"] for r in sort_rows(rows, "val_acc_final")] == [1, 0, 2]
     assert [r["index"] for r in sort_rows(rows, "val_loss_min")] == [2, 0, 1]
 
@@ -151,11 +204,20 @@ def test_results_are_sorted_and_a_rerun_trains_nothing(data_dir, tmp_path, monke
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
     grid = _grid(tmp_path, GRID)
     out = tmp_path / "out"
-    result = tune(load_config(None, BASE), grid, data_dir=data_dir, subset="small", epochs=2,
-                  out=out, echo=lambda _: None)
+    result = tune(
+        load_config(None, BASE),
+        grid,
+        data_dir=data_dir,
+        subset="small",
+        epochs=2,
+        out=out,
+        echo=lambda _: None,
+    )
     assert len(calls) == 4 and result["trained"] == 4 and result["skipped"] == 0
-    order = [(r["settings"]["model.dense_units"], r["settings"]["train.learning_rate"])
-             for r in result["rows"]]
+    order = [
+        (r["settings"]["model.dense_units"], r["settings"]["train.learning_rate"])
+        for r in result["rows"]
+    ]
     assert order == [(64, 0.001), (64, 0.01), (16, 0.001), (16, 0.01)]
     with open(out / "results.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
@@ -173,14 +235,26 @@ def test_results_are_sorted_and_a_rerun_trains_nothing(data_dir, tmp_path, monke
     config = load_config(None, BASE)
 
     # Second run: nothing trains (the stub would record it), the table is the same.
-    again = tune(config, grid, data_dir=data_dir, subset="small", epochs=2, out=out,
-                 echo=lambda _: None)
+    again = tune(
+        config, grid, data_dir=data_dir, subset="small", epochs=2, out=out, echo=lambda _: None
+    )
     assert len(calls) == 4 and again["trained"] == 0 and again["skipped"] == 4
     assert again["table"] == result["table"]
     # Through the CLI too; a new value adds only its own cells.
     _grid(tmp_path, GRID.replace("[16, 64]", "[16, 64, 32]"))
-    args = ["tune", "--grid", str(grid), "--data-dir", str(data_dir), "--subset", "small",
-            "--epochs", "2", "--out", str(out)]
+    args = [
+        "tune",
+        "--grid",
+        str(grid),
+        "--data-dir",
+        str(data_dir),
+        "--subset",
+        "small",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+    ]
     for item in BASE:
         args += ["--set", item]
     run = CliRunner().invoke(cli, args)
@@ -195,33 +269,75 @@ def test_other_epochs_make_new_cells(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr("wbc.train.train", _stub_train(calls))
     grid = _grid(tmp_path, "model.dense_units: [16]\n")
     for epochs in (1, 2, 1):
-        tune(load_config(None, BASE), grid, data_dir=data_dir, subset="small", epochs=epochs,
-             out=tmp_path / "out", echo=lambda _: None)
+        tune(
+            load_config(None, BASE),
+            grid,
+            data_dir=data_dir,
+            subset="small",
+            epochs=epochs,
+            out=tmp_path / "out",
+            echo=lambda _: None,
+        )
     assert len(calls) == 2 and calls[0] != calls[1]
 
 
 def test_cv_scores_each_cell_by_cross_validation(data_dir, tmp_path, monkeypatch):
     seen: list = []
 
-    def fake_cv(config, data_dir=None, folds=5, out=None, per_class=None, cache_dir=None,
-                echo=print, **kwargs):
-        seen.append({"folds": folds, "per_class": per_class, "cache_dir": cache_dir,
-                     "weight": config.train.class_weight})
+    def fake_cv(
+        config,
+        data_dir=None,
+        folds=5,
+        out=None,
+        per_class=None,
+        cache_dir=None,
+        echo=print,
+        **kwargs,
+    ):
+        seen.append(
+            {
+                "folds": folds,
+                "per_class": per_class,
+                "cache_dir": cache_dir,
+                "weight": config.train.class_weight,
+            }
+        )
         f1 = 0.7 if config.train.class_weight == "balanced" else 0.6
-        report = {"complete": True, "k": folds,
-                  "mean": {"macro_f1": f1, "accuracy": 0.8}, "std": {"macro_f1": 0.05,
-                                                                     "accuracy": 0.02},
-                  "folds": [{"val_acc_final": 0.8, "val_acc_best": 0.85, "val_loss_min": 0.5,
-                             "epochs_run": 3, "wall_seconds": 10, "collapsed": False}] * folds}
+        report = {
+            "complete": True,
+            "k": folds,
+            "mean": {"macro_f1": f1, "accuracy": 0.8},
+            "std": {"macro_f1": 0.05, "accuracy": 0.02},
+            "folds": [
+                {
+                    "val_acc_final": 0.8,
+                    "val_acc_best": 0.85,
+                    "val_loss_min": 0.5,
+                    "epochs_run": 3,
+                    "wall_seconds": 10,
+                    "collapsed": False,
+                }
+            ]
+            * folds,
+        }
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "cv.json").write_text(json.dumps(report))
         return report
 
     monkeypatch.setattr("wbc.cv.cross_validate", fake_cv)
-    grid = _grid(tmp_path, "train.class_weight: [none, balanced]\n"
-                           "augment.per_class_targets.MONOCYTE: [30]\n")
-    result = tune(load_config(None, BASE), grid, data_dir=data_dir, epochs=3, cv=3, per_class=40,
-                  out=tmp_path / "out", echo=lambda _: None)
+    grid = _grid(
+        tmp_path, "train.class_weight: [none, balanced]\naugment.per_class_targets.MONOCYTE: [30]\n"
+    )
+    result = tune(
+        load_config(None, BASE),
+        grid,
+        data_dir=data_dir,
+        epochs=3,
+        cv=3,
+        per_class=40,
+        out=tmp_path / "out",
+        echo=lambda _: None,
+    )
     assert [s["folds"] for s in seen] == [3, 3] and seen[0]["per_class"] == 40
     assert seen[0]["cache_dir"] == tmp_path / "out"  # augmented sets shared between cells
     rows = result["rows"]
@@ -230,8 +346,16 @@ def test_cv_scores_each_cell_by_cross_validation(data_dir, tmp_path, monkeypatch
     assert rows[0]["seconds"] == 30 and rows[0]["epochs"] == 3
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     assert "cv_macro_f1,cv_macro_f1_std,cv_accuracy" in header
-    again = tune(load_config(None, BASE), grid, data_dir=data_dir, epochs=3, cv=3, per_class=40,
-                 out=tmp_path / "out", echo=lambda _: None)
+    again = tune(
+        load_config(None, BASE),
+        grid,
+        data_dir=data_dir,
+        epochs=3,
+        cv=3,
+        per_class=40,
+        out=tmp_path / "out",
+        echo=lambda _: None,
+    )
     assert len(seen) == 2 and again["skipped"] == 2
 
 
@@ -239,8 +363,16 @@ def test_cli_tune_help_and_usage_errors(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["tune", "--help"])
     assert result.exit_code == 0 and "Example: wbc tune" in result.output
-    result = runner.invoke(cli, ["tune", "--grid", str(_grid(tmp_path, "model.dens_units: [1]\n")),
-                                 "--data-dir", str(tmp_path)])
+    result = runner.invoke(
+        cli,
+        [
+            "tune",
+            "--grid",
+            str(_grid(tmp_path, "model.dens_units: [1]\n")),
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 1 and "did you mean 'dense_units'" in result.output
     assert "Traceback" not in result.output
     result = runner.invoke(cli, ["tune", "--per-class", "5"])

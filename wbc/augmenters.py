@@ -103,7 +103,8 @@ class OpenCVAugmenter:
         zx, zy = (1.0, 1.0) if low == high == 1 else rng.uniform(low, high, 2)
         return {
             "theta": rng.uniform(-cfg.rotation_range, cfg.rotation_range)
-            if cfg.rotation_range else 0.0,
+            if cfg.rotation_range
+            else 0.0,
             "tx": _shift(rng, cfg.height_shift_range, height),  # Keras: tx goes with the height
             "ty": _shift(rng, cfg.width_shift_range, width),
             "shear": rng.uniform(-cfg.shear_range, cfg.shear_range) if cfg.shear_range else 0.0,

@@ -43,10 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -99,14 +100,42 @@ class Plan:
     sources: int  # distinct generated 640x480 images (the others are hard links to them)
 
 
-FULL = Plan("full", train_steps=50, train_repeats=5,
-            augment_idg_copies=48, augment_cv_copies=192, augment_repeats=3, transform_calls=20,
-            predict_images=256, predict_calls=300, predict_repeats=5, cli_repeats=7,
-            memory_steps=40, memory_fraction=1.0, matmul_size=2048, matmul_repeats=7, sources=32)
-QUICK = Plan("quick", train_steps=15, train_repeats=3,
-             augment_idg_copies=16, augment_cv_copies=64, augment_repeats=3, transform_calls=6,
-             predict_images=48, predict_calls=100, predict_repeats=3, cli_repeats=3,
-             memory_steps=10, memory_fraction=0.25, matmul_size=2048, matmul_repeats=3, sources=8)
+FULL = Plan(
+    "full",
+    train_steps=50,
+    train_repeats=5,
+    augment_idg_copies=48,
+    augment_cv_copies=192,
+    augment_repeats=3,
+    transform_calls=20,
+    predict_images=256,
+    predict_calls=300,
+    predict_repeats=5,
+    cli_repeats=7,
+    memory_steps=40,
+    memory_fraction=1.0,
+    matmul_size=2048,
+    matmul_repeats=7,
+    sources=32,
+)
+QUICK = Plan(
+    "quick",
+    train_steps=15,
+    train_repeats=3,
+    augment_idg_copies=16,
+    augment_cv_copies=64,
+    augment_repeats=3,
+    transform_calls=6,
+    predict_images=48,
+    predict_calls=100,
+    predict_repeats=3,
+    cli_repeats=3,
+    memory_steps=10,
+    memory_fraction=0.25,
+    matmul_size=2048,
+    matmul_repeats=3,
+    sources=8,
+)
 
 
 def _stderr(message: str) -> None:
@@ -170,8 +199,13 @@ def versions() -> dict[str, str]:
     tf = import_tensorflow()
     import keras
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": numpy.__version__, "opencv": cv2.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+        "opencv": cv2.__version__,
+    }
 
 
 # --------------------------------------------------------------------------- images
@@ -247,8 +281,11 @@ def augmented_copies(folder: Path, sources: Sequence[Path], n: int, config) -> l
     for index, source in enumerate(sources[:n]):
         image = read_rgb(source)
         target = folder / f"copy_{index:05d}.jpg"
-        write_jpeg(augmenter.apply(image, augmenter.random_params(image.shape, index)), target,
-                   quality=config.augment.jpeg_quality)
+        write_jpeg(
+            augmenter.apply(image, augmenter.random_params(image.shape, index)),
+            target,
+            quality=config.augment.jpeg_quality,
+        )
         paths.append(target)
     return paths
 
@@ -275,16 +312,21 @@ def model_flops(model) -> dict[str, Any]:
             kh, kw = layer.kernel_size
             per_output = kh * kw * in_shape[-1]
             macs = out_shape[0] * out_shape[1] * out_shape[2] * per_output
-            formula = (f"{out_shape[0]}x{out_shape[1]}x{out_shape[2]} outputs x "
-                       f"({kh}x{kw}x{in_shape[-1]}={per_output})")
+            formula = (
+                f"{out_shape[0]}x{out_shape[1]}x{out_shape[2]} outputs x "
+                f"({kh}x{kw}x{in_shape[-1]}={per_output})"
+            )
         else:
             macs = in_shape[-1] * out_shape[-1]
             formula = f"{in_shape[-1]} x {out_shape[-1]}"
         total += macs
         layers.append({"layer": layer.name, "multiply_adds": macs, "formula": formula})
-    return {"layers": layers, "forward_multiply_adds": total,
-            "forward_mflop": round(2 * total / 1e6, 2),
-            "training_mflop": round(6 * total / 1e6, 2)}
+    return {
+        "layers": layers,
+        "forward_multiply_adds": total,
+        "forward_mflop": round(2 * total / 1e6, 2),
+        "training_mflop": round(6 * total / 1e6, 2),
+    }
 
 
 # --------------------------------------------------------------------------- sections
@@ -304,9 +346,13 @@ def bench_cli(plan: Plan, echo: Echo) -> dict[str, Any]:
     once(command)  # warm-up: file cache, .pyc
     help_s = [once(command) for _ in range(plan.cli_repeats)]
     bare_s = [once([sys.executable, "-c", "pass"]) for _ in range(plan.cli_repeats)]
-    return {"command": " ".join(command), "help_seconds": _median(help_s),
-            "help_seconds_all": help_s, "python_startup_seconds": _median(bare_s),
-            "repeats": plan.cli_repeats}
+    return {
+        "command": " ".join(command),
+        "help_seconds": _median(help_s),
+        "help_seconds_all": help_s,
+        "python_startup_seconds": _median(bare_s),
+        "repeats": plan.cli_repeats,
+    }
 
 
 def bench_matmul(plan: Plan, echo: Echo) -> dict[str, Any]:
@@ -338,10 +384,16 @@ def bench_matmul(plan: Plan, echo: Echo) -> dict[str, Any]:
     ta, tb = tf.constant(a), tf.constant(b)
     numpy_rates, numpy_cpu = rate(lambda: a @ b)
     tf_rates, tf_cpu = rate(lambda: tf.linalg.matmul(ta, tb).numpy())
-    result = {"size": n, "repeats": plan.matmul_repeats,
-              "numpy_gflops": _median(numpy_rates), "tensorflow_gflops": _median(tf_rates),
-              "numpy_gflops_best": max(numpy_rates), "tensorflow_gflops_best": max(tf_rates),
-              "numpy_gflops_per_cpu_s": numpy_cpu, "tensorflow_gflops_per_cpu_s": tf_cpu}
+    result = {
+        "size": n,
+        "repeats": plan.matmul_repeats,
+        "numpy_gflops": _median(numpy_rates),
+        "tensorflow_gflops": _median(tf_rates),
+        "numpy_gflops_best": max(numpy_rates),
+        "tensorflow_gflops_best": max(tf_rates),
+        "numpy_gflops_per_cpu_s": numpy_cpu,
+        "tensorflow_gflops_per_cpu_s": tf_cpu,
+    }
     # Peak: the best call seen (wall), and per CPU-second (what one busy core does; x nproc
     # = the machine's peak when nothing else runs).
     result["peak_gflops"] = max(result["numpy_gflops_best"], result["tensorflow_gflops_best"])
@@ -397,11 +449,12 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
     batch = tc.batch_size
     n = plan.train_steps * batch
     folder = tmp / "train"
-    fill_class_folders(folder, augmented_copies(tmp / "train-src", sources, n, config), n,
-                       CLASSES)
-    echo(f"training feeds: {n} images of 640x480 in {len(CLASSES)} class folders, "
-         f"{plan.train_steps} batches of {batch} per epoch, "
-         f"1 warm-up + {plan.train_repeats} timed epochs per feed")
+    fill_class_folders(folder, augmented_copies(tmp / "train-src", sources, n, config), n, CLASSES)
+    echo(
+        f"training feeds: {n} images of 640x480 in {len(CLASSES)} class folders, "
+        f"{plan.train_steps} batches of {batch} per epoch, "
+        f"1 warm-up + {plan.train_repeats} timed epochs per feed"
+    )
 
     start = time.perf_counter()
     classes, files, labels = list_class_files(folder)
@@ -415,16 +468,20 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
     project_setup = time.perf_counter() - start
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints "Found N images ..."
-        study = make_feed(folder, size, batch, config.seed, training=True,
-                          feed="imagedatagenerator")
+        study = make_feed(
+            folder, size, batch, config.seed, training=True, feed="imagedatagenerator"
+        )
     study_setup = time.perf_counter() - start
     data = {"in_memory": memory, "project": project.data, "flow_from_directory": study.data}
 
     # One model for the three feeds: the same compute per step, and one trace instead of three.
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, size, len(classes))
-    model.compile(optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     timers = {name: _EpochTimer() for name in FEEDS}
     flops = model_flops(model)
 
@@ -434,7 +491,7 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
     for name in FEEDS:  # warm-up: tracing, thread pools, file cache
         epoch(name)
     for repeat in range(plan.train_repeats):
-        order = FEEDS[repeat % 3:] + FEEDS[: repeat % 3]  # rotate who goes first
+        order = FEEDS[repeat % 3 :] + FEEDS[: repeat % 3]  # rotate who goes first
         for name in order:
             epoch(name)
             echo(f"  {name}: {n / timers[name].epochs[-1][0]:.0f} images/s")
@@ -450,23 +507,31 @@ def bench_train(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> d
             "images_per_cpu_s": n / _median([c for _, c in timed]),
             "warmup_epoch_s": timers[name].epochs[0][0],
             "full_recipe_hours": STUDY_EPOCHS * STUDY_TRAIN_IMAGES / (n / _median(walls)) / 3600,
-            "full_recipe_cpu_hours": (STUDY_EPOCHS * STUDY_TRAIN_IMAGES
-                                      / (n / _median([c for _, c in timed])) / 3600),
+            "full_recipe_cpu_hours": (
+                STUDY_EPOCHS * STUDY_TRAIN_IMAGES / (n / _median([c for _, c in timed])) / 3600
+            ),
         }
     feeds["in_memory"]["setup_s"] = in_memory_setup
     feeds["project"]["setup_s"] = project_setup
     feeds["flow_from_directory"]["setup_s"] = study_setup
 
     def ratio(a: str, b: str) -> dict[str, float]:
-        pairs = [ra / rb for ra, rb in zip(feeds[a]["images_per_s_all"],
-                                          feeds[b]["images_per_s_all"])]
-        return {"of_medians": feeds[a]["images_per_s"] / feeds[b]["images_per_s"],
-                "median_of_rounds": _median(pairs),
-                "cpu": feeds[a]["images_per_cpu_s"] / feeds[b]["images_per_cpu_s"]}
+        pairs = [
+            ra / rb for ra, rb in zip(feeds[a]["images_per_s_all"], feeds[b]["images_per_s_all"])
+        ]
+        return {
+            "of_medians": feeds[a]["images_per_s"] / feeds[b]["images_per_s"],
+            "median_of_rounds": _median(pairs),
+            "cpu": feeds[a]["images_per_cpu_s"] / feeds[b]["images_per_cpu_s"],
+        }
 
     return {
-        "images": n, "batch_size": batch, "steps_per_epoch": plan.train_steps,
-        "image_size": list(size), "warmup_epochs": 1, "repeats": plan.train_repeats,
+        "images": n,
+        "batch_size": batch,
+        "steps_per_epoch": plan.train_steps,
+        "image_size": list(size),
+        "warmup_epochs": 1,
+        "repeats": plan.train_repeats,
         "parameters": int(model.count_params()),
         "feeds": feeds,
         "project_vs_in_memory": ratio("project", "in_memory"),
@@ -530,8 +595,12 @@ def bench_augment(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
     config = load_config()
     workers = os.cpu_count() or 1
     out_root = tmp / "augmented"
-    result: dict[str, Any] = {"workers": workers, "repeats": plan.augment_repeats,
-                              "image_size": "640x480", "engines": {}}
+    result: dict[str, Any] = {
+        "workers": workers,
+        "repeats": plan.augment_repeats,
+        "image_size": "640x480",
+        "engines": {},
+    }
     image = read_rgb(sources[0])
     engines = {"imagedatagenerator": plan.augment_idg_copies, "opencv": plan.augment_cv_copies}
     configs = {e: dataclasses.replace(config.augment, engine=e) for e in engines}
@@ -550,11 +619,14 @@ def bench_augment(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
     for engine, copies in engines.items():
         aug = configs[engine]
         jobs = augment_jobs(sources, copies)
-        echo(f"augment, {engine}: transform only, then {copies} copies in one process, "
-             f"1 warm-up + {plan.augment_repeats} timed repeats")
+        echo(
+            f"augment, {engine}: transform only, then {copies} copies in one process, "
+            f"1 warm-up + {plan.augment_repeats} timed repeats"
+        )
         augmenter = make_augmenter(aug)  # transform only (no file I/O), in this process
-        params = [augmenter.random_params(image.shape, seed)
-                  for seed in range(plan.transform_calls)]
+        params = [
+            augmenter.random_params(image.shape, seed) for seed in range(plan.transform_calls)
+        ]
         augmenter.apply(image, params[0])
         times = []
         for p in params:
@@ -563,10 +635,13 @@ def bench_augment(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
             times.append(time.perf_counter() - start)
         warm = augment_jobs(sources, min(4, copies))
         run_once(lambda out: [_timed_chunk(warm, out, aug, config.seed)])
-        one = [run_once(lambda out: [_timed_chunk(jobs, out, aug, config.seed)])
-               for _ in range(plan.augment_repeats)]
+        one = [
+            run_once(lambda out: [_timed_chunk(jobs, out, aug, config.seed)])
+            for _ in range(plan.augment_repeats)
+        ]
         result["engines"][engine] = {
-            "copies": copies, "transform_only_per_s": 1 / _median(times),
+            "copies": copies,
+            "transform_only_per_s": 1 / _median(times),
             "transform_calls": len(times),
             "one_process_per_s": _median([r for r, _, _ in one]),
             "one_process_per_s_all": [r for r, _, _ in one],
@@ -575,8 +650,9 @@ def bench_augment(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
 
     echo(f"augment: the stage's pool of {workers} spawned workers, both engines")
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_worker,
-                             initargs=(tuple(configs.values()),)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_warm_worker, initargs=(tuple(configs.values()),)
+    ) as pool:
         for engine, copies in engines.items():
             aug = configs[engine]
             jobs = augment_jobs(sources, copies)
@@ -601,13 +677,15 @@ def bench_augment(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
     result["parallel_idg_vs_one_process"] = idg["parallel_per_s"] / idg["one_process_per_s"]
     # What the pool would give with its cores free: workers x its CPU efficiency vs one process.
     result["parallel_idg_vs_one_process_cpu_bound"] = (
-        workers * idg["parallel_per_cpu_s"] / idg["one_process_per_cpu_s"])
+        workers * idg["parallel_per_cpu_s"] / idg["one_process_per_cpu_s"]
+    )
     result["parallel_opencv_vs_one_process"] = cv["parallel_per_s"] / cv["one_process_per_s"]
     result["opencv_vs_idg"] = cv["parallel_per_s"] / idg["parallel_per_s"]
     result["opencv_vs_idg_one_process"] = cv["one_process_per_s"] / idg["one_process_per_s"]
     result["opencv_vs_idg_cpu"] = cv["parallel_per_cpu_s"] / idg["parallel_per_cpu_s"]
-    result["opencv_vs_idg_transform_only"] = (cv["transform_only_per_s"]
-                                              / idg["transform_only_per_s"])
+    result["opencv_vs_idg_transform_only"] = (
+        cv["transform_only_per_s"] / idg["transform_only_per_s"]
+    )
     return result
 
 
@@ -618,17 +696,26 @@ def bench_predict(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) ->
     folder.mkdir()
     for index in range(plan.predict_images):
         _link(sources[index % len(sources)], folder / f"smear_{index:05d}.jpg")
-    echo(f"predict: scripts/bench_predict.py on {plan.predict_images} images, "
-         f"{plan.predict_calls} single-image calls, {plan.predict_repeats} folder passes")
+    echo(
+        f"predict: scripts/bench_predict.py on {plan.predict_images} images, "
+        f"{plan.predict_calls} single-image calls, {plan.predict_repeats} folder passes"
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        module.main(["--images", str(folder), "--repeats", str(plan.predict_repeats),
-                     "--calls", str(plan.predict_calls)])
+        module.main(
+            [
+                "--images",
+                str(folder),
+                "--repeats",
+                str(plan.predict_repeats),
+                "--calls",
+                str(plan.predict_calls),
+            ]
+        )
     return json.loads(out.getvalue().strip().splitlines()[-1])
 
 
-def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray,
-                labels: np.ndarray):
+def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray, labels: np.ndarray):
     """A run folder for a recipe, as fast to predict as a trained one: the CNN untrained (its
     cost does not depend on its weights), the SVM fitted on ``features`` (its cost grows with
     the support vectors, and random labels make nearly every sample one)."""
@@ -647,8 +734,10 @@ def _family_run(folder: Path, overrides: Sequence[str], features: np.ndarray,
         where.mkdir(parents=True, exist_ok=True)
         family = family_for(member)
         if family.name == "features":
-            save_pipeline(make_pipeline(member.model.features, 0).fit(features, labels),
-                          where / family.model_file)
+            save_pipeline(
+                make_pipeline(member.model.features, 0).fit(features, labels),
+                where / family.model_file,
+            )
         else:
             family.build(4).save(where / family.model_file)
         dump_config(member, where / "config.yaml")
@@ -676,7 +765,7 @@ def bench_families(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -
         rgb = read_rgb(sources[index % len(sources)])
         top, left = (rgb.shape[0] - 256) // 2, (rgb.shape[1] - 256) // 2
         files.append(crops / f"cell_{index:05d}.jpg")
-        write_jpeg(np.ascontiguousarray(rgb[top:top + 256, left:left + 256]), files[-1])
+        write_jpeg(np.ascontiguousarray(rgb[top : top + 256, left : left + 256]), files[-1])
     rng = np.random.default_rng(0)
     features = rng.normal(size=(1000, len(feature_names())))
     labels = rng.integers(0, 4, 1000)
@@ -698,8 +787,11 @@ def bench_families(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -
             predict_files(run, files, predictor=predictor)
             times.append(time.perf_counter() - start)
         ms = 1e3 * min(times) / len(files)
-        result["recipes"][name] = {"ms_per_cell": round(ms, 3), "engine": predictor.engine,
-                                   "repeats": len(times)}
+        result["recipes"][name] = {
+            "ms_per_cell": round(ms, 3),
+            "engine": predictor.engine,
+            "repeats": len(times),
+        }
         echo(f"families: {name}: {ms:.2f} ms per cell ({predictor.engine})")
     result["slowest_ms_per_cell"] = max(r["ms_per_cell"] for r in result["recipes"].values())
     return result
@@ -730,11 +822,23 @@ def bench_memory(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> 
     make_memory_subset(data, sources, train, test)
     exe = Path(sys.executable).with_name("wbc")
     command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "wbc"]
-    command += ["train", "--data-dir", str(data), "--subset", "full", "--epochs", "1",
-                "--run-dir", str(tmp / "memory-run"),
-                "--set", f"train.steps_per_epoch={plan.memory_steps}"]
-    echo(f"peak RSS: wbc train on {train} + {test} 120x160 JPEGs (resized copies of the images) "
-         f"({plan.memory_steps} steps; the whole training side is cached and shuffled)")
+    command += [
+        "train",
+        "--data-dir",
+        str(data),
+        "--subset",
+        "full",
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(tmp / "memory-run"),
+        "--set",
+        f"train.steps_per_epoch={plan.memory_steps}",
+    ]
+    echo(
+        f"peak RSS: wbc train on {train} + {test} 120x160 JPEGs (resized copies of the images) "
+        f"({plan.memory_steps} steps; the whole training side is cached and shuffled)"
+    )
     log = tmp / "memory-train.log"
     start = time.perf_counter()
     with log.open("wb") as sink:
@@ -747,10 +851,16 @@ def bench_memory(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> 
         raise DataError(f"{log}: wbc train failed ({process.returncode}): {' | '.join(tail)}")
     peak = usage.ru_maxrss * 1024 if sys.platform != "darwin" else usage.ru_maxrss
     cache = train * 120 * 160 * 3
-    return {"command": " ".join(command), "train_images": train, "test_images": test,
-            "peak_rss_gib": peak / 2**30, "uint8_cache_gib": cache / 2**30,
-            "full_size": plan.memory_fraction == 1.0,
-            "wall_s": elapsed, "repeats": 1}
+    return {
+        "command": " ".join(command),
+        "train_images": train,
+        "test_images": test,
+        "peak_rss_gib": peak / 2**30,
+        "uint8_cache_gib": cache / 2**30,
+        "full_size": plan.memory_fraction == 1.0,
+        "wall_s": elapsed,
+        "repeats": 1,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -774,22 +884,27 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             values[key] = (ratio["of_medians"], ratio["cpu"])
     if "augment" in sections:
         a = sections["augment"]
-        values["parallel_idg_vs_one_process"] = (a["parallel_idg_vs_one_process"],
-                                                 a["parallel_idg_vs_one_process_cpu_bound"])
+        values["parallel_idg_vs_one_process"] = (
+            a["parallel_idg_vs_one_process"],
+            a["parallel_idg_vs_one_process_cpu_bound"],
+        )
         values["opencv_vs_idg"] = (a["opencv_vs_idg"], a["opencv_vs_idg_cpu"])
     if "cli" in sections:
         values["help_seconds"] = (sections["cli"]["help_seconds"], None)
     if "families" in sections:
-        values["slowest_recipe_ms_per_cell"] = (sections["families"]["slowest_ms_per_cell"],
-                                                None)
+        values["slowest_recipe_ms_per_cell"] = (sections["families"]["slowest_ms_per_cell"], None)
     if "memory" in sections and sections["memory"]["full_size"]:  # --quick: a smaller subset
         values["peak_rss_gib"] = (sections["memory"]["peak_rss_gib"], None)
     checks = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
     rows = []
     for name, (value, cpu) in values.items():
         op, target = GOALS[name]
-        row = {"goal": name, "value": value, "target": f"{op} {target:g}",
-               "met": checks[op](value, target)}
+        row = {
+            "goal": name,
+            "value": value,
+            "target": f"{op} {target:g}",
+            "met": checks[op](value, target),
+        }
         if cpu is not None:
             row.update(value_cpu=cpu, met_cpu=checks[op](cpu, target))
         rows.append(row)
@@ -810,129 +925,219 @@ def table(results: dict[str, Any]) -> str:
 
     if "matmul" in s:
         m = s["matmul"]
-        add(f"matmul float32 {m['size']}^2, numpy (median / best)",
-            f"{_fmt(m['numpy_gflops'])} / {_fmt(m['numpy_gflops_best'])} GFLOP/s", "",
-            f"{m['repeats']}x, {load('matmul')}")
-        add(f"matmul float32 {m['size']}^2, TensorFlow (median / best)",
-            f"{_fmt(m['tensorflow_gflops'])} / {_fmt(m['tensorflow_gflops_best'])} GFLOP/s", "",
-            f"{m['repeats']}x")
-        add("matmul per CPU-second, numpy / TensorFlow",
+        add(
+            f"matmul float32 {m['size']}^2, numpy (median / best)",
+            f"{_fmt(m['numpy_gflops'])} / {_fmt(m['numpy_gflops_best'])} GFLOP/s",
+            "",
+            f"{m['repeats']}x, {load('matmul')}",
+        )
+        add(
+            f"matmul float32 {m['size']}^2, TensorFlow (median / best)",
+            f"{_fmt(m['tensorflow_gflops'])} / {_fmt(m['tensorflow_gflops_best'])} GFLOP/s",
+            "",
+            f"{m['repeats']}x",
+        )
+        add(
+            "matmul per CPU-second, numpy / TensorFlow",
             f"{_fmt(m['numpy_gflops_per_cpu_s'])} / {_fmt(m['tensorflow_gflops_per_cpu_s'])} "
-            "GFLOP/CPU-s")
+            "GFLOP/CPU-s",
+        )
     if "train" in s:
         t = s["train"]
         n = f"{t['repeats']}x{t['steps_per_epoch']} steps, {load('train')}"
         for name in FEEDS:
             feed = t["feeds"][name]
-            add(f"train b{t['batch_size']}: {feed['label']}",
+            add(
+                f"train b{t['batch_size']}: {feed['label']}",
                 f"{_fmt(feed['images_per_s'])} img/s ({_fmt(feed['images_per_cpu_s'])}/CPU-s)",
-                "", n)
-        for key, goal in (("project_vs_in_memory", ">= 0.95"),
-                          ("project_vs_flow_from_directory", ">= 3.5")):
+                "",
+                n,
+            )
+        for key, goal in (
+            ("project_vs_in_memory", ">= 0.95"),
+            ("project_vs_flow_from_directory", ">= 3.5"),
+        ):
             r = t[key]
-            add(f"  ratio {key.replace('_', ' ')} (medians; rounds; CPU)",
-                f"{r['of_medians']:.2f}x; {r['median_of_rounds']:.2f}x; {r['cpu']:.2f}x", goal)
+            add(
+                f"  ratio {key.replace('_', ' ')} (medians; rounds; CPU)",
+                f"{r['of_medians']:.2f}x; {r['median_of_rounds']:.2f}x; {r['cpu']:.2f}x",
+                goal,
+            )
         flops = t["flops"]
-        add("model FLOPs per image: forward / training (3x)",
-            f"{flops['forward_mflop']:.1f} / {flops['training_mflop']:.1f} MFLOP")
+        add(
+            "model FLOPs per image: forward / training (3x)",
+            f"{flops['forward_mflop']:.1f} / {flops['training_mflop']:.1f} MFLOP",
+        )
         if "derived" in t:
             d = t["derived"]
-            share = (f" = {d['share_of_peak']:.0%} of matmul peak" if "share_of_peak" in d
-                     else "")
-            add("training compute reached (project feed), wall",
-                f"{_fmt(d['project_gflops'])} GFLOP/s{share}")
-            share = (f" = {d['share_of_peak_cpu']:.0%} of matmul's" if "share_of_peak_cpu" in d
-                     else "")
-            add("training compute per CPU-second (project feed)",
-                f"{_fmt(d['project_gflops_per_cpu_s'])} GFLOP/CPU-s{share}")
+            share = f" = {d['share_of_peak']:.0%} of matmul peak" if "share_of_peak" in d else ""
+            add(
+                "training compute reached (project feed), wall",
+                f"{_fmt(d['project_gflops'])} GFLOP/s{share}",
+            )
+            share = (
+                f" = {d['share_of_peak_cpu']:.0%} of matmul's" if "share_of_peak_cpu" in d else ""
+            )
+            add(
+                "training compute per CPU-second (project feed)",
+                f"{_fmt(d['project_gflops_per_cpu_s'])} GFLOP/CPU-s{share}",
+            )
         for name in FEEDS:
             feed = t["feeds"][name]
-            add(f"  full recipe ({STUDY_EPOCHS} x {STUDY_TRAIN_IMAGES:,} images), {name}",
+            add(
+                f"  full recipe ({STUDY_EPOCHS} x {STUDY_TRAIN_IMAGES:,} images), {name}",
                 f"{feed['full_recipe_hours']:.1f} h wall, {feed['full_recipe_cpu_hours']:.1f} "
-                "CPU-h")
+                "CPU-h",
+            )
     if "augment" in s:
         a = s["augment"]
         n = f"{a['repeats']}x, {load('augment')}"
         for engine, label in (("imagedatagenerator", "IDG"), ("opencv", "OpenCV")):
             e = a["engines"][engine]
-            add(f"augment 640x480 {label}: one process",
+            add(
+                f"augment 640x480 {label}: one process",
                 f"{_fmt(e['one_process_per_s'])} img/s ({_fmt(e['one_process_per_cpu_s'])}/CPU-s)",
-                "", n)
-            add(f"augment 640x480 {label}: stage pool, {a['workers']} workers",
+                "",
+                n,
+            )
+            add(
+                f"augment 640x480 {label}: stage pool, {a['workers']} workers",
                 f"{_fmt(e['parallel_per_s'])} img/s ({_fmt(e['parallel_per_cpu_s'])}/CPU-s)",
-                "", n)
-            add(f"augment 640x480 {label}: transform only, one process",
-                f"{_fmt(e['transform_only_per_s'])} img/s", "", f"{e['transform_calls']} calls")
-        add("  ratio parallel IDG / one process (wall; CPU-bound estimate)",
+                "",
+                n,
+            )
+            add(
+                f"augment 640x480 {label}: transform only, one process",
+                f"{_fmt(e['transform_only_per_s'])} img/s",
+                "",
+                f"{e['transform_calls']} calls",
+            )
+        add(
+            "  ratio parallel IDG / one process (wall; CPU-bound estimate)",
             f"{a['parallel_idg_vs_one_process']:.2f}x; "
-            f"{a['parallel_idg_vs_one_process_cpu_bound']:.2f}x", ">= 1.8")
-        add("  ratio OpenCV / IDG (pool; one process; CPU; transform)",
+            f"{a['parallel_idg_vs_one_process_cpu_bound']:.2f}x",
+            ">= 1.8",
+        )
+        add(
+            "  ratio OpenCV / IDG (pool; one process; CPU; transform)",
             f"{a['opencv_vs_idg']:.1f}x; {a['opencv_vs_idg_one_process']:.1f}x; "
-            f"{a['opencv_vs_idg_cpu']:.1f}x; {a['opencv_vs_idg_transform_only']:.1f}x", ">= 10")
-        add("  augment pool start-up (spawn + imports, once per stage)",
-            f"{a['pool_startup_s']:.1f} s")
+            f"{a['opencv_vs_idg_cpu']:.1f}x; {a['opencv_vs_idg_transform_only']:.1f}x",
+            ">= 10",
+        )
+        add(
+            "  augment pool start-up (spawn + imports, once per stage)",
+            f"{a['pool_startup_s']:.1f} s",
+        )
     if "predict" in s:
         p = s["predict"]
         n = f"{p['repeats']}x, {load('predict')}"
-        add(f"predict: one image in process ({p.get('engine', 'auto')}, median)",
-            f"{p['single_image_ms_median']:.2f} ms", "< 2", n)
+        add(
+            f"predict: one image in process ({p.get('engine', 'auto')}, median)",
+            f"{p['single_image_ms_median']:.2f} ms",
+            "< 2",
+            n,
+        )
         if "single_image_tf_function_ms_median" in p:
-            add("  one image through the tf.function engine (median)",
-                f"{p['single_image_tf_function_ms_median']:.2f} ms", "", n)
-        add(f"predict: folder of {p['images']} images", f"{_fmt(p['predict_images_per_s'])} img/s",
-            "", n)
-        add("predict: decode + resize only (same threads)",
-            f"{_fmt(p['decode_only_images_per_s'])} img/s", "", n)
-        add("  ratio predict / decode-only (best; pairs; CPU)",
+            add(
+                "  one image through the tf.function engine (median)",
+                f"{p['single_image_tf_function_ms_median']:.2f} ms",
+                "",
+                n,
+            )
+        add(
+            f"predict: folder of {p['images']} images",
+            f"{_fmt(p['predict_images_per_s'])} img/s",
+            "",
+            n,
+        )
+        add(
+            "predict: decode + resize only (same threads)",
+            f"{_fmt(p['decode_only_images_per_s'])} img/s",
+            "",
+            n,
+        )
+        add(
+            "  ratio predict / decode-only (best; pairs; CPU)",
             f"{p['ratio']:.2f}; {p['ratio_median_of_pairs']:.2f}; {p['ratio_cpu_time']:.2f}",
-            ">= 0.8")
+            ">= 0.8",
+        )
     if "families" in s:
         f = s["families"]
         for name, r in f["recipes"].items():
-            add(f"predict per cell on {f['cells']} crops: {name} ({r['engine']})",
-                f"{r['ms_per_cell']:.2f} ms", "<= 5", f"{r['repeats']}x, {load('families')}")
+            add(
+                f"predict per cell on {f['cells']} crops: {name} ({r['engine']})",
+                f"{r['ms_per_cell']:.2f} ms",
+                "<= 5",
+                f"{r['repeats']}x, {load('families')}",
+            )
     if "cli" in s:
         c = s["cli"]
-        add("wbc --help wall time (median)", f"{c['help_seconds']:.3f} s", "<= 0.3",
-            f"{c['repeats']}x, {load('cli')}")
-        add("  python -c pass (interpreter start, for scale)",
-            f"{c['python_startup_seconds']:.3f} s")
+        add(
+            "wbc --help wall time (median)",
+            f"{c['help_seconds']:.3f} s",
+            "<= 0.3",
+            f"{c['repeats']}x, {load('cli')}",
+        )
+        add(
+            "  python -c pass (interpreter start, for scale)",
+            f"{c['python_startup_seconds']:.3f} s",
+        )
     if "memory" in s:
         m = s["memory"]
-        add(f"peak RSS, wbc train on {m['train_images']:,}+{m['test_images']:,} x 120x160",
+        add(
+            f"peak RSS, wbc train on {m['train_images']:,}+{m['test_images']:,} x 120x160",
             f"{m['peak_rss_gib']:.2f} GiB (cache {m['uint8_cache_gib']:.2f})",
             "< 4" if m["full_size"] else "(full run)",
-            f"1x, {load('memory')}")
-    width = [max(len(r[i]) for r in rows + [("figure", "value", "goal", "repeats, load")])
-             for i in range(4)]
+            f"1x, {load('memory')}",
+        )
+    width = [
+        max(len(r[i]) for r in rows + [("figure", "value", "goal", "repeats, load")])
+        for i in range(4)
+    ]
     head = ("figure", "value", "goal", "repeats, load")
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, width)).rstrip(),
-             "  ".join("-" * w for w in width)]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(head, width)).rstrip(),
+        "  ".join("-" * w for w in width),
+    ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, width)).rstrip() for r in rows]
     machine = results["machine"]
-    header = (f"wbc bench ({results['plan']['name']}) on {machine['nproc']} CPUs "
-              f"({machine['cpu_model']}), "
-              f"TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}, "
-              f"images: {results['images']}; load average at start "
-              f"{' '.join(f'{x:.2f}' for x in results['load_start'])}, at end "
-              f"{' '.join(f'{x:.2f}' for x in results['load_end'])}")
-    goals = ", ".join(f"{g['goal']} {'met' if g['met'] else 'MISSED'}"
-                      + (f" ({'met' if g['met_cpu'] else 'MISSED'} by CPU-s)"
-                         if "met_cpu" in g else "")
-                      for g in results["goals"])
-    footer = ("medians of the repeats shown, each after a warm-up; the machine is shared, so "
-              "compare figures from one run")
-    busiest = max([results["load_start"][0], results["load_end"][0]]
-                  + [x["load_before"][0] for x in s.values()])
+    header = (
+        f"wbc bench ({results['plan']['name']}) on {machine['nproc']} CPUs "
+        f"({machine['cpu_model']}), "
+        f"TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}, "
+        f"images: {results['images']}; load average at start "
+        f"{' '.join(f'{x:.2f}' for x in results['load_start'])}, at end "
+        f"{' '.join(f'{x:.2f}' for x in results['load_end'])}"
+    )
+    goals = ", ".join(
+        f"{g['goal']} {'met' if g['met'] else 'MISSED'}"
+        + (f" ({'met' if g['met_cpu'] else 'MISSED'} by CPU-s)" if "met_cpu" in g else "")
+        for g in results["goals"]
+    )
+    footer = (
+        "medians of the repeats shown, each after a warm-up; the machine is shared, so "
+        "compare figures from one run"
+    )
+    busiest = max(
+        [results["load_start"][0], results["load_end"][0]]
+        + [x["load_before"][0] for x in s.values()]
+    )
     if busiest > machine["nproc"]:
-        footer += (f"\nwarning: load average up to {busiest:.1f} on {machine['nproc']} CPUs: other "
-                   "work competed for the cores, so wall-clock rates and their ratios are noisy; "
-                   "the per-CPU-second figures hold better")
+        footer += (
+            f"\nwarning: load average up to {busiest:.1f} on {machine['nproc']} CPUs: other "
+            "work competed for the cores, so wall-clock rates and their ratios are noisy; "
+            "the per-CPU-second figures hold better"
+        )
     return "\n".join([header, *lines, *([f"goals: {goals}"] if goals else []), footer])
 
 
-def run(raw: Optional[Path] = None, quick: bool = False, json_path: Optional[Path] = None,
-        only: Sequence[str] = (), echo: Echo = _stderr) -> dict[str, Any]:
+def run(
+    raw: Optional[Path] = None,
+    quick: bool = False,
+    json_path: Optional[Path] = None,
+    only: Sequence[str] = (),
+    echo: Echo = _stderr,
+) -> dict[str, Any]:
     """Run the benchmark sections; write the JSON file; return the results (see module doc)."""
     from wbc.tfsetup import tf_environment
 
@@ -941,11 +1146,14 @@ def run(raw: Optional[Path] = None, quick: bool = False, json_path: Optional[Pat
     chosen = [s for s in SECTIONS if not only or s in only]
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
-        raise DataError(f"--only: unknown section(s) {', '.join(unknown)} "
-                        f"(choose from {', '.join(SECTIONS)})")
+        raise DataError(
+            f"--only: unknown section(s) {', '.join(unknown)} (choose from {', '.join(SECTIONS)})"
+        )
     results: dict[str, Any] = {
         "started": datetime.now().isoformat(timespec="seconds"),
-        "machine": machine_info(), "plan": asdict(plan), "sections": {},
+        "machine": machine_info(),
+        "plan": asdict(plan),
+        "sections": {},
         "load_start": _load(),
     }
     wall = time.perf_counter()
@@ -955,19 +1163,24 @@ def run(raw: Optional[Path] = None, quick: bool = False, json_path: Optional[Pat
         results["images"] = "none needed"
         if any(s in chosen for s in ("train", "augment", "predict", "families", "memory")):
             sources, results["images"] = source_images(tmp, raw, plan.sources, echo)
-        functions = {"cli": lambda: bench_cli(plan, echo),
-                     "matmul": lambda: bench_matmul(plan, echo),
-                     "train": lambda: bench_train(tmp, sources, plan, echo),
-                     "augment": lambda: bench_augment(tmp, sources, plan, echo),
-                     "predict": lambda: bench_predict(tmp, sources, plan, echo),
-                     "families": lambda: bench_families(tmp, sources, plan, echo),
-                     "memory": lambda: bench_memory(tmp, sources, plan, echo)}
+        functions = {
+            "cli": lambda: bench_cli(plan, echo),
+            "matmul": lambda: bench_matmul(plan, echo),
+            "train": lambda: bench_train(tmp, sources, plan, echo),
+            "augment": lambda: bench_augment(tmp, sources, plan, echo),
+            "predict": lambda: bench_predict(tmp, sources, plan, echo),
+            "families": lambda: bench_families(tmp, sources, plan, echo),
+            "memory": lambda: bench_memory(tmp, sources, plan, echo),
+        }
         for section in chosen:
             before = _load()
             start = time.perf_counter()
             result = functions[section]()
-            result.update(load_before=before, load_after=_load(),
-                          seconds=round(time.perf_counter() - start, 1))
+            result.update(
+                load_before=before,
+                load_after=_load(),
+                seconds=round(time.perf_counter() - start, 1),
+            )
             results["sections"][section] = result
             echo(f"{section}: done in {result['seconds']:.0f} s (load {result['load_after'][0]})")
             if section == "cli":
@@ -978,12 +1191,15 @@ def run(raw: Optional[Path] = None, quick: bool = False, json_path: Optional[Pat
     if "train" in s:
         feed = s["train"]["feeds"]["project"]
         mflop = s["train"]["flops"]["training_mflop"]
-        derived = {"project_gflops": feed["images_per_s"] * mflop / 1e3,
-                   "project_gflops_per_cpu_s": feed["images_per_cpu_s"] * mflop / 1e3}
+        derived = {
+            "project_gflops": feed["images_per_s"] * mflop / 1e3,
+            "project_gflops_per_cpu_s": feed["images_per_cpu_s"] * mflop / 1e3,
+        }
         if "matmul" in s:
             derived["share_of_peak"] = derived["project_gflops"] / s["matmul"]["peak_gflops"]
-            derived["share_of_peak_cpu"] = (derived["project_gflops_per_cpu_s"]
-                                            / s["matmul"]["peak_gflops_per_cpu_s"])
+            derived["share_of_peak_cpu"] = (
+                derived["project_gflops_per_cpu_s"] / s["matmul"]["peak_gflops_per_cpu_s"]
+            )
         s["train"]["derived"] = derived
     results["load_end"] = _load()
     results["seconds"] = round(time.perf_counter() - wall, 1)

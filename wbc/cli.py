@@ -141,8 +141,11 @@ def prepare(config_path, overrides, data_dir, raw, stage, force):
     default=None,
     help="Folder to assemble the dataset-master layout in (default: DATA_DIR/raw/dataset-master).",
 )
-@click.option("--force", is_flag=True,
-              help="Download again even when DEST already holds a complete earlier fetch.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Download again even when DEST already holds a complete earlier fetch.",
+)
 @handle_errors
 def fetch(config_path, overrides, data_dir, dest, force):
     """Download the public dataset into the dataset-master layout.
@@ -164,29 +167,56 @@ def fetch(config_path, overrides, data_dir, dest, force):
 
 @cli.command()
 @config_options
-@click.option("--subset", type=click.Choice(["small", "medium", "full"]), default=None,
-              help="Which prepared subset to train on (default: train.subset).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Number of epochs (default: train.epochs).")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder (default: runs/<timestamp>-<subset>).")
-@click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=None, metavar="RUN_DIR",
-              help="Continue this run from its last finished epoch, with its own config.yaml "
-                   "(--epochs may raise the total).")
-@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
-              default="default", show_default=True,
-              help="tf.distribute strategy: mirrored = all local GPUs (else all logical CPUs), "
-                   "multiworker = the workers in TF_CONFIG.")
-@click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="MODEL",
-              help="Adapt a trained model (fine-tuning): a Keras model starts from its weights "
-                   "(same architecture); a features model (model.skops) is refitted on its own "
-                   "training crops plus these, weighted to equal totals.")
+@click.option(
+    "--subset",
+    type=click.Choice(["small", "medium", "full"]),
+    default=None,
+    help="Which prepared subset to train on (default: train.subset).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of epochs (default: train.epochs).",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder (default: runs/<timestamp>-<subset>).",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="RUN_DIR",
+    help="Continue this run from its last finished epoch, with its own config.yaml "
+    "(--epochs may raise the total).",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["default", "mirrored", "multiworker"]),
+    default="default",
+    show_default=True,
+    help="tf.distribute strategy: mirrored = all local GPUs (else all logical CPUs), "
+    "multiworker = the workers in TF_CONFIG.",
+)
+@click.option(
+    "--init",
+    "init_model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="MODEL",
+    help="Adapt a trained model (fine-tuning): a Keras model starts from its weights "
+    "(same architecture); a features model (model.skops) is refitted on its own "
+    "training crops plus these, weighted to equal totals.",
+)
 @handle_errors
 @needs_tensorflow
-def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy,
-          init_model):
+def train(
+    config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy, init_model
+):
     """Train the study's CNN on a prepared subset and evaluate it on the test side.
 
     Reads DATA_DIR/processed/SUBSET/{train,test}; the test side is also the validation data,
@@ -203,8 +233,10 @@ def train(config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir,
     source = click.get_current_context().get_parameter_source("data_dir")
     explicit = source is not click.core.ParameterSource.DEFAULT
     if resume_dir is not None and (config_path or overrides):
-        _echo_err(f"note: --config/--set are ignored with --resume; {resume_dir}/config.yaml "
-                  "is used (--epochs can still raise the total)")
+        _echo_err(
+            f"note: --config/--set are ignored with --resume; {resume_dir}/config.yaml "
+            "is used (--epochs can still raise the total)"
+        )
     run_train(
         config,
         data_dir=data_dir if explicit or resume_dir is None else None,
@@ -232,12 +264,24 @@ ENGINE_HELP = (
 )
 
 # Options shared by the commands that run a trained model (one definition, the same help).
-model_option = click.option("--model", "model_path", type=click.Path(path_type=Path),
-                            default=None, help=MODEL_HELP)
-input_option = click.option("--input", "input_kind", type=click.Choice(["auto", "smear", "crop"]),
-                            default="auto", show_default=True, help=INPUT_HELP)
-engine_option = click.option("--engine", type=click.Choice(["auto", "litert", "tensorflow"]),
-                             default="auto", show_default=True, help=ENGINE_HELP)
+model_option = click.option(
+    "--model", "model_path", type=click.Path(path_type=Path), default=None, help=MODEL_HELP
+)
+input_option = click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(["auto", "smear", "crop"]),
+    default="auto",
+    show_default=True,
+    help=INPUT_HELP,
+)
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["auto", "litert", "tensorflow"]),
+    default="auto",
+    show_default=True,
+    help=ENGINE_HELP,
+)
 
 
 def _predictor(run, engine: str):
@@ -251,12 +295,10 @@ def _predictor(run, engine: str):
 
 
 def _progress(total: int, label: str):
-    """A progress bar on stderr when stderr is a terminal; otherwise none (stdout stays clean)."""
-    import contextlib
+    """wbc's one progress bar (``wbc.progress``): on stderr when it is a terminal."""
+    from wbc.progress import bar
 
-    if not sys.stderr.isatty():
-        return contextlib.nullcontext(None)
-    return click.progressbar(length=total, label=label, file=sys.stderr)
+    return bar(total, label, unit="image")
 
 
 def _write_output(text: str, output: Path | None) -> None:
@@ -271,17 +313,39 @@ def _write_output(text: str, output: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path),
-                metavar="IMAGE_OR_FOLDER...")
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGE_OR_FOLDER..."
+)
 @model_option
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
-              show_default=True, help="Output format (csv and json are for other programs).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the results to this file instead of stdout.")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="How many of the most likely classes to list per image.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per inference batch.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format (csv and json are for other programs).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results to this file instead of stdout.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="How many of the most likely classes to list per image.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images per inference batch.",
+)
 @input_option
 @engine_option
 @handle_errors
@@ -303,9 +367,15 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
     run = load_run(resolve_model_path(model_path))
     predictor = _predictor(run, engine)
     with _progress(len(files), "predicting") as bar:
-        rows = predict_files(run, files, top=top, input_kind=input_kind, batch_size=batch_size,
-                             progress=bar.update if bar is not None else None,
-                             predictor=predictor)
+        rows = predict_files(
+            run,
+            files,
+            top=top,
+            input_kind=input_kind,
+            batch_size=batch_size,
+            progress=bar.update if bar is not None else None,
+            predictor=predictor,
+        )
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     _write_output(text, output)
     exit_if_failed(sum(1 for row in rows if row["error"]), len(rows), "classified")
@@ -314,15 +384,35 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
 @cli.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @model_option
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Output format.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save a bar chart of the differential to this PNG file.")
-@click.option("--report", "report", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Also write one self-contained HTML page: every smear with its "
-                                 "cells boxed and labelled, then the differential.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Cells per inference batch.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also save a bar chart of the differential to this PNG file.",
+)
+@click.option(
+    "--report",
+    "report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write one self-contained HTML page: every smear with its "
+    "cells boxed and labelled, then the differential.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Cells per inference batch.",
+)
 @input_option
 @engine_option
 @handle_errors
@@ -348,10 +438,16 @@ def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine)
     run = load_run(resolve_model_path(model_path))
     predictor = _predictor(run, engine)
     with _progress(len(files), "counting") as bar:
-        result = count_cells(run, folder, files=files, input_kind=input_kind,
-                             batch_size=batch_size, predictor=predictor,
-                             progress=bar.update if bar is not None else None,
-                             details=report is not None)
+        result = count_cells(
+            run,
+            folder,
+            files=files,
+            input_kind=input_kind,
+            batch_size=batch_size,
+            predictor=predictor,
+            progress=bar.update if bar is not None else None,
+            details=report is not None,
+        )
     if report is not None:
         from wbc.report import count_report
 
@@ -378,8 +474,13 @@ def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine)
 @cli.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @model_option
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG file to write: the image with the heat map over it, same size.")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="PNG file to write: the image with the heat map over it, same size.",
+)
 @input_option
 @handle_errors
 @needs_tensorflow
@@ -402,22 +503,45 @@ def explain(image, model_path, output, input_kind):
     result = explain_image(run, image, output, input_kind=input_kind)
     click.echo(f"{result['file']}: {result['class']} ({result['probability']:.3f})")
     for item in result.get("features", []):
-        click.echo(f"  {item['name']:<34} {item['value']:>9.4f}  (typical {item['typical']:.4f}, "
-                   f"moves {result['class']} by {item['effect']:+.3f})")
+        click.echo(
+            f"  {item['name']:<34} {item['value']:>9.4f}  (typical {item['typical']:.4f}, "
+            f"moves {result['class']} by {item['effect']:+.3f})"
+        )
     _echo_err(f"wrote {output}")
 
 
 @cli.command()
 @model_option
-@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder of class folders (DATA/CLASS/*.jpg|png|bmp|tif), e.g. the test side "
-                   "data/processed/small/test.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Print a readable table or JSON.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the metrics as JSON to this file.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Images per inference batch.")
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder of class folders (DATA/CLASS/*.jpg|png|bmp|tif), e.g. the test side "
+    "data/processed/small/test.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Print a readable table or JSON.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the metrics as JSON to this file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Images per inference batch.",
+)
 @handle_errors
 @needs_tensorflow
 def evaluate(model_path, data, fmt, output, batch_size):
@@ -428,7 +552,7 @@ def evaluate(model_path, data, fmt, output, batch_size):
     (settings from the run's config.yaml); a class folder the model does not know is an error,
     and unreadable images are skipped and listed.
 
-    Example: wbc evaluate --model runs/20240101-120000-small/model.keras --data data/processed/small/test
+    Example: wbc evaluate --model runs/20240101-120000-small --data data/processed/small/test
     """
     import json
 
@@ -450,8 +574,13 @@ def evaluate(model_path, data, fmt, output, batch_size):
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG file to write (default: RUN_DIR/curves.png).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG file to write (default: RUN_DIR/curves.png).",
+)
 @handle_errors
 def plot(run_dir, output):
     """Draw a run's training curves from its history.csv.
@@ -473,8 +602,9 @@ def plot(run_dir, output):
     trained_in_epochs = True
     if not (run_dir / "history.csv").is_file() and metrics_path.is_file():
         try:  # a family fitted in one step (features) has no epochs to draw
-            trained_in_epochs = json.loads(metrics_path.read_text(encoding="utf-8")).get(
-                "epochs_run", 1) > 0
+            trained_in_epochs = (
+                json.loads(metrics_path.read_text(encoding="utf-8")).get("epochs_run", 1) > 0
+            )
         except (OSError, ValueError, AttributeError):
             pass
     if trained_in_epochs:
@@ -490,40 +620,90 @@ def plot(run_dir, output):
         except (OSError, ValueError, KeyError, TypeError):
             _echo_err(f"{metrics_path}: unreadable; confusion_matrix.png not redrawn")
             return
-        plot_confusion(matrix, classes, run_dir / "confusion_matrix.png",
-                       title=f"{run_dir.name}: test side")
+        plot_confusion(
+            matrix, classes, run_dir / "confusion_matrix.png", title=f"{run_dir.name}: test side"
+        )
         _echo_err(f"wrote {run_dir / 'confusion_matrix.png'}")
 
 
 @cli.command()
 @config_options
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
-              help="Number of folds K (each trains one model).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per fold (default: train.epochs).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: runs/cv-<timestamp>); rerun with the same --out to "
-                   "continue: finished folds are not retrained.")
-@click.option("--per-class", type=click.IntRange(min=1), default=None, metavar="N",
-              help="At most N training images per class per fold (a seeded draw spread evenly "
-                   "over the sources; default: all).")
-@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cross-validate this plain folder of class folders (DATA/CLASS/*.jpg, no "
-                   "augmentation) instead of the prepared data; folds are stratified over files.")
-@click.option("--init", "init_model", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, metavar="MODEL",
-              help="Adapt this trained model in every fold (fine-tuning, as wbc train --init: "
-                   "Keras weights, or a features model refitted with its training crops).")
-@click.option("--score", type=click.Choice(["last", "best"]), default="last", show_default=True,
-              help="Which model the headline numbers score: last = the final epoch; best = the "
-                   "lowest val_loss epoch, chosen on the test fold itself (optimistic).")
-@click.option("--repeats", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Repeated CV: deal the folds this many times with different seeds "
-                   "(repeats x folds models), so that a few monocytes per fold do not decide.")
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Number of folds K (each trains one model).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs per fold (default: train.epochs).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: runs/cv-<timestamp>); rerun with the same --out to "
+    "continue: finished folds are not retrained.",
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="At most N training images per class per fold (a seeded draw spread evenly "
+    "over the sources; default: all).",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Cross-validate this plain folder of class folders (DATA/CLASS/*.jpg, no "
+    "augmentation) instead of the prepared data; folds are stratified over files.",
+)
+@click.option(
+    "--init",
+    "init_model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="MODEL",
+    help="Adapt this trained model in every fold (fine-tuning, as wbc train --init: "
+    "Keras weights, or a features model refitted with its training crops).",
+)
+@click.option(
+    "--score",
+    type=click.Choice(["last", "best"]),
+    default="last",
+    show_default=True,
+    help="Which model the headline numbers score: last = the final epoch; best = the "
+    "lowest val_loss epoch, chosen on the test fold itself (optimistic).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Repeated CV: deal the folds this many times with different seeds "
+    "(repeats x folds models), so that a few monocytes per fold do not decide.",
+)
 @handle_errors
 @needs_tensorflow
-def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, init_model,
-       score, repeats):
+def cv(
+    config_path,
+    overrides,
+    data_dir,
+    folds,
+    epochs,
+    out,
+    per_class,
+    data,
+    init_model,
+    score,
+    repeats,
+):
     """Cross-validate: K models on grouped, stratified folds of the source images.
 
     Per class, the source images (same-field duplicates kept together) are dealt into K folds
@@ -539,9 +719,20 @@ def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, in
     from wbc.cv import cross_validate, format_table, headline
 
     config = load(config_path, overrides)
-    report = cross_validate(config, data_dir=data_dir, folds=folds, epochs=epochs, out=out,
-                            per_class=per_class, data=data, init_model=init_model, score=score,
-                            echo=_echo_err, train_echo=click.echo, repeats=repeats)
+    report = cross_validate(
+        config,
+        data_dir=data_dir,
+        folds=folds,
+        epochs=epochs,
+        out=out,
+        per_class=per_class,
+        data=data,
+        init_model=init_model,
+        score=score,
+        echo=_echo_err,
+        train_echo=click.echo,
+        repeats=repeats,
+    )
     click.echo(format_table(report))
     click.echo(headline(report))
     _echo_err(f"wrote {Path(report['out']) / 'cv.json'} and cv.md")
@@ -549,28 +740,61 @@ def cv(config_path, overrides, data_dir, folds, epochs, out, per_class, data, in
 
 @cli.command()
 @config_options
-@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("configs/grid.yaml"), show_default=True,
-              help="YAML file mapping dotted config keys to lists of values to try.")
-@click.option("--subset", type=click.Choice(["small", "medium", "full"]), default=None,
-              help="Prepared subset every cell trains on (default: train.subset).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs per run (default: train.epochs; a grid may list train.epochs).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: runs/tune-<grid name>); finished cells in it are "
-                   "not rerun.")
-@click.option("--cv", "cv_folds", type=click.IntRange(min=2), default=None, metavar="K",
-              help="Score each cell by K-fold cross-validation instead of the single split "
-                   "(then augment.* keys may be tuned too).")
-@click.option("--per-class", type=click.IntRange(min=1), default=None, metavar="N",
-              help="With --cv: at most N training images per class per fold (default: all).")
-@click.option("--sort", "sort", default=None, metavar="COLUMN",
-              help="Results column to rank by (default: val_acc_final; with --cv: "
-                   "cv_macro_f1). Losses, std, epochs and seconds rank ascending.")
+@click.option(
+    "--grid",
+    "grid_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("configs/grid.yaml"),
+    show_default=True,
+    help="YAML file mapping dotted config keys to lists of values to try.",
+)
+@click.option(
+    "--subset",
+    type=click.Choice(["small", "medium", "full"]),
+    default=None,
+    help="Prepared subset every cell trains on (default: train.subset).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs per run (default: train.epochs; a grid may list train.epochs).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: runs/tune-<grid name>); finished cells in it are not rerun.",
+)
+@click.option(
+    "--cv",
+    "cv_folds",
+    type=click.IntRange(min=2),
+    default=None,
+    metavar="K",
+    help="Score each cell by K-fold cross-validation instead of the single split "
+    "(then augment.* keys may be tuned too).",
+)
+@click.option(
+    "--per-class",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --cv: at most N training images per class per fold (default: all).",
+)
+@click.option(
+    "--sort",
+    "sort",
+    default=None,
+    metavar="COLUMN",
+    help="Results column to rank by (default: val_acc_final; with --cv: "
+    "cv_macro_f1). Losses, std, epochs and seconds rank ascending.",
+)
 @handle_errors
 @needs_tensorflow
-def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_folds, per_class,
-         sort):
+def tune(
+    config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_folds, per_class, sort
+):
     """Train every combination of a grid of settings and rank them.
 
     Each cell of the cross product of the grid's values trains on the prepared subset (or,
@@ -586,25 +810,47 @@ def tune(config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_fo
     if per_class is not None and cv_folds is None:
         raise click.UsageError("--per-class needs --cv")
     config = load(config_path, overrides)
-    result = run_tune(config, grid_path, data_dir=data_dir, subset=subset, epochs=epochs,
-                      out=out, cv=cv_folds, per_class=per_class, sort=sort, echo=_echo_err,
-                      train_echo=click.echo)
+    result = run_tune(
+        config,
+        grid_path,
+        data_dir=data_dir,
+        subset=subset,
+        epochs=epochs,
+        out=out,
+        cv=cv_folds,
+        per_class=per_class,
+        sort=sort,
+        echo=_echo_err,
+        train_echo=click.echo,
+    )
     click.echo(result["table"])
-    _echo_err(f"{result['trained']} cell(s) trained, {result['skipped']} done before; wrote "
-              f"{result['out'] / 'results.csv'} and results.md")
+    _echo_err(
+        f"{result['trained']} cell(s) trained, {result['skipped']} done before; wrote "
+        f"{result['out'] / 'results.csv'} and results.md"
+    )
 
 
 @cli.command(hidden=True)  # a developer tool (`make bench`), kept out of the user's command list
-@click.option("--raw", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Measure on this dataset-master folder's JPEGs (default: generated 640x480 "
-                   "smears).")
+@click.option(
+    "--raw",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Measure on this dataset-master folder's JPEGs (default: generated 640x480 smears).",
+)
 @click.option("--quick", is_flag=True, help="Fewer repeats and images: a smoke run (< 2 min).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="JSON file to write (default: runs/bench-<timestamp>.json).")
-@click.option("--only", multiple=True,
-              type=click.Choice(["cli", "matmul", "train", "augment", "predict", "families",
-                                 "memory"]),
-              help="Run only this section (repeatable; default: all).")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file to write (default: runs/bench-<timestamp>.json).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["cli", "matmul", "train", "augment", "predict", "families", "memory"]),
+    help="Run only this section (repeatable; default: all).",
+)
 @handle_errors
 def bench(raw, quick, json_path, only):
     """Measure training feeds, augmentation, predict and CLI speed on this machine.
@@ -625,11 +871,21 @@ def bench(raw, quick, json_path, only):
 
 @cli.command()
 @click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write (default: RUN/report.html).")
-@click.option("--data", "data", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Test images (class folders) for the gallery of mistakes (default: the "
-                   "run's own test side, from run.json).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="HTML file to write (default: RUN/report.html).",
+)
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Test images (class folders) for the gallery of mistakes (default: the "
+    "run's own test side, from run.json).",
+)
 @handle_errors
 @needs_tensorflow
 def report(run_path, output, data):
@@ -653,15 +909,29 @@ def report(run_path, output, data):
 
 @cli.command(name="export")
 @click.argument("run_path", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "tflite", "savedmodel"]),
-              required=True, help="onnx (onnxruntime), tflite (LiteRT) or savedmodel "
-                                  "(TensorFlow Serving). The features family exports onnx only.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Where to write it (default: RUN/export/model.onnx, model.tflite or "
-                   "saved_model/).")
-@click.option("--check", "check", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Images (a folder, searched recursively, or one file) for the parity check: "
-                   "up to 20 are preprocessed as predict does (default: 8 random images).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "tflite", "savedmodel"]),
+    required=True,
+    help="onnx (onnxruntime), tflite (LiteRT) or savedmodel "
+    "(TensorFlow Serving). The features family exports onnx only.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write it (default: RUN/export/model.onnx, model.tflite or saved_model/).",
+)
+@click.option(
+    "--check",
+    "check",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Images (a folder, searched recursively, or one file) for the parity check: "
+    "up to 20 are preprocessed as predict does (default: 8 random images).",
+)
 @handle_errors
 @needs_tensorflow
 def export(run_path, fmt, output, check):
@@ -673,7 +943,7 @@ def export(run_path, fmt, output, check):
     (max |difference| <= 1e-5, else nothing is written). The Keras families take uint8 RGB
     pixels; the features family's ONNX graph takes the 62 measurements named in its metadata.
 
-    Example: wbc export runs/20240101-120000-full --format onnx -o model.onnx --check data/processed/full/test
+    Example: wbc export runs/20240101-120000-full --format onnx --check data/processed/full/test
     """
     from wbc.export import export_run
     from wbc.predict import find_images
@@ -682,11 +952,15 @@ def export(run_path, fmt, output, check):
     run = load_run(run_path)
     images = find_images([check]) if check is not None else []
     result = export_run(run, fmt, output, check_images=images)
-    click.echo(f"wrote {result.path} ({fmt}); preprocessing and classes in "
-               f"{result.metadata_path}" + (f"; card {result.card_path}" if result.card_path else ""))
-    click.echo(f"parity: max |difference| {result.max_difference:.2e} over "
-               f"{result.checked_images} {'images' if images else 'random inputs'} "
-               f"({result.runtime})")
+    click.echo(
+        f"wrote {result.path} ({fmt}); preprocessing and classes in "
+        f"{result.metadata_path}" + (f"; card {result.card_path}" if result.card_path else "")
+    )
+    click.echo(
+        f"parity: max |difference| {result.max_difference:.2e} over "
+        f"{result.checked_images} {'images' if images else 'random inputs'} "
+        f"({result.runtime})"
+    )
 
 
 def main() -> None:

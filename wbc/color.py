@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -47,9 +48,7 @@ REFERENCE_NAME = "stain_reference.json"
 REFERENCE_IMAGES = 100  # training images sampled (seeded) to compute the stain reference
 
 # Ruifrok & Johnston (2001) stain OD vectors, rows H, E, DAB, as in skimage.color.rgb2hed.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                         [0.07, 0.99, 0.11],
-                         [0.27, 0.57, 0.78]])
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
 HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _LOG_ADJUST = math.log(1e-6)  # skimage's scaling: stains = log(rgb) / log(1e-6) @ HED_FROM_RGB
 
@@ -153,13 +152,15 @@ class StainReference:
         if self.method == "reinhard":
             data.update(mean=list(self.mean), std=list(self.std))
         else:
-            data.update(stains=[list(v) for v in self.stains],
-                        max_concentration=list(self.max_concentration))
+            data.update(
+                stains=[list(v) for v in self.stains],
+                max_concentration=list(self.max_concentration),
+            )
         data["images"] = self.images
         return data
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = REFERENCE_NAME) -> "StainReference":
+    def from_dict(cls, data: Any, where: str = REFERENCE_NAME) -> StainReference:
         """Parse and check; ``ValueError`` with a short reason when anything is off."""
         if not isinstance(data, dict) or data.get("method") not in NORMALIZERS[1:]:
             raise ValueError(f"{where}: 'method' must be one of {', '.join(NORMALIZERS[1:])}")
@@ -179,14 +180,19 @@ class StainReference:
             mean, std = numbers("mean", (3,)), numbers("std", (3,))
             if np.any(std <= 0):
                 raise ValueError(f"{where}: 'std' must be positive")
-            return cls("reinhard", mean=tuple(map(float, mean)), std=tuple(map(float, std)),
-                       images=images)
+            return cls(
+                "reinhard", mean=tuple(map(float, mean)), std=tuple(map(float, std)), images=images
+            )
         stains, peak = numbers("stains", (2, 3)), numbers("max_concentration", (2,))
         if np.any(peak <= 0) or np.any(np.linalg.norm(stains, axis=1) < 1e-6):
             raise ValueError(f"{where}: 'stains' must be non-zero, 'max_concentration' positive")
         stains = stains / np.linalg.norm(stains, axis=1, keepdims=True)
-        return cls("macenko", stains=tuple(tuple(map(float, v)) for v in stains),
-                   max_concentration=tuple(map(float, peak)), images=images)
+        return cls(
+            "macenko",
+            stains=tuple(tuple(map(float, v)) for v in stains),
+            max_concentration=tuple(map(float, peak)),
+            images=images,
+        )
 
 
 def write_reference(reference: StainReference, run_dir: Path | str) -> Path:
@@ -201,8 +207,10 @@ def read_reference(run_dir: Path | str, method: Optional[str] = None) -> StainRe
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing; a run with color.normalize needs the stain reference "
-                         "written by `wbc train`") from None
+        raise ModelError(
+            f"{path}: missing; a run with color.normalize needs the stain reference "
+            "written by `wbc train`"
+        ) from None
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: cannot read the stain reference ({reason})") from None
@@ -211,8 +219,10 @@ def read_reference(run_dir: Path | str, method: Optional[str] = None) -> StainRe
     except ValueError as exc:
         raise ModelError(str(exc)) from None
     if method is not None and reference.method != method:
-        raise ModelError(f"{path}: holds a {reference.method} reference but config.yaml has "
-                         f"color.normalize {method}")
+        raise ModelError(
+            f"{path}: holds a {reference.method} reference but config.yaml has "
+            f"color.normalize {method}"
+        )
     return reference
 
 
@@ -244,8 +254,9 @@ def reinhard(rgb: np.ndarray, reference: StainReference) -> np.ndarray:
     lab = _to_lab(balanced)
     ref_mean = np.asarray(reference.mean, np.float32)
     ref_std = np.asarray(reference.std, np.float32)
-    lab = (lab - mean.astype(np.float32)) * (ref_std / np.maximum(std, _MIN_STD).astype(
-        np.float32)) + ref_mean
+    lab = (lab - mean.astype(np.float32)) * (
+        ref_std / np.maximum(std, _MIN_STD).astype(np.float32)
+    ) + ref_mean
     out = cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -334,8 +345,9 @@ def reference_from_images(images: Sequence[np.ndarray], method: str) -> StainRef
             raise ValueError("no images to compute a stain reference from")
         mean = np.median([s[0] for s in stats], axis=0)
         std = np.maximum(np.median([s[1] for s in stats], axis=0), _MIN_STD)
-        return StainReference("reinhard", mean=tuple(map(float, mean)),
-                              std=tuple(map(float, std)), images=len(stats))
+        return StainReference(
+            "reinhard", mean=tuple(map(float, mean)), std=tuple(map(float, std)), images=len(stats)
+        )
     if method == "macenko":
         stats = [s for s in (macenko_stats(image) for image in images) if s is not None]
         if not stats:
@@ -343,13 +355,21 @@ def reference_from_images(images: Sequence[np.ndarray], method: str) -> StainRef
         stains = np.median([s[0] for s in stats], axis=0)
         stains /= np.linalg.norm(stains, axis=1, keepdims=True)
         peak = np.median([s[1] for s in stats], axis=0)
-        return StainReference("macenko", stains=tuple(tuple(map(float, v)) for v in stains),
-                              max_concentration=tuple(map(float, peak)), images=len(stats))
+        return StainReference(
+            "macenko",
+            stains=tuple(tuple(map(float, v)) for v in stains),
+            max_concentration=tuple(map(float, peak)),
+            images=len(stats),
+        )
     raise ValueError(f"color.normalize must be one of {', '.join(NORMALIZERS[1:])}, not {method!r}")
 
 
-def apply_color(rgb: np.ndarray, color_input: str = "rgb", normalize: str = "none",
-                reference: Optional[StainReference] = None) -> np.ndarray:
+def apply_color(
+    rgb: np.ndarray,
+    color_input: str = "rgb",
+    normalize: str = "none",
+    reference: Optional[StainReference] = None,
+) -> np.ndarray:
     """The colour steps on one uint8 (H, W, 3) model-size image: normalize, then input.
 
     ``rgb``/``none`` returns the image unchanged. Stain normalisation needs ``reference``.
@@ -357,13 +377,16 @@ def apply_color(rgb: np.ndarray, color_input: str = "rgb", normalize: str = "non
     if color_input not in INPUTS:
         raise ValueError(f"color.input must be one of {', '.join(INPUTS)}, not {color_input!r}")
     if normalize not in NORMALIZERS:
-        raise ValueError(f"color.normalize must be one of {', '.join(NORMALIZERS)}, "
-                         f"not {normalize!r}")
+        raise ValueError(
+            f"color.normalize must be one of {', '.join(NORMALIZERS)}, not {normalize!r}"
+        )
     out = np.asarray(rgb)
     if normalize != "none":
         if reference is None:
-            raise ModelError(f"color.normalize is {normalize} but no stain reference was given "
-                             f"({REFERENCE_NAME} in the run folder)")
+            raise ModelError(
+                f"color.normalize is {normalize} but no stain reference was given "
+                f"({REFERENCE_NAME} in the run folder)"
+            )
         out = reinhard(out, reference) if normalize == "reinhard" else macenko(out, reference)
     if color_input == "gray":
         out = to_gray(out)
@@ -372,9 +395,13 @@ def apply_color(rgb: np.ndarray, color_input: str = "rgb", normalize: str = "non
     return out
 
 
-def training_reference(method: str, files: Sequence[Path], load: Callable[[Path], np.ndarray],
-                       seed: int, echo: Callable[[str], None] = lambda _m: None
-                       ) -> StainReference:
+def training_reference(
+    method: str,
+    files: Sequence[Path],
+    load: Callable[[Path], np.ndarray],
+    seed: int,
+    echo: Callable[[str], None] = lambda _m: None,
+) -> StainReference:
     """The stain reference of a training set: ``REFERENCE_IMAGES`` files drawn with ``seed``.
 
     ``load(path)`` gives the image as the model sees it before the colour steps (resized
@@ -395,8 +422,10 @@ def training_reference(method: str, files: Sequence[Path], load: Callable[[Path]
     try:
         reference = reference_from_images(images, method)
     except ValueError as exc:
-        raise DataError(f"{Path(files[0]).parent.parent if files else 'training data'}: "
-                        f"cannot compute the {method} stain reference ({exc})") from None
+        raise DataError(
+            f"{Path(files[0]).parent.parent if files else 'training data'}: "
+            f"cannot compute the {method} stain reference ({exc})"
+        ) from None
     echo(f"stain reference ({method}) from {reference.images} training images")
     return reference
 
@@ -407,7 +436,8 @@ def training_reference(method: str, files: Sequence[Path], load: Callable[[Path]
 def jitter_enabled(color) -> bool:
     """Whether a ``ColorConfig`` asks for any training colour jitter."""
     return color is not None and any(
-        getattr(color, key) > 0 for key in ("brightness", "contrast", "saturation", "hue"))
+        getattr(color, key) > 0 for key in ("brightness", "contrast", "saturation", "hue")
+    )
 
 
 def jitter_batch(images, seed, color):
@@ -437,7 +467,8 @@ def jitter_batch(images, seed, color):
         hue, saturation, value = tf.unstack(hsv, axis=-1)
         if color.saturation > 0:
             saturation = tf.clip_by_value(
-                saturation * (1.0 + draw(2, color.saturation)[..., 0]), 0.0, 1.0)
+                saturation * (1.0 + draw(2, color.saturation)[..., 0]), 0.0, 1.0
+            )
         if color.hue > 0:
             hue = tf.math.floormod(hue + draw(3, color.hue)[..., 0], 1.0)
         images = tf.image.hsv_to_rgb(tf.stack([hue, saturation, value], axis=-1))
@@ -456,15 +487,23 @@ def add_jitter(dataset, color, seed: int):
         return dataset
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     pairs = tf.data.Dataset.zip((dataset, seeds))
-    return pairs.map(lambda batch, pair: (jitter_batch(batch[0], pair, color), *batch[1:]),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.map(
+        lambda batch, pair: (jitter_batch(batch[0], pair, color), *batch[1:]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 # --------------------------------------------------------------------------- runs
 
 
-def run_reference(config, train_dir: Path, run_dir: Path, *, reuse: bool = False,
-                  echo: Callable[[str], None] = lambda _m: None) -> Optional[StainReference]:
+def run_reference(
+    config,
+    train_dir: Path,
+    run_dir: Path,
+    *,
+    reuse: bool = False,
+    echo: Callable[[str], None] = lambda _m: None,
+) -> Optional[StainReference]:
     """The stain reference of a training run (None when ``color.normalize`` is ``none``).
 
     Computed from the training images (seeded sample, resized as the model sees them) and
@@ -482,7 +521,8 @@ def run_reference(config, train_dir: Path, run_dir: Path, *, reuse: bool = False
 
     _, files, _ = list_class_files(Path(train_dir))
     size = tuple(config.train.image_size)
-    reference = training_reference(method, files, lambda path: load_resized(path, size),
-                                   config.seed, echo)
+    reference = training_reference(
+        method, files, lambda path: load_resized(path, size), config.seed, echo
+    )
     write_reference(reference, run_dir)
     return reference

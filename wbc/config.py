@@ -78,7 +78,9 @@ class ColorConfig:
     saturation: float = 0.0  # saturation factor U(1-s, 1+s)
     hue: float = 0.0  # hue shift U(-h, h), in turns (0.5 = half the colour circle)
     input: str = "rgb"  # rgb | gray | hematoxylin: what the model sees (train, evaluate, predict)
-    normalize: str = "reinhard"  # none | reinhard | macenko: stain normalisation to the training set
+    normalize: str = (
+        "reinhard"  # none | reinhard | macenko: stain normalisation to the training set
+    )
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,14 @@ class FeaturesConfig:
     colour: str = "absolute"  # absolute | relative (against the whole cell) | none (shape only)
     svm_c: float = 10.0  # the SVM's C
     max_train: int = 1000  # at most this many training crops per class (seeded draw): the SVM
-                           # is quadratic in the number of samples, augmented copies are many
+    # is quadratic in the number of samples, augmented copies are many
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     family: str = "features"  # features | cnn | study: which model family (wbc/models/)
     ensemble: tuple[str, ...] = ()  # families to average, e.g. [cnn, cnn, features]; member i
-                                    # trains with seed + i; empty = one model of model.family
+    # trains with seed + i; empty = one model of model.family
     tta: bool = False  # average the 8 dihedral views (4 rotations x flip) of each input
     # the study family (its defaults = the study's final model, 96,308 parameters)
     filters: tuple[int, ...] = (8, 16, 16, 16)
@@ -247,8 +249,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of key: value, got {value!r}")
-        return FrozenMap((_coerce(k, args[0], where), _coerce(v, args[1], f"{where}.{k}"))
-                         for k, v in value.items())
+        return FrozenMap(
+            (_coerce(k, args[0], where), _coerce(v, args[1], f"{where}.{k}"))
+            for k, v in value.items()
+        )
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -293,8 +297,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             kwargs[key] = _coerce(value, annotation, where)
             choices = CHOICES.get(where)
             if choices and kwargs[key] not in choices:
-                close = difflib.get_close_matches(str(kwargs[key]), list(map(str, choices)),
-                                                  n=1, cutoff=0.6)
+                close = difflib.get_close_matches(
+                    str(kwargs[key]), list(map(str, choices)), n=1, cutoff=0.6
+                )
                 raise ConfigError(
                     f"{where}: '{kwargs[key]}' is not one of {', '.join(map(str, choices))}"
                     + (f" (did you mean '{close[0]}'?)" if close else "")
@@ -315,41 +320,62 @@ def _validate(config: Config) -> None:
         (len(config.model.filters) >= 1, "model.filters needs at least one layer"),
         (0 <= config.model.dropout_rate < 1, "model.dropout_rate must be in [0, 1)"),
         (config.crop.padding >= 0, "crop.padding must not be negative"),
-        (all(0 <= getattr(config.color, k) <= 1 for k in ("brightness", "contrast", "saturation")),
-         "color.brightness, color.contrast and color.saturation must be in [0, 1]"),
+        (
+            all(
+                0 <= getattr(config.color, k) <= 1 for k in ("brightness", "contrast", "saturation")
+            ),
+            "color.brightness, color.contrast and color.saturation must be in [0, 1]",
+        ),
         (0 <= config.color.hue <= 0.5, "color.hue must be in [0, 0.5] (turns)"),
-        (config.train.feed == "tfdata" or not any(
-            getattr(config.color, k) > 0 for k in ("brightness", "contrast", "saturation", "hue")),
-         "color jitter (color.brightness/contrast/saturation/hue) needs train.feed: tfdata"),
-        (all(n >= 1 for n in config.augment.per_class_targets.values()),
-         "augment.per_class_targets: every target must be at least 1"),
+        (
+            config.train.feed == "tfdata"
+            or not any(
+                getattr(config.color, k) > 0
+                for k in ("brightness", "contrast", "saturation", "hue")
+            ),
+            "color jitter (color.brightness/contrast/saturation/hue) needs train.feed: tfdata",
+        ),
+        (
+            all(n >= 1 for n in config.augment.per_class_targets.values()),
+            "augment.per_class_targets: every target must be at least 1",
+        ),
     ]
     for name in config.model.ensemble:
         if name not in CHOICES["model.family"]:
-            raise ConfigError(f"model.ensemble: unknown family '{name}'"
-                              + _hint(name, list(CHOICES["model.family"])))
+            raise ConfigError(
+                f"model.ensemble: unknown family '{name}'"
+                + _hint(name, list(CHOICES["model.family"]))
+            )
     checks += [
         (config.model.cnn.image_size >= 16, "model.cnn.image_size must be at least 16"),
-        (len(config.model.cnn.widths) >= 1 and min(config.model.cnn.widths) >= 1,
-         "model.cnn.widths needs at least one positive width"),
+        (
+            len(config.model.cnn.widths) >= 1 and min(config.model.cnn.widths) >= 1,
+            "model.cnn.widths needs at least one positive width",
+        ),
         (config.model.cnn.blocks >= 1, "model.cnn.blocks must be at least 1"),
         (config.model.cnn.learning_rate > 0, "model.cnn.learning_rate must be positive"),
         (0 <= config.model.cnn.label_smoothing < 1, "model.cnn.label_smoothing must be in [0, 1)"),
         (config.model.cnn.mixup >= 0, "model.cnn.mixup must not be negative"),
         (config.model.features.svm_c > 0, "model.features.svm_c must be positive"),
         (config.model.features.max_train >= 1, "model.features.max_train must be at least 1"),
-        (config.model.cnn.normalization != "group" or all(
-            w % 8 == 0 for w in config.model.cnn.widths),
-         "model.cnn.normalization group needs model.cnn.widths divisible by 8"),
+        (
+            config.model.cnn.normalization != "group"
+            or all(w % 8 == 0 for w in config.model.cnn.widths),
+            "model.cnn.normalization group needs model.cnn.widths divisible by 8",
+        ),
     ]
     for name in config.augment.per_class_targets:
         if name not in config.rename.classes:
-            raise ConfigError(f"augment.per_class_targets: unknown class '{name}'"
-                              + _hint(name, list(config.rename.classes)))
+            raise ConfigError(
+                f"augment.per_class_targets: unknown class '{name}'"
+                + _hint(name, list(config.rename.classes))
+            )
     spe = config.train.steps_per_epoch
     checks.append(
-        (spe == "auto" or (isinstance(spe, int) and spe >= 1),
-         "train.steps_per_epoch must be 'auto' or a positive integer")
+        (
+            spe == "auto" or (isinstance(spe, int) and spe >= 1),
+            "train.steps_per_epoch must be 'auto' or a positive integer",
+        )
     )
     for ok, message in checks:
         if not ok:

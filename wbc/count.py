@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from wbc.errors import DataError
-from wbc.predict import (DEFAULT_BATCH, Predictor, Progress, classify_files, require_images,
-                         text_table)
+from wbc.predict import (
+    DEFAULT_BATCH,
+    Predictor,
+    Progress,
+    classify_files,
+    require_images,
+    text_table,
+)
 
 
 def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
@@ -19,7 +26,7 @@ def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
     total = sum(counts)
     if total == 0:
         return [0.0 for _ in counts]
-    unit = 10 ** decimals
+    unit = 10**decimals
     exact = [c * 100 * unit / total for c in counts]
     floors = [math.floor(x) for x in exact]
     short = 100 * unit - sum(floors)
@@ -29,11 +36,18 @@ def percentages(counts: Sequence[int], decimals: int = 2) -> list[float]:
     return [f / unit for f in floors]
 
 
-def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
-                batch_size: int = DEFAULT_BATCH, workers: Optional[int] = None,
-                progress: Progress = None, predictor: Optional[Predictor] = None,
-                files: Optional[Sequence[Path]] = None, details: bool = False
-                ) -> dict[str, Any]:
+def count_cells(
+    run,
+    folder: Path | str,
+    *,
+    input_kind: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    workers: Optional[int] = None,
+    progress: Progress = None,
+    predictor: Optional[Predictor] = None,
+    files: Optional[Sequence[Path]] = None,
+    details: bool = False,
+) -> dict[str, Any]:
     """A WBC differential of one sample: how many cells of each class, and the percentages.
 
     With a run trained on crops (crop.mode boxes/detect) every WBC that ``wbc.crop.detect_cells``
@@ -48,9 +62,18 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
         files = require_images([folder])
     predictor = predictor or Predictor.from_run(run)
     per_cell = run.spec.crop_mode != "none"
-    results = classify_files(predictor, files, run.spec, run.crop_size, all_cells=per_cell,
-                             input_kind=input_kind, batch_size=batch_size, workers=workers,
-                             progress=progress, domain=run.domain)
+    results = classify_files(
+        predictor,
+        files,
+        run.spec,
+        run.crop_size,
+        all_cells=per_cell,
+        input_kind=input_kind,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        domain=run.domain,
+    )
     classes = list(run.classes)
     counts = [0] * len(classes)
     failed, no_cells = [], []
@@ -64,16 +87,27 @@ def count_cells(run, folder: Path | str, *, input_kind: str = "auto",
             no_cells.append(str(result.path))
         for probs in result.probabilities:
             counts[int(np.argmax(probs))] += 1
-        outside = (run.domain.outside(result.distances) if run.domain is not None
-                   else np.zeros(len(result.probabilities), bool))
+        outside = (
+            run.domain.outside(result.distances)
+            if run.domain is not None
+            else np.zeros(len(result.probabilities), bool)
+        )
         flagged += int(np.sum(outside))
         if details:
-            per_file.append({"file": str(result.path), "cells": [
-                {"box": list(box) if box is not None else None,
-                 "class": classes[int(np.argmax(probs))],
-                 "probability": round(float(np.max(probs)), 6),
-                 "out_of_domain": bool(out)}
-                for box, probs, out in zip(result.boxes, result.probabilities, outside)]})
+            per_file.append(
+                {
+                    "file": str(result.path),
+                    "cells": [
+                        {
+                            "box": list(box) if box is not None else None,
+                            "class": classes[int(np.argmax(probs))],
+                            "probability": round(float(np.max(probs)), 6),
+                            "out_of_domain": bool(out),
+                        }
+                        for box, probs, out in zip(result.boxes, result.probabilities, outside)
+                    ],
+                }
+            )
     percent = percentages(counts)
     extra = {"files": per_file} if details else {}
     return {
@@ -99,13 +133,16 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
         return json.dumps(result, indent=2) + "\n"
     if fmt != "table":
         raise ValueError(f"format must be table or json, not {fmt!r}")
-    rows = [[c, str(result["counts"][c]), f"{result['percent'][c]:.1f}%"]
-            for c in result["classes"]]
+    rows = [
+        [c, str(result["counts"][c]), f"{result['percent'][c]:.1f}%"] for c in result["classes"]
+    ]
     rows.append(["total", str(result["cells"]), "100.0%" if result["cells"] else "0.0%"])
     table = text_table(["class", "count", "percent"], rows, right=(1, 2))
     if result.get("out_of_domain"):
-        table += (f"{result['out_of_domain']} of {result['cells']} cells are out of domain "
-                  "(stain unlike the training images): check them before trusting the counts\n")
+        table += (
+            f"{result['out_of_domain']} of {result['cells']} cells are out of domain "
+            "(stain unlike the training images): check them before trusting the counts\n"
+        )
     return table
 
 
@@ -124,9 +161,15 @@ def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
     palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
     bars = axes.bar(classes, percent, color=palette[: len(classes)] if len(classes) <= 4 else None)
     for bar, count, pct in zip(bars, counts, percent):
-        axes.annotate(f"{count} ({pct:.1f}%)", (bar.get_x() + bar.get_width() / 2,
-                      bar.get_height()), ha="center", va="bottom", fontsize=9, xytext=(0, 2),
-                      textcoords="offset points")
+        axes.annotate(
+            f"{count} ({pct:.1f}%)",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     axes.set_ylabel("percent of cells")
     axes.set_ylim(0, max(max(percent, default=0) * 1.15, 10))
     unit = "cells" if result.get("per") == "cell" else "images"
@@ -137,5 +180,3 @@ def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
     except OSError as exc:
         raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
     return path
-
-

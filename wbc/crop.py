@@ -43,9 +43,9 @@ Everything here is pure numpy/OpenCV (no TensorFlow), so ``wbc prepare`` stays l
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -192,7 +192,7 @@ def crop_square(rgb: np.ndarray, box: Box, padding: float, size: int) -> np.ndar
     x0, y0, x1, y1 = square_box(box, padding, rgb.shape)
     top, left = max(0, -y0), max(0, -x0)
     bottom, right = max(0, y1 - height), max(0, x1 - width)
-    patch = rgb[max(y0, 0):min(y1, height), max(x0, 0):min(x1, width)]
+    patch = rgb[max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)]
     if top or left or bottom or right:
         patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE)
     side = patch.shape[0]
@@ -266,7 +266,8 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(nucleus, connectivity=8)
     min_area = _MIN_AREA_FRAC * work_w * work_h
     pieces = [
-        (int(stats[i, cv2.CC_STAT_AREA]), i) for i in range(1, count)
+        (int(stats[i, cv2.CC_STAT_AREA]), i)
+        for i in range(1, count)
         if stats[i, cv2.CC_STAT_AREA] >= min_area
     ]
     if not pieces:
@@ -282,8 +283,12 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
         for cell in cells:
             if _inside(centre, _grow(cell["box"], _MERGE_GROW)):
                 cb = cell["box"]
-                cell["box"] = (min(cb[0], piece_box[0]), min(cb[1], piece_box[1]),
-                               max(cb[2], piece_box[2]), max(cb[3], piece_box[3]))
+                cell["box"] = (
+                    min(cb[0], piece_box[0]),
+                    min(cb[1], piece_box[1]),
+                    max(cb[2], piece_box[2]),
+                    max(cb[3], piece_box[3]),
+                )
                 cell["area"] += area
                 cell["labels"].append(index)
                 break

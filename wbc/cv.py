@@ -41,18 +41,27 @@ import math
 import os
 import shutil
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Hashable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from wbc.config import Config
 from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
-from wbc.manifest import (load_if_current, sha256_file, sha256_json, stage_key, upstream,
-                          write_atomic, write_json)
+from wbc.manifest import (
+    load_if_current,
+    sha256_file,
+    sha256_json,
+    stage_key,
+    upstream,
+    write_atomic,
+    write_json,
+)
+from wbc.progress import bar
 from wbc.seeding import derived_seed, rng_for
 from wbc.stages.naming import parse_name
 
@@ -89,8 +98,10 @@ def deal_folds(
         raise ConfigError(f"--folds: need at least 2 folds, got {k}")
     members, labels, groups = [], [], []
     for cls in sorted(units):
-        order = sorted((list(unit) for unit in units[cls] if len(unit)),
-                       key=lambda unit: str(sorted(map(str, unit))))
+        order = sorted(
+            (list(unit) for unit in units[cls] if len(unit)),
+            key=lambda unit: str(sorted(map(str, unit))),
+        )
         for unit in order:
             group = len(members) and groups[-1] + 1
             for member in unit:
@@ -100,8 +111,9 @@ def deal_folds(
     folds: list[dict[str, list]] = [{cls: [] for cls in units} for _ in range(k)]
     if len(set(groups)) < k:
         raise DataError(f"--folds {k}: only {len(set(groups))} source groups to deal")
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True,
-                                    random_state=derived_seed(seed, "cv") % 2**32)
+    splitter = StratifiedGroupKFold(
+        n_splits=k, shuffle=True, random_state=derived_seed(seed, "cv") % 2**32
+    )
     import warnings
 
     with warnings.catch_warnings():  # "least populated class has only n members": said by cv
@@ -121,8 +133,9 @@ def _member_key(member: Hashable):
     return (0, member, "") if isinstance(member, int) else (1, 0, str(member))
 
 
-def cap_files(files_by_member: dict[Hashable, Sequence[Path]], limit: Optional[int],
-              seed: int, *keys: object) -> list[Path]:
+def cap_files(
+    files_by_member: dict[Hashable, Sequence[Path]], limit: Optional[int], seed: int, *keys: object
+) -> list[Path]:
     """At most ``limit`` of the files, spread evenly over the members, with a seeded draw.
 
     Files are ranked within their member (the original first, then copies by number); all rank-0
@@ -130,8 +143,9 @@ def cap_files(files_by_member: dict[Hashable, Sequence[Path]], limit: Optional[i
     cap keeps every source's original before any copy, and gives each source the same number of
     copies (+/- 1). ``limit`` None: every file.
     """
-    every = [p for member in sorted(files_by_member, key=_member_key)
-             for p in files_by_member[member]]
+    every = [
+        p for member in sorted(files_by_member, key=_member_key) for p in files_by_member[member]
+    ]
     if limit is None or limit >= len(every):
         return sorted(every, key=lambda p: p.name)
     rng = rng_for(seed, "cv-cap", *keys)
@@ -182,8 +196,9 @@ class FoldSource:
         return result
 
 
-def resolve_augmented(config: Config, data_dir: Path, cache_dir: Path,
-                      echo: Echo = _quiet) -> tuple[Path, Path]:
+def resolve_augmented(
+    config: Config, data_dir: Path, cache_dir: Path, echo: Echo = _quiet
+) -> tuple[Path, Path]:
     """``(sources folder, augmented folder)`` for ``config``.
 
     The sources are the rename stage's output (the crop stage's when crop.mode is not none, which
@@ -200,24 +215,32 @@ def resolve_augmented(config: Config, data_dir: Path, cache_dir: Path,
     manifest = upstream(src, "crop" if cropping else "rename")
     if cropping:
         made = {k: manifest.params.get(k) for k in ("mode", "padding", "size")}
-        wanted = {"mode": config.crop.mode, "padding": config.crop.padding,
-                  "size": config.crop.size}
+        wanted = {
+            "mode": config.crop.mode,
+            "padding": config.crop.padding,
+            "size": config.crop.size,
+        }
         if made != wanted:
-            raise DataError(f"{src}: made with crop settings {made}, not {wanted}; run "
-                            "`wbc prepare --stage crop` with this config first")
+            raise DataError(
+                f"{src}: made with crop settings {made}, not {wanted}; run "
+                "`wbc prepare --stage crop` with this config first"
+            )
     key = stage_key(STAGE, augment_params(config), {"images": manifest.digest})
     if load_if_current(paths.augmented, key) is not None:
         return src, paths.augmented
     target = Path(cache_dir) / f"augmented-{key[:12]}"
     if load_if_current(target, key) is None:
-        echo(f"cv: {paths.augmented} does not match the augment settings of this config; "
-             f"augmenting {src} into {target}")
+        echo(
+            f"cv: {paths.augmented} does not match the augment settings of this config; "
+            f"augmenting {src} into {target}"
+        )
     augment(src, target, config, echo=echo)
     return src, target
 
 
-def prepared_source(config: Config, data_dir: Path, cache_dir: Path,
-                    echo: Echo = _quiet) -> FoldSource:
+def prepared_source(
+    config: Config, data_dir: Path, cache_dir: Path, echo: Echo = _quiet
+) -> FoldSource:
     """Sources, their augmented images and their same-field groups, from a prepared data dir."""
     from wbc.pipeline import DataPaths
     from wbc.stages.split import class_files, read_groups
@@ -239,17 +262,22 @@ def prepared_source(config: Config, data_dir: Path, cache_dir: Path,
     for cls, sources in test_files.items():
         missing = sorted(set(sources) - set(train_files.get(cls, {})))
         if missing:
-            raise DataError(f"{augmented}: no images of {cls} source(s) "
-                            f"{', '.join(map(str, missing[:5]))}; run `wbc prepare` again")
+            raise DataError(
+                f"{augmented}: no images of {cls} source(s) "
+                f"{', '.join(map(str, missing[:5]))}; run `wbc prepare` again"
+            )
     groups_csv = DataPaths(Path(data_dir)).renamed / "groups.csv"
     groups = read_groups(groups_csv)
-    identity = sha256_json({
-        "sources": upstream(src, "rename").digest,
-        "augmented": upstream(augmented, "augment").digest,
-        "groups": sha256_file(groups_csv) if groups_csv.is_file() else None,
-    })
-    return FoldSource("prepared", f"{src} + {augmented}", identity, train_files,
-                      dict(test_files), dict(groups))
+    identity = sha256_json(
+        {
+            "sources": upstream(src, "rename").digest,
+            "augmented": upstream(augmented, "augment").digest,
+            "groups": sha256_file(groups_csv) if groups_csv.is_file() else None,
+        }
+    )
+    return FoldSource(
+        "prepared", f"{src} + {augmented}", identity, train_files, dict(test_files), dict(groups)
+    )
 
 
 def folder_source(folder: Path) -> FoldSource:
@@ -273,15 +301,22 @@ def folder_source(folder: Path) -> FoldSource:
         if name is not None:
             groups[member] = f"{cls}/source-{name.source_id}"
         listing.append([member, path.stat().st_size])
-    return FoldSource("folder", str(folder), sha256_json(listing), dict(by_class),
-                      dict(by_class), groups)
+    return FoldSource(
+        "folder", str(folder), sha256_json(listing), dict(by_class), dict(by_class), groups
+    )
 
 
 # --------------------------------------------------------------------------- fold folders
 
 
-def build_fold_data(source: FoldSource, members: dict[str, list], target: Path,
-                    per_class: Optional[int], seed: int, fold: int) -> dict[str, Any]:
+def build_fold_data(
+    source: FoldSource,
+    members: dict[str, list],
+    target: Path,
+    per_class: Optional[int],
+    seed: int,
+    fold: int,
+) -> dict[str, Any]:
     """``target/{train,test}/CLASS/`` for one fold (atomic: a temp folder renamed into place).
 
     Test: the test files (originals) of ``members``; train: the train files of every other
@@ -300,8 +335,9 @@ def build_fold_data(source: FoldSource, members: dict[str, list], target: Path,
     for cls in source.classes:
         in_fold = set(members.get(cls, []))
         test = [p for m in sorted(in_fold, key=_member_key) for p in source.test_files[cls][m]]
-        pool = {m: files for m, files in source.train_files.get(cls, {}).items()
-                if m not in in_fold}
+        pool = {
+            m: files for m, files in source.train_files.get(cls, {}).items() if m not in in_fold
+        }
         train = cap_files(pool, per_class, seed, fold, cls)
         for side, paths in (("train", train), ("test", test)):
             if not paths:
@@ -311,8 +347,11 @@ def build_fold_data(source: FoldSource, members: dict[str, list], target: Path,
             for path in paths:
                 link_or_copy(path, folder / path.name)
         counts[cls] = {"train": len(train), "test": len(test), "test_sources": len(in_fold)}
-    summary = {"fold": fold, "counts": counts,
-               "test_members": {c: list(members.get(c, [])) for c in source.classes}}
+    summary = {
+        "fold": fold,
+        "counts": counts,
+        "test_members": {c: list(members.get(c, [])) for c in source.classes},
+    }
     (tmp / "fold.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)
@@ -330,8 +369,9 @@ def model_scores(metrics: dict[str, Any]) -> dict[str, Any]:
         "accuracy": float(metrics["accuracy"]),
         "macro_f1": float(metrics["macro_f1"]),
         # only classes the fold tests: a class with no test image has no F1 to average
-        "per_class_f1": {c: float(v["f1"]) for c, v in metrics["per_class"].items()
-                         if v["support"] > 0},
+        "per_class_f1": {
+            c: float(v["f1"]) for c, v in metrics["per_class"].items() if v["support"] > 0
+        },
         "n_test": int(metrics["n_images"]),
         "confusion_matrix": metrics["confusion_matrix"],
     }
@@ -345,8 +385,9 @@ def _mean_std(values: Sequence[float]) -> tuple[Optional[float], Optional[float]
     return float(array.mean()), std
 
 
-def summarize(fold_results: Sequence[dict[str, Any]], classes: Sequence[str],
-              which: str) -> dict[str, Any]:
+def summarize(
+    fold_results: Sequence[dict[str, Any]], classes: Sequence[str], which: str
+) -> dict[str, Any]:
     """Mean and sample standard deviation (ddof=1) over folds, and the pooled confusion."""
     from wbc.evaluate import metrics_from_confusion
 
@@ -367,9 +408,13 @@ def summarize(fold_results: Sequence[dict[str, Any]], classes: Sequence[str],
     return {
         "mean": mean,
         "std": std,
-        "pooled": {"accuracy": pooled["accuracy"], "macro_f1": pooled["macro_f1"],
-                   "per_class_f1": {c: v["f1"] for c, v in pooled["per_class"].items()},
-                   "n_test": pooled["n_images"], "confusion_matrix": pooled["confusion_matrix"]},
+        "pooled": {
+            "accuracy": pooled["accuracy"],
+            "macro_f1": pooled["macro_f1"],
+            "per_class_f1": {c: v["f1"] for c, v in pooled["per_class"].items()},
+            "n_test": pooled["n_images"],
+            "confusion_matrix": pooled["confusion_matrix"],
+        },
     }
 
 
@@ -392,16 +437,40 @@ def format_table(report: dict[str, Any]) -> str:
     rows = []
     for r in report["folds"]:
         s = r[which]
-        rows.append([str(r["fold"]), str(r["n_train"]), str(s["n_test"]), _fmt(s["accuracy"]),
-                     _fmt(s["macro_f1"]), *[_fmt(s["per_class_f1"].get(c)) for c in classes]])
+        rows.append(
+            [
+                str(r["fold"]),
+                str(r["n_train"]),
+                str(s["n_test"]),
+                _fmt(s["accuracy"]),
+                _fmt(s["macro_f1"]),
+                *[_fmt(s["per_class_f1"].get(c)) for c in classes],
+            ]
+        )
     summary = report["summary"][which]
     for label in ("mean", "std"):
         part = summary[label]
-        rows.append([label, "", "", _fmt(part["accuracy"]), _fmt(part["macro_f1"]),
-                     *[_fmt(part["per_class_f1"][c]) for c in classes]])
+        rows.append(
+            [
+                label,
+                "",
+                "",
+                _fmt(part["accuracy"]),
+                _fmt(part["macro_f1"]),
+                *[_fmt(part["per_class_f1"][c]) for c in classes],
+            ]
+        )
     pooled = summary["pooled"]
-    rows.append(["pooled", "", str(pooled["n_test"]), _fmt(pooled["accuracy"]),
-                 _fmt(pooled["macro_f1"]), *[_fmt(pooled["per_class_f1"][c]) for c in classes]])
+    rows.append(
+        [
+            "pooled",
+            "",
+            str(pooled["n_test"]),
+            _fmt(pooled["accuracy"]),
+            _fmt(pooled["macro_f1"]),
+            *[_fmt(pooled["per_class_f1"][c]) for c in classes],
+        ]
+    )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in rows]
@@ -416,11 +485,13 @@ def headline(report: dict[str, Any]) -> str:
     o = report["summary"][other]
     done = len(report["folds"])
     planned = report["k"] * report.get("repeats", 1)
-    return (f"cv {done}/{planned} folds ({which} model): accuracy "
-            f"{s['mean']['accuracy']:.4f} +/- {s['std']['accuracy']:.4f}, macro-F1 "
-            f"{s['mean']['macro_f1']:.4f} +/- {s['std']['macro_f1']:.4f} "
-            f"({other} model: macro-F1 {o['mean']['macro_f1']:.4f} +/- "
-            f"{o['std']['macro_f1']:.4f})")
+    return (
+        f"cv {done}/{planned} folds ({which} model): accuracy "
+        f"{s['mean']['accuracy']:.4f} +/- {s['std']['accuracy']:.4f}, macro-F1 "
+        f"{s['mean']['macro_f1']:.4f} +/- {s['std']['macro_f1']:.4f} "
+        f"({other} model: macro-F1 {o['mean']['macro_f1']:.4f} +/- "
+        f"{o['std']['macro_f1']:.4f})"
+    )
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -428,20 +499,32 @@ def format_markdown(report: dict[str, Any]) -> str:
 
     classes = report["classes"]
     repeats = report.get("repeats", 1)
-    lines = [f"# Cross-validation: {report['k']} folds"
-             + (f" x {repeats} repeats" if repeats > 1 else ""), ""]
+    lines = [
+        f"# Cross-validation: {report['k']} folds"
+        + (f" x {repeats} repeats" if repeats > 1 else ""),
+        "",
+    ]
     lines.append(f"- data: `{report['data']}` ({report['mode']})")
-    lines.append(f"- train images per class per fold: "
-                 f"{'all' if report['per_class'] is None else report['per_class']}")
-    lines.append(f"- epochs: {report['config']['train']['epochs']}, seed: {report['config']['seed']}"
-                 + (f", initial weights: `{report['init_model']}`" if report["init_model"] else ""))
-    lines.append(f"- complete: {'yes' if report['complete'] else 'no'} "
-                 f"({len(report['folds'])} of {report['k'] * repeats} folds)")
-    lines.append("- std: sample standard deviation over folds (ddof=1); pooled: every fold's "
-                 "test predictions in one confusion matrix")
-    for which, title in (("last", "last epoch (last.keras, not chosen on the test fold)"),
-                         ("best", "lowest val_loss (model.keras, chosen on the test fold: "
-                                  "optimistic)")):
+    lines.append(
+        f"- train images per class per fold: "
+        f"{'all' if report['per_class'] is None else report['per_class']}"
+    )
+    lines.append(
+        f"- epochs: {report['config']['train']['epochs']}, seed: {report['config']['seed']}"
+        + (f", initial weights: `{report['init_model']}`" if report["init_model"] else "")
+    )
+    lines.append(
+        f"- complete: {'yes' if report['complete'] else 'no'} "
+        f"({len(report['folds'])} of {report['k'] * repeats} folds)"
+    )
+    lines.append(
+        "- std: sample standard deviation over folds (ddof=1); pooled: every fold's "
+        "test predictions in one confusion matrix"
+    )
+    for which, title in (
+        ("last", "last epoch (last.keras, not chosen on the test fold)"),
+        ("best", "lowest val_loss (model.keras, chosen on the test fold: optimistic)"),
+    ):
         mark = " (headline)" if which == report["score"] else ""
         lines += ["", f"## Model: {title}{mark}", ""]
         head = ["fold", "n_train", "n_test", "accuracy", "macro-F1", *[f"F1 {c}" for c in classes]]
@@ -449,26 +532,62 @@ def format_markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "|".join(["---"] * len(head)) + "|")
         for r in report["folds"]:
             s = r[which]
-            lines.append("| " + " | ".join([str(r["fold"]), str(r["n_train"]), str(s["n_test"]),
-                                            _fmt(s["accuracy"]), _fmt(s["macro_f1"]),
-                                            *[_fmt(s["per_class_f1"].get(c)) for c in classes]]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        str(r["fold"]),
+                        str(r["n_train"]),
+                        str(s["n_test"]),
+                        _fmt(s["accuracy"]),
+                        _fmt(s["macro_f1"]),
+                        *[_fmt(s["per_class_f1"].get(c)) for c in classes],
+                    ]
+                )
+                + " |"
+            )
         summary = report["summary"][which]
         for label in ("mean", "std"):
             part = summary[label]
-            lines.append("| " + " | ".join([f"**{label}**", "", "", _fmt(part["accuracy"]),
-                                            _fmt(part["macro_f1"]),
-                                            *[_fmt(part["per_class_f1"][c]) for c in classes]])
-                         + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"**{label}**",
+                        "",
+                        "",
+                        _fmt(part["accuracy"]),
+                        _fmt(part["macro_f1"]),
+                        *[_fmt(part["per_class_f1"][c]) for c in classes],
+                    ]
+                )
+                + " |"
+            )
         pooled = summary["pooled"]
-        lines.append("| " + " | ".join(["**pooled**", "", str(pooled["n_test"]),
-                                        _fmt(pooled["accuracy"]), _fmt(pooled["macro_f1"]),
-                                        *[_fmt(pooled["per_class_f1"][c]) for c in classes]])
-                     + " |")
-    lines += ["", "## Config", "", "```yaml",
-              yaml.safe_dump(report["config"], sort_keys=False).rstrip(), "```", ""]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    "**pooled**",
+                    "",
+                    str(pooled["n_test"]),
+                    _fmt(pooled["accuracy"]),
+                    _fmt(pooled["macro_f1"]),
+                    *[_fmt(pooled["per_class_f1"][c]) for c in classes],
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        yaml.safe_dump(report["config"], sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
-
-
 
 
 # --------------------------------------------------------------------------- cross_validate
@@ -491,8 +610,10 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
         except (OSError, ValueError):
             old = {}
         if old.get("key") != plan["key"]:
-            raise DataError(f"{out}: holds a cross-validation with other settings "
-                            f"({_plan_diff(old, plan)}); choose another --out")
+            raise DataError(
+                f"{out}: holds a cross-validation with other settings "
+                f"({_plan_diff(old, plan)}); choose another --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, plan)
@@ -516,9 +637,15 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def _plan_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     """What differs between two plans, in words (at most three config keys named)."""
-    names = {"k": "--folds", "repeats": "--repeats", "per_class": "--per-class",
-             "init_model": "--init",
-             "identity": "the data", "mode": "--data", "format": "the wbc version"}
+    names = {
+        "k": "--folds",
+        "repeats": "--repeats",
+        "per_class": "--per-class",
+        "init_model": "--init",
+        "identity": "the data",
+        "mode": "--data",
+        "format": "the wbc version",
+    }
     parts = [names[k] for k in names if old.get(k) != new.get(k)]
     before, after = _flat(old.get("config", {})), _flat(new.get("config", {}))
     keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
@@ -538,13 +665,23 @@ def _last_scores(run_dir: Path, test_dir: Path, best: dict[str, Any], echo: Echo
     if "last_model" in best:  # the family said whether its final model is another file
         last_file = best["last_model"]
     else:  # a run of an older wbc: the study family's two files
-        same = (best.get("evaluated_model") == "last.keras"
-                or (best.get("best_epoch") is not None
-                    and best.get("best_epoch") == best.get("epochs_run", 0) - 1))
+        same = best.get("evaluated_model") == "last.keras" or (
+            best.get("best_epoch") is not None
+            and best.get("best_epoch") == best.get("epochs_run", 0) - 1
+        )
         last_file = None if same else "last.keras"
     if last_file is None:
-        metrics = {k: best[k] for k in ("accuracy", "macro_f1", "classes", "per_class",
-                                        "confusion_matrix", "n_images")}
+        metrics = {
+            k: best[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "classes",
+                "per_class",
+                "confusion_matrix",
+                "n_images",
+            )
+        }
         metrics["same_as"] = best.get("evaluated_model", "model.keras")
     else:
         metrics = ev.evaluate(run_dir / last_file, test_dir, echo=echo)
@@ -564,8 +701,11 @@ def _history_summary(run_dir: Path) -> dict[str, Any]:
             metrics = {}
         if metrics.get("epochs_run") == 0 and "accuracy" in metrics:
             # validated on the same side as the Keras families (the test side, as the study)
-            return {"val_acc_final": metrics["accuracy"], "val_acc_best": metrics["accuracy"],
-                    "val_loss_min": None}
+            return {
+                "val_acc_final": metrics["accuracy"],
+                "val_acc_best": metrics["accuracy"],
+                "val_loss_min": None,
+            }
     finite = [r for r in rows if math.isfinite(r.get("val_loss", math.nan))]
     accs = [r["val_accuracy"] for r in rows if math.isfinite(r.get("val_accuracy", math.nan))]
     last = rows[-1].get("val_accuracy", math.nan) if rows else math.nan
@@ -628,14 +768,21 @@ def cross_validate(
     classes = source.classes
     for cls in classes:
         if len(units[cls]) < 2:
-            raise DataError(f"{source.where}: class {cls} has {len(units[cls])} source group(s); "
-                            "cross-validation needs at least 2 per class")
+            raise DataError(
+                f"{source.where}: class {cls} has {len(units[cls])} source group(s); "
+                "cross-validation needs at least 2 per class"
+            )
         if len(units[cls]) < folds:
-            echo(f"warning: class {cls} has only {len(units[cls])} source groups for {folds} "
-                 "folds: some folds test none of it")
-    assignments = [deal_folds(units, folds, config.seed if r == 1 else
-                              derived_seed(config.seed, "cv-repeat", r))
-                   for r in range(1, repeats + 1)]
+            echo(
+                f"warning: class {cls} has only {len(units[cls])} source groups for {folds} "
+                "folds: some folds test none of it"
+            )
+    assignments = [
+        deal_folds(
+            units, folds, config.seed if r == 1 else derived_seed(config.seed, "cv-repeat", r)
+        )
+        for r in range(1, repeats + 1)
+    ]
     plan = {
         "format": FORMAT,
         "k": folds,
@@ -648,63 +795,90 @@ def cross_validate(
     }
     plan["key"] = sha256_json(plan)
     _check_plan(out, plan)
-    jobs = [(fold_label(r, i + 1, repeats), r, members)
-            for r, assignment in enumerate(assignments, start=1)
-            for i, members in enumerate(assignment)]
-    write_json(out / FOLDS_JSON, {"k": folds, "repeats": repeats, "folds": [
-        {"fold": label, "repeat": r, "test": {c: f[c] for c in classes}}
-        for label, r, f in jobs]})
+    jobs = [
+        (fold_label(r, i + 1, repeats), r, members)
+        for r, assignment in enumerate(assignments, start=1)
+        for i, members in enumerate(assignment)
+    ]
+    write_json(
+        out / FOLDS_JSON,
+        {
+            "k": folds,
+            "repeats": repeats,
+            "folds": [
+                {"fold": label, "repeat": r, "test": {c: f[c] for c in classes}}
+                for label, r, f in jobs
+            ],
+        },
+    )
     total = len(jobs)
-    echo(f"cv: {folds} folds{f' x {repeats} repeats' if repeats > 1 else ''} of {source.mode} "
-         f"data {source.where} -> {out} (rerun with --out {out} to continue it)")
+    echo(
+        f"cv: {folds} folds{f' x {repeats} repeats' if repeats > 1 else ''} of {source.mode} "
+        f"data {source.where} -> {out} (rerun with --out {out} to continue it)"
+    )
 
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
-    for number, (fold, repeat, members) in enumerate(jobs, start=1):
-        run_dir = out / f"fold-{fold}"
-        data_fold = out / "data" / f"fold-{fold}"
-        summary = build_fold_data(source, members, data_fold, per_class, config.seed, fold)
-        test_dir = data_fold / "test"
-        metrics_path = run_dir / "metrics.json"
-        where = f"fold {fold} ({number}/{total})" if repeats > 1 else f"fold {fold}/{folds}"
-        if metrics_path.is_file():
-            echo(f"{where}: done before, skipped ({metrics_path})")
-        else:
-            counts = summary["counts"]
-            echo(f"{where}: train {sum(c['train'] for c in counts.values())} images, "
-                 f"test {sum(c['test'] for c in counts.values())} originals of "
-                 f"{sum(c['test_sources'] for c in counts.values())} sources")
-            resume = run_dir if has_progress(run_dir) else None
-            run_train(config, data_dir=data_fold, run_dir=run_dir, resume_dir=resume,
-                      init_model=init_model, echo=train_echo,
-                      folders=(data_fold / "train", test_dir))
-            _clear_session()
-        best = json.loads(metrics_path.read_text(encoding="utf-8"))
-        last = _last_scores(run_dir, test_dir, best, echo=_quiet)
-        result = {
-            "fold": fold,
-            "repeat": repeat,
-            "run": str(run_dir),
-            "n_train": int(best.get("train_images", 0)),
-            "test_counts": {c: v["test"] for c, v in summary["counts"].items()},
-            "best": model_scores(best),
-            "last": model_scores(last),
-            "epochs_run": best.get("epochs_run"),
-            "best_epoch": best.get("best_epoch"),
-            "wall_seconds": best.get("wall_seconds"),
-            "collapsed": best.get("collapsed"),
-            **_history_summary(run_dir),
-        }
-        headline_scores = result[score]
-        result.update(accuracy=headline_scores["accuracy"], macro_f1=headline_scores["macro_f1"],
-                      per_class_f1=headline_scores["per_class_f1"],
-                      n_test=headline_scores["n_test"])
-        results.append(result)
-        report = _report(plan, source, classes, results, score, out)
-        write_json(out / CV_JSON, report)
-        write_atomic(out / CV_MD, format_markdown(report))
-        echo(f"{where}: {score} model accuracy {result['accuracy']:.4f}, "
-             f"macro-F1 {result['macro_f1']:.4f} on {result['n_test']} test images")
+    with bar(len(jobs), "cv folds", unit="fold") as shown:
+        for number, (fold, repeat, members) in enumerate(jobs, start=1):
+            run_dir = out / f"fold-{fold}"
+            data_fold = out / "data" / f"fold-{fold}"
+            summary = build_fold_data(source, members, data_fold, per_class, config.seed, fold)
+            test_dir = data_fold / "test"
+            metrics_path = run_dir / "metrics.json"
+            where = f"fold {fold} ({number}/{total})" if repeats > 1 else f"fold {fold}/{folds}"
+            if metrics_path.is_file():
+                echo(f"{where}: done before, skipped ({metrics_path})")
+            else:
+                counts = summary["counts"]
+                echo(
+                    f"{where}: train {sum(c['train'] for c in counts.values())} images, "
+                    f"test {sum(c['test'] for c in counts.values())} originals of "
+                    f"{sum(c['test_sources'] for c in counts.values())} sources"
+                )
+                resume = run_dir if has_progress(run_dir) else None
+                run_train(
+                    config,
+                    data_dir=data_fold,
+                    run_dir=run_dir,
+                    resume_dir=resume,
+                    init_model=init_model,
+                    echo=train_echo,
+                    folders=(data_fold / "train", test_dir),
+                )
+                _clear_session()
+            best = json.loads(metrics_path.read_text(encoding="utf-8"))
+            last = _last_scores(run_dir, test_dir, best, echo=_quiet)
+            result = {
+                "fold": fold,
+                "repeat": repeat,
+                "run": str(run_dir),
+                "n_train": int(best.get("train_images", 0)),
+                "test_counts": {c: v["test"] for c, v in summary["counts"].items()},
+                "best": model_scores(best),
+                "last": model_scores(last),
+                "epochs_run": best.get("epochs_run"),
+                "best_epoch": best.get("best_epoch"),
+                "wall_seconds": best.get("wall_seconds"),
+                "collapsed": best.get("collapsed"),
+                **_history_summary(run_dir),
+            }
+            headline_scores = result[score]
+            result.update(
+                accuracy=headline_scores["accuracy"],
+                macro_f1=headline_scores["macro_f1"],
+                per_class_f1=headline_scores["per_class_f1"],
+                n_test=headline_scores["n_test"],
+            )
+            results.append(result)
+            report = _report(plan, source, classes, results, score, out)
+            write_json(out / CV_JSON, report)
+            write_atomic(out / CV_MD, format_markdown(report))
+            echo(
+                f"{where}: {score} model accuracy {result['accuracy']:.4f}, "
+                f"macro-F1 {result['macro_f1']:.4f} on {result['n_test']} test images"
+            )
+            shown.update(1)
     if report:
         from wbc.card import write_cv_card
 
@@ -717,8 +891,14 @@ def fold_label(repeat: int, fold: int, repeats: int) -> str | int:
     return fold if repeats == 1 else f"{repeat}.{fold}"
 
 
-def _report(plan: dict[str, Any], source: FoldSource, classes: list[str],
-            results: list[dict[str, Any]], score: str, out: Path) -> dict[str, Any]:
+def _report(
+    plan: dict[str, Any],
+    source: FoldSource,
+    classes: list[str],
+    results: list[dict[str, Any]],
+    score: str,
+    out: Path,
+) -> dict[str, Any]:
     summary = {which: summarize(results, classes, which) for which in SCORES}
     return {
         "format": FORMAT,
@@ -772,7 +952,17 @@ def read_report(out: Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "cross_validate", "deal_folds", "cap_files", "build_fold_data",
-    "prepared_source", "folder_source", "resolve_augmented", "summarize", "format_table",
-    "format_markdown", "headline", "read_report", "FoldSource",
+    "cross_validate",
+    "deal_folds",
+    "cap_files",
+    "build_fold_data",
+    "prepared_source",
+    "folder_source",
+    "resolve_augmented",
+    "summarize",
+    "format_table",
+    "format_markdown",
+    "headline",
+    "read_report",
+    "FoldSource",
 ]

@@ -16,9 +16,10 @@ threshold), beside ``confidence`` (the top probability).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -65,9 +66,14 @@ class DomainReference:
         return self.distance(np.stack([stain_vector(image) for image in images]))
 
     def to_json(self) -> dict:
-        return {"features": "LAB mean (3) and std (3) of the stained pixels, white-balanced",
-                "mean": self.mean.tolist(), "inverse_covariance": self.inverse.tolist(),
-                "threshold": self.threshold, "quantile": QUANTILE, "images": self.images}
+        return {
+            "features": "LAB mean (3) and std (3) of the stained pixels, white-balanced",
+            "mean": self.mean.tolist(),
+            "inverse_covariance": self.inverse.tolist(),
+            "threshold": self.threshold,
+            "quantile": QUANTILE,
+            "images": self.images,
+        }
 
 
 def fit_reference(vectors: np.ndarray) -> DomainReference:
@@ -83,8 +89,9 @@ def fit_reference(vectors: np.ndarray) -> DomainReference:
     return DomainReference(mean, inverse, threshold, len(vectors))
 
 
-def training_reference(files: Sequence[Path], load: Callable[[Path], np.ndarray],
-                       seed: int) -> DomainReference:
+def training_reference(
+    files: Sequence[Path], load: Callable[[Path], np.ndarray], seed: int
+) -> DomainReference:
     """The reference of a seeded sample of at most ``SAMPLE`` training files."""
     from wbc.seeding import rng_for
 
@@ -118,8 +125,11 @@ def read_reference(run_dir: Path) -> Optional[DomainReference]:
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return DomainReference(np.asarray(data["mean"], np.float64),
-                               np.asarray(data["inverse_covariance"], np.float64),
-                               float(data["threshold"]), int(data["images"]))
+        return DomainReference(
+            np.asarray(data["mean"], np.float64),
+            np.asarray(data["inverse_covariance"], np.float64),
+            float(data["threshold"]),
+            int(data["images"]),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         raise ModelError(f"{path}: not a valid domain reference") from None

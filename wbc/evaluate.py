@@ -8,12 +8,14 @@ crop mode) are read from the model's folder, never re-typed, and every image goe
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
 from wbc.errors import DataError
+
 
 def _quiet(_message: str) -> None:
     pass
@@ -30,8 +32,9 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: in
     y_pred = np.asarray(y_pred, dtype=np.int64).ravel()
     if y_true.shape != y_pred.shape:
         raise ValueError("y_true and y_pred differ in length")
-    if len(y_true) and (min(y_true.min(), y_pred.min()) < 0
-                        or max(y_true.max(), y_pred.max()) >= n_classes):
+    if len(y_true) and (
+        min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n_classes
+    ):
         raise ValueError("class index out of range")
     if not len(y_true):
         return np.zeros((n_classes, n_classes), dtype=np.int64)
@@ -56,7 +59,8 @@ def metrics_from_confusion(matrix, classes: Sequence[str]) -> dict[str, Any]:
     total = int(matrix.sum())
     if total:
         precision, recall, f1, support = precision_recall_fscore_support(
-            y_true, y_pred, labels=np.arange(n), zero_division=0)
+            y_true, y_pred, labels=np.arange(n), zero_division=0
+        )
         accuracy = float(accuracy_score(y_true, y_pred))
         macro_f1 = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
     else:
@@ -115,31 +119,51 @@ def predict_files(run, files: Sequence[Path], batch_size: int = 64):
     from wbc.predict import Predictor, classify_files
 
     # No conversion cache: cv and tune evaluate hundreds of models that are never loaded again.
-    results = classify_files(Predictor.from_run(run, cache=False), files, run.spec,
-                             run.crop_size, batch_size=batch_size, domain=run.domain)
+    results = classify_files(
+        Predictor.from_run(run, cache=False),
+        files,
+        run.spec,
+        run.crop_size,
+        batch_size=batch_size,
+        domain=run.domain,
+    )
     kept = [i for i, r in enumerate(results) if r.error is None]
     bad = [BadImage(r.path, r.error) for r in results if r.error is not None]
     n_out = len(run.classes)
-    probs = (np.stack([results[i].probabilities[0] for i in kept]) if kept
-             else np.zeros((0, n_out), np.float32))
-    distances = np.asarray([results[i].distances[0] if results[i].distances else np.nan
-                            for i in kept], dtype=np.float64)
+    probs = (
+        np.stack([results[i].probabilities[0] for i in kept])
+        if kept
+        else np.zeros((0, n_out), np.float32)
+    )
+    distances = np.asarray(
+        [results[i].distances[0] if results[i].distances else np.nan for i in kept],
+        dtype=np.float64,
+    )
     return probs, np.asarray(kept, dtype=np.int64), bad, distances
 
 
-def domain_summary(correct: np.ndarray, flagged: np.ndarray, threshold: float
-                   ) -> dict[str, Any]:
+def domain_summary(correct: np.ndarray, flagged: np.ndarray, threshold: float) -> dict[str, Any]:
     """How often the out-of-domain flag fired (``flagged``: a bool per image), and the accuracy
     of flagged and other images."""
+
     def share(mask):
         return float(correct[mask].mean()) if mask.any() else None
-    return {"threshold": round(float(threshold), 4), "flagged": int(flagged.sum()),
-            "flagged_share": float(flagged.mean()) if len(flagged) else 0.0,
-            "accuracy_flagged": share(flagged), "accuracy_unflagged": share(~flagged)}
+
+    return {
+        "threshold": round(float(threshold), 4),
+        "flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()) if len(flagged) else 0.0,
+        "accuracy_flagged": share(flagged),
+        "accuracy_unflagged": share(~flagged),
+    }
 
 
-def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
-             echo: Callable[[str], None] = _quiet) -> dict[str, Any]:
+def evaluate(
+    model_path: Optional[Path],
+    data_dir: Path,
+    batch_size: int = 64,
+    echo: Callable[[str], None] = _quiet,
+) -> dict[str, Any]:
     """Score a trained model on ``data_dir/CLASS/*`` (jpg, jpeg, png, bmp, tif).
 
     ``model_path``: a ``.keras`` file or a run folder (None: the newest run). Its classes and
@@ -160,9 +184,11 @@ def evaluate(model_path: Optional[Path], data_dir: Path, batch_size: int = 64,
     probs, kept, bad, distances = predict_files(run, files, batch_size)
     metrics = compute_metrics(labels[kept], probs.argmax(axis=1), classes)
     if run.domain is not None:
-        metrics["out_of_domain"] = domain_summary(labels[kept] == probs.argmax(axis=1),
-                                                  run.domain.outside(distances),
-                                                  run.domain.threshold)
+        metrics["out_of_domain"] = domain_summary(
+            labels[kept] == probs.argmax(axis=1),
+            run.domain.outside(distances),
+            run.domain.threshold,
+        )
     metrics["errors"] = [{"path": b.path, "reason": b.reason} for b in bad]
     metrics["model"] = str(run.model_path)
     metrics["data"] = str(data_dir)
@@ -178,8 +204,11 @@ def format_table(metrics: dict[str, Any]) -> str:
     width = max(9, *(len(c) for c in classes))
     lines = [
         f"images    {metrics['n_images']}"
-        + (f"   (skipped {len(metrics.get('errors', []))} unreadable)"
-           if metrics.get("errors") else ""),
+        + (
+            f"   (skipped {len(metrics.get('errors', []))} unreadable)"
+            if metrics.get("errors")
+            else ""
+        ),
         f"accuracy  {metrics['accuracy']:.4f}",
         f"macro-F1  {metrics['macro_f1']:.4f}",
         "",
@@ -192,19 +221,27 @@ def format_table(metrics: dict[str, Any]) -> str:
             f"  {row['support']:7d}"
         )
     matrix = metrics["confusion_matrix"]
-    cell = max(6, max((len(str(v)) for r in matrix for v in r), default=1) + 1,
-               *(len(c[:10]) + 1 for c in classes))
+    cell = max(
+        6,
+        max((len(str(v)) for r in matrix for v in r), default=1) + 1,
+        *(len(c[:10]) + 1 for c in classes),
+    )
     lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
     lines.append(" " * width + "".join(f"{c[:10]:>{cell}}" for c in classes))
     for name, row in zip(classes, matrix):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
     domain = metrics.get("out_of_domain")
     if domain:
+
         def pct(value):
             return "-" if value is None else f"{value:.4f}"
-        lines += ["", f"out of domain (stain distance > {domain['threshold']:.2f}): "
-                      f"{domain['flagged']} of {metrics['n_images']} images; accuracy flagged "
-                      f"{pct(domain['accuracy_flagged'])}, others {pct(domain['accuracy_unflagged'])}"]
+
+        lines += [
+            "",
+            f"out of domain (stain distance > {domain['threshold']:.2f}): "
+            f"{domain['flagged']} of {metrics['n_images']} images; accuracy flagged "
+            f"{pct(domain['accuracy_flagged'])}, others {pct(domain['accuracy_unflagged'])}",
+        ]
     for error in metrics.get("errors", []):
         lines.append(f"skipped {error['path']}: {error['reason']}")
     return "\n".join(lines)

@@ -13,8 +13,9 @@ from wbc.imageio import read_rgb
 from wbc.predict import Box, model_inputs
 
 
-def overlay_heat(rgb: np.ndarray, cam: np.ndarray, region: Optional[Box] = None,
-                 alpha: float = 0.45) -> np.ndarray:
+def overlay_heat(
+    rgb: np.ndarray, cam: np.ndarray, region: Optional[Box] = None, alpha: float = 0.45
+) -> np.ndarray:
     """``rgb`` with ``cam`` (values in [0, 1]) drawn as a jet colour map over ``region``."""
     import cv2
     from matplotlib import colormaps
@@ -35,13 +36,19 @@ def overlay_heat(rgb: np.ndarray, cam: np.ndarray, region: Optional[Box] = None,
         out[iy0:iy1, ix0:ix1] = target * (1 - weight) + colours[sub] * weight
     result = np.clip(out.round(), 0, 255).astype(np.uint8)
     if region is not None:
-        cv2.rectangle(result, (ix0, iy0), (max(ix0, ix1 - 1), max(iy0, iy1 - 1)), (255, 255, 255),
-                      max(1, round(min(height, width) / 240)))
+        cv2.rectangle(
+            result,
+            (ix0, iy0),
+            (max(ix0, ix1 - 1), max(iy0, iy1 - 1)),
+            (255, 255, 255),
+            max(1, round(min(height, width) / 240)),
+        )
     return result
 
 
-def explain_image(run, image: Path | str, output: Path | str, *, input_kind: str = "auto"
-                  ) -> dict[str, Any]:
+def explain_image(
+    run, image: Path | str, output: Path | str, *, input_kind: str = "auto"
+) -> dict[str, Any]:
     """Why the model names the class it names for ``image``, saved as a PNG of the image's size.
 
     The family explains (``Classifier.explain``): a Keras model with Grad-CAM (where it looked),

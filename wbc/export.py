@@ -4,7 +4,7 @@ Formats, by family (``Classifier.export_formats``):
 
 | family | onnx | tflite | savedmodel |
 |---|---|---|---|
-| study, cnn | yes (Keras 3's ``model.export(format="onnx")``, tf2onnx) | yes (LiteRT converter) | yes (serving signature) |
+| study, cnn | yes (Keras 3's ``model.export``, tf2onnx) | yes (LiteRT) | yes (serving) |
 | features | yes (``skl2onnx``: the scaler + SVM over the 62 measurements) | no | no |
 | ensemble | no: export each member (``RUN/members/i-family``) | no | no |
 
@@ -25,9 +25,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -66,8 +67,9 @@ def require_modules(fmt: str, family: str) -> None:
         needed += SKLEARN_ONNX if family == "features" else KERAS_ONNX
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
-        raise ModelError(f"{fmt} export needs {', '.join(missing)}, which is not installed: "
-                         f"{INSTALL_HINT}")
+        raise ModelError(
+            f"{fmt} export needs {', '.join(missing)}, which is not installed: {INSTALL_HINT}"
+        )
 
 
 def preprocessing(run) -> dict[str, Any]:
@@ -77,14 +79,23 @@ def preprocessing(run) -> dict[str, Any]:
     return {
         "image_size": list(spec.image_size),
         "resize": "OpenCV: INTER_AREA when shrinking, else INTER_LINEAR, to (height, width)",
-        "crop": {"mode": config.crop.mode, "padding": config.crop.padding,
-                 "size": config.crop.size,
-                 "how": ("none: the whole image" if config.crop.mode == "none" else
-                         "cut a square around the WBC (wbc.crop.crop_cells: the stain "
-                         "detector's box, padded by `padding` of its side) and resize it")},
-        "color": {"input": config.color.input, "normalize": config.color.normalize,
-                  "stain_reference": reference,
-                  "order": "resize, then normalize the stain to stain_reference, then input"},
+        "crop": {
+            "mode": config.crop.mode,
+            "padding": config.crop.padding,
+            "size": config.crop.size,
+            "how": (
+                "none: the whole image"
+                if config.crop.mode == "none"
+                else "cut a square around the WBC (wbc.crop.crop_cells: the stain "
+                "detector's box, padded by `padding` of its side) and resize it"
+            ),
+        },
+        "color": {
+            "input": config.color.input,
+            "normalize": config.color.normalize,
+            "stain_reference": reference,
+            "order": "resize, then normalize the stain to stain_reference, then input",
+        },
         "tta": bool(config.model.tta and run.model.uses_tta),
         "tta_how": "average the probabilities of the 8 dihedral views (4 rotations x mirror)",
     }
@@ -99,8 +110,9 @@ def _runtime(fmt: str, path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarr
         name = session.get_inputs()[0].name
         outputs = session.get_outputs()
         index = len(outputs) - 1  # skl2onnx: (label, probabilities); Keras: (probabilities,)
-        return f"onnxruntime {ort.__version__}", \
-            lambda x: np.asarray(session.run(None, {name: x})[index])
+        return f"onnxruntime {ort.__version__}", lambda x: np.asarray(
+            session.run(None, {name: x})[index]
+        )
     if fmt == "tflite":
         from wbc.lite import LiteModel
 
@@ -111,12 +123,12 @@ def _runtime(fmt: str, path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarr
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
     key = next(iter(serve.structured_outputs))
-    return f"tf.saved_model {tf.__version__}", \
-        lambda x: serve(tf.constant(x))[key].numpy()
+    return f"tf.saved_model {tf.__version__}", lambda x: serve(tf.constant(x))[key].numpy()
 
 
-def parity(run, fmt: str, path: Path, inputs: np.ndarray, output_columns: Sequence[int]
-           ) -> tuple[float, str]:
+def parity(
+    run, fmt: str, path: Path, inputs: np.ndarray, output_columns: Sequence[int]
+) -> tuple[float, str]:
     """max |p_exported - p_run| over ``inputs`` (uint8 model inputs, recoloured), and the
     runtime's name. The run's side is its TensorFlow / scikit-learn engine without TTA: the
     exported graph is the model, and TTA is a step its metadata describes."""
@@ -128,8 +140,7 @@ def parity(run, fmt: str, path: Path, inputs: np.ndarray, output_columns: Sequen
     return float(np.abs(full - expected).max()), runtime
 
 
-def sample_inputs(run, images: Sequence[Path] = (), limit: int = 20, seed: int = 0
-                  ) -> np.ndarray:
+def sample_inputs(run, images: Sequence[Path] = (), limit: int = 20, seed: int = 0) -> np.ndarray:
     """Model inputs for the parity check: up to ``limit`` of ``images`` preprocessed as predict
     does (cell crops are used as they are), else seeded random pixels."""
     from wbc.predict import load_input
@@ -146,8 +157,9 @@ def sample_inputs(run, images: Sequence[Path] = (), limit: int = 20, seed: int =
     return np.stack([recolor(image, run.spec) for image in noise])
 
 
-def export_run(run, fmt: str, output: Optional[Path] = None, *,
-               check_images: Sequence[Path] = ()) -> Exported:
+def export_run(
+    run, fmt: str, output: Optional[Path] = None, *, check_images: Sequence[Path] = ()
+) -> Exported:
     """Export ``run`` (a ``wbc.runs.Run``) as ``fmt`` to ``output`` (default
     ``RUN/export/<model.onnx | model.tflite | saved_model>``), check it, then move it into place
     with its ``.json`` metadata and the run's model card. A failed check keeps nothing."""
@@ -156,8 +168,11 @@ def export_run(run, fmt: str, output: Optional[Path] = None, *,
     supported = tuple(run.model.export_formats)
     family = run.config.model.family if not run.config.model.ensemble else "ensemble"
     if fmt not in supported:
-        hint = (f"it exports to {', '.join(supported)}" if supported else
-                "export each member instead (RUN/members/<i>-<family>)")
+        hint = (
+            f"it exports to {', '.join(supported)}"
+            if supported
+            else "export each member instead (RUN/members/<i>-<family>)"
+        )
         raise ModelError(f"{run.model_path}: a {family} model cannot be exported as {fmt}; {hint}")
     require_modules(fmt, family)
     output = Path(output) if output else run.run_dir / "export" / DEFAULT_NAME[fmt]
@@ -170,8 +185,10 @@ def export_run(run, fmt: str, output: Optional[Path] = None, *,
         difference, runtime = parity(run, fmt, staging, inputs, described["output_columns"])
         tolerance = described.get("tolerance", PARITY_TOLERANCE)
         if not difference <= tolerance:
-            raise ModelError(f"{output}: the exported model's probabilities differ from the "
-                             f"run's by {difference:.2e} (> {tolerance:g}); not written")
+            raise ModelError(
+                f"{output}: the exported model's probabilities differ from the "
+                f"run's by {difference:.2e} (> {tolerance:g}); not written"
+            )
         metadata = {
             "wbc_export": 1,
             "format": fmt,
@@ -181,10 +198,17 @@ def export_run(run, fmt: str, output: Optional[Path] = None, *,
             "output": described.get("output", "probabilities (N, classes)"),
             "preprocessing": preprocessing(run),
             "source_model": {"path": str(run.model_path), "sha256": sha256_file(run.model_path)},
-            "parity": {"max_abs_difference": difference, "tolerance": tolerance,
-                       **({"tolerance_reason": described["tolerance_reason"]}
-                          if "tolerance_reason" in described else {}),
-                       "images": int(len(inputs)), "runtime": runtime},
+            "parity": {
+                "max_abs_difference": difference,
+                "tolerance": tolerance,
+                **(
+                    {"tolerance_reason": described["tolerance_reason"]}
+                    if "tolerance_reason" in described
+                    else {}
+                ),
+                "images": int(len(inputs)),
+                "runtime": runtime,
+            },
         }
         if fmt == "onnx":
             _set_onnx_metadata(staging, metadata)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -181,8 +182,21 @@ def make_feed(
     if not files:
         raise DataError(f"{folder}: no images in the class folders")
     if feed == "imagedatagenerator":
-        return _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-                         steps_per_epoch, workers, echo, spec, flips=training and flips)
+        return _idg_feed(
+            folder,
+            classes,
+            files,
+            labels,
+            image_size,
+            batch_size,
+            seed,
+            training,
+            steps_per_epoch,
+            workers,
+            echo,
+            spec,
+            flips=training and flips,
+        )
     if feed != "tfdata":
         raise DataError(f"train.feed: unknown feed '{feed}'")
     import tensorflow as tf
@@ -205,7 +219,8 @@ def make_feed(
         dataset = _stream(files, labels, image_size, echo, spec)
     if training:
         dataset = dataset.shuffle(
-            len(files) if cache else min(len(files), 4096), seed=seed,
+            len(files) if cache else min(len(files), 4096),
+            seed=seed,
             reshuffle_each_iteration=True,
         )
     if steps is not None:
@@ -244,21 +259,28 @@ def add_random_flips(dataset, seed: int):
 
     from wbc.seeding import derived_seed
 
-    seeds = tf.data.Dataset.random(seed=derived_seed(seed, "random_flips") % 2**31,
-                                   rerandomize_each_iteration=True).batch(2)
+    seeds = tf.data.Dataset.random(
+        seed=derived_seed(seed, "random_flips") % 2**31, rerandomize_each_iteration=True
+    ).batch(2)
 
     def flip(images, pair):
         horizontal, vertical = tf.unstack(
-            tf.random.experimental.stateless_split(tf.cast(pair, tf.int64), 2))
+            tf.random.experimental.stateless_split(tf.cast(pair, tf.int64), 2)
+        )
         shape = tf.stack([tf.shape(images)[0], 1, 1, 1])
-        images = tf.where(tf.random.stateless_uniform(shape, horizontal) < 0.5,
-                          tf.reverse(images, axis=[2]), images)
-        return tf.where(tf.random.stateless_uniform(shape, vertical) < 0.5,
-                        tf.reverse(images, axis=[1]), images)
+        images = tf.where(
+            tf.random.stateless_uniform(shape, horizontal) < 0.5,
+            tf.reverse(images, axis=[2]),
+            images,
+        )
+        return tf.where(
+            tf.random.stateless_uniform(shape, vertical) < 0.5, tf.reverse(images, axis=[1]), images
+        )
 
     pairs = tf.data.Dataset.zip((dataset, seeds))
-    return pairs.map(lambda batch, pair: (flip(batch[0], pair), *batch[1:]),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.map(
+        lambda batch, pair: (flip(batch[0], pair), *batch[1:]), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def _batch_seeds(seed: int, name: str, per_batch: int = 2):
@@ -266,8 +288,9 @@ def _batch_seeds(seed: int, name: str, per_batch: int = 2):
 
     from wbc.seeding import derived_seed
 
-    return tf.data.Dataset.random(seed=derived_seed(seed, name) % 2**31,
-                                  rerandomize_each_iteration=True).batch(per_batch)
+    return tf.data.Dataset.random(
+        seed=derived_seed(seed, name) % 2**31, rerandomize_each_iteration=True
+    ).batch(per_batch)
 
 
 def add_random_rotations(dataset, seed: int):
@@ -277,8 +300,9 @@ def add_random_rotations(dataset, seed: int):
     import tensorflow as tf
 
     def turn(images, pair):
-        quarter = tf.random.stateless_uniform(tf.shape(images)[:1], tf.cast(pair, tf.int64),
-                                              maxval=4, dtype=tf.int32)
+        quarter = tf.random.stateless_uniform(
+            tf.shape(images)[:1], tf.cast(pair, tf.int64), maxval=4, dtype=tf.int32
+        )
         turned = images
         for k in (1, 2, 3):
             rotated = tf.image.rot90(images, k)
@@ -286,8 +310,9 @@ def add_random_rotations(dataset, seed: int):
         return turned
 
     pairs = tf.data.Dataset.zip((dataset, _batch_seeds(seed, "random_rotations")))
-    return pairs.map(lambda batch, pair: (turn(batch[0], pair), *batch[1:]),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.map(
+        lambda batch, pair: (turn(batch[0], pair), *batch[1:]), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
 def add_mixup(dataset, seed: int, alpha: float):
@@ -304,16 +329,24 @@ def add_mixup(dataset, seed: int, alpha: float):
         order = tf.argsort(tf.random.stateless_uniform([n], seeds[2]))
         w_img = tf.reshape(weight, [-1, 1, 1, 1])
         w_lab = tf.reshape(weight, [-1, 1])
-        return (w_img * images + (1 - w_img) * tf.gather(images, order),
-                w_lab * labels + (1 - w_lab) * tf.gather(labels, order))
+        return (
+            w_img * images + (1 - w_img) * tf.gather(images, order),
+            w_lab * labels + (1 - w_lab) * tf.gather(labels, order),
+        )
 
     pairs = tf.data.Dataset.zip((dataset, _batch_seeds(seed, "mixup")))
-    return pairs.map(lambda batch, pair: mix(batch[0], batch[1], pair),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+    return pairs.map(
+        lambda batch, pair: mix(batch[0], batch[1], pair), num_parallel_calls=tf.data.AUTOTUNE
+    )
 
 
-def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], echo: Echo,
-            spec: Optional[InputSpec] = None):
+def _stream(
+    files: list[Path],
+    labels: np.ndarray,
+    image_size: tuple[int, int],
+    echo: Echo,
+    spec: Optional[InputSpec] = None,
+):
     """A dataset that reads each file when it is needed (``train.cache: false``)."""
     import tensorflow as tf
 
@@ -344,8 +377,21 @@ def _stream(files: list[Path], labels: np.ndarray, image_size: tuple[int, int], 
     return dataset.map(lambda image, label, ok: (image, label))
 
 
-def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, training,
-              steps_per_epoch, workers, echo, spec=None, flips: bool = False) -> Feed:
+def _idg_feed(
+    folder,
+    classes,
+    files,
+    labels,
+    image_size,
+    batch_size,
+    seed,
+    training,
+    steps_per_epoch,
+    workers,
+    echo,
+    spec=None,
+    flips: bool = False,
+) -> Feed:
     """The study's ``ImageDataGenerator(rescale=1/255).flow_from_directory`` feed."""
     import tensorflow as tf
 
@@ -360,8 +406,12 @@ def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, trai
         def recolor(x):
             return apply(np.clip(x, 0, 255).astype(np.uint8), spec).astype(x.dtype)
 
-    generator = ImageDataGenerator(rescale=1.0 / 255, preprocessing_function=recolor,
-                                   horizontal_flip=flips, vertical_flip=flips)
+    generator = ImageDataGenerator(
+        rescale=1.0 / 255,
+        preprocessing_function=recolor,
+        horizontal_flip=flips,
+        vertical_flip=flips,
+    )
     common = dict(
         target_size=tuple(image_size),
         batch_size=batch_size,
@@ -380,13 +430,13 @@ def _idg_feed(folder, classes, files, labels, image_size, batch_size, seed, trai
             {"filename": [str(p) for p in good], "class": [classes[labels[i]] for i in kept]}
         )
         common.pop("classes")
-        flow = generator.flow_from_dataframe(frame, x_col="filename", y_col="class",
-                                             classes=list(classes), **common)
+        flow = generator.flow_from_dataframe(
+            frame, x_col="filename", y_col="class", classes=list(classes), **common
+        )
     counts = np.bincount(labels[kept], minlength=len(classes)).tolist()
     steps = _steps(steps_per_epoch) if training else None
     data = flow if steps is None else _repeating(flow, steps)
-    return Feed(data, list(classes), int(len(kept)), counts, steps, bad,
-                [files[i] for i in kept])
+    return Feed(data, list(classes), int(len(kept)), counts, steps, bad, [files[i] for i in kept])
 
 
 def _repeating(flow, steps: int):

@@ -23,12 +23,12 @@ import shutil
 import socket
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Optional
 
 from wbc.config import Config, FetchConfig
 from wbc.data.labels import read_labels
@@ -91,45 +91,23 @@ def _fail(url: str, reason: str) -> DataError:
 # progress
 
 
-class _Progress:
-    """A one-line progress bar redrawn with ``\\r`` on a terminal; silent when ``stream`` is None."""
+def _progress_bar(label: str, progress: Optional[bool]):
+    """wbc's progress bar (tqdm, ``wbc.progress``) in bytes; ``progress`` None: on a terminal."""
+    from tqdm import tqdm
 
-    def __init__(self, label: str, total: Optional[int], stream: Optional[TextIO]):
-        self.label = label
-        self.total = total if total and total > 0 else None
-        self.stream = stream
-        self._last = 0.0
-        self._drawn = False
+    from wbc.progress import enabled
 
-    def update(self, done: int, final: bool = False) -> None:
-        if self.stream is None:
-            return
-        now = time.monotonic()
-        if not final and now - self._last < 0.1:
-            return
-        self._last = now
-        mb = done / 1e6
-        if self.total:
-            frac = min(done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            text = f"\r{self.label} [{bar:<30}] {frac:4.0%} {mb:.1f}/{self.total / 1e6:.1f} MB"
-        else:
-            text = f"\r{self.label} {mb:.1f} MB"
-        self.stream.write(text)
-        self.stream.flush()
-        self._drawn = True
-
-    def close(self) -> None:
-        if self.stream is not None and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._drawn = False
-
-
-def _progress_stream(progress: Optional[bool]) -> Optional[TextIO]:
-    if progress is None:
-        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return sys.stderr if progress else None
+    shown = enabled() if progress is None else progress
+    return tqdm(
+        total=None,
+        desc=label,
+        unit="B",
+        unit_scale=True,
+        leave=True,
+        file=sys.stderr,
+        disable=not shown,
+        mininterval=0.2,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,7 +158,7 @@ def download(
     """
     target = Path(target)
     part = target.with_name(target.name + ".part")
-    bar = _Progress(label or target.name, None, _progress_stream(progress))
+    bar = _progress_bar(label or target.name, progress)
     try:
         actual = _stream(url, part, timeout, bar)
         if expected_sha256 and actual != expected_sha256.strip().lower():
@@ -207,7 +185,7 @@ def _network(url: str, timeout: float, call: Callable[[], Any]) -> Any:
         raise _fail(url, _reason(exc, timeout)) from None
 
 
-def _stream(url: str, part: Path, timeout: float, bar: _Progress) -> str:
+def _stream(url: str, part: Path, timeout: float, bar) -> str:
     """Write the body of ``url`` to ``part``, checking its length; return its SHA-256."""
     request = urllib.request.Request(url, headers={"User-Agent": "wbc-fetch"})
     response = _network(url, timeout, lambda: urllib.request.urlopen(request, timeout=timeout))
@@ -217,8 +195,11 @@ def _stream(url: str, part: Path, timeout: float, bar: _Progress) -> str:
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None and length.strip().isdigit() else None
         if expected is not None and expected > MAX_DOWNLOAD_BYTES:
-            raise _fail(url, f"download too large ({expected:,} bytes, limit {MAX_DOWNLOAD_BYTES:,})")
+            raise _fail(
+                url, f"download too large ({expected:,} bytes, limit {MAX_DOWNLOAD_BYTES:,})"
+            )
         bar.total = expected or None
+        bar.refresh()
         while True:
             try:
                 block = response.read(_CHUNK)
@@ -235,8 +216,7 @@ def _stream(url: str, part: Path, timeout: float, bar: _Progress) -> str:
                 raise _fail(url, f"download too large (over {MAX_DOWNLOAD_BYTES:,} bytes)")
             if expected is not None and got > expected:
                 raise _fail(url, f"server sent more than its Content-Length ({expected:,} bytes)")
-            bar.update(got)
-    bar.update(got, final=True)
+            bar.update(len(block))
     if expected is not None and got != expected:
         raise _fail(url, _truncated(got, expected))
     return digest.hexdigest()
@@ -350,13 +330,20 @@ def _verify_images(url: str, images: Path) -> int:
     return count
 
 
-def _assemble(fc: FetchConfig, work: Path, timeout: float, progress: Optional[bool],
-              echo: Echo) -> tuple[Path, dict[str, Any]]:
+def _assemble(
+    fc: FetchConfig, work: Path, timeout: float, progress: Optional[bool], echo: Echo
+) -> tuple[Path, dict[str, Any]]:
     """Download and check both sources inside ``work``; return the finished folder + marker."""
     labels_file = work / LABELS_NAME
     echo(f"downloading {LABELS_NAME} from {fc.labels_url}")
-    labels_sha = download(fc.labels_url, labels_file, timeout=timeout,
-                          expected_sha256=fc.labels_sha256, label=LABELS_NAME, progress=progress)
+    labels_sha = download(
+        fc.labels_url,
+        labels_file,
+        timeout=timeout,
+        expected_sha256=fc.labels_sha256,
+        label=LABELS_NAME,
+        progress=progress,
+    )
     try:
         label_rows = len(read_labels(labels_file))
     except DataError as exc:
@@ -365,8 +352,14 @@ def _assemble(fc: FetchConfig, work: Path, timeout: float, progress: Optional[bo
 
     archive = work / "bccd.zip"
     echo(f"downloading the BCCD archive from {fc.bccd_url}")
-    bccd_sha = download(fc.bccd_url, archive, timeout=timeout, expected_sha256=fc.bccd_sha256,
-                        label="BCCD archive", progress=progress)
+    bccd_sha = download(
+        fc.bccd_url,
+        archive,
+        timeout=timeout,
+        expected_sha256=fc.bccd_sha256,
+        label="BCCD archive",
+        progress=progress,
+    )
     bccd_bytes = archive.stat().st_size
 
     unpacked = work / "unpacked"
@@ -379,7 +372,9 @@ def _assemble(fc: FetchConfig, work: Path, timeout: float, progress: Optional[bo
 
     images_src = _find_images_dir(unpacked)
     if images_src is None:
-        raise _fail(fc.bccd_url, f"no {IMAGES_DIR} folder in the archive (expected BCCD/{IMAGES_DIR})")
+        raise _fail(
+            fc.bccd_url, f"no {IMAGES_DIR} folder in the archive (expected BCCD/{IMAGES_DIR})"
+        )
     annotations_src = images_src.parent / ANNOTATIONS_DIR
     if not annotations_src.is_dir():
         raise _fail(fc.bccd_url, f"no {ANNOTATIONS_DIR} folder beside {IMAGES_DIR} in the archive")
@@ -393,7 +388,9 @@ def _assemble(fc: FetchConfig, work: Path, timeout: float, progress: Optional[bo
     if license_src is not None:
         shutil.copyfile(license_src, out / LICENSE_NAME)
     else:
-        echo(f"warning: {fc.bccd_url}: no {LICENSE_NAME} file in the archive (BCCD is MIT-licensed)")
+        echo(
+            f"warning: {fc.bccd_url}: no {LICENSE_NAME} file in the archive (BCCD is MIT-licensed)"
+        )
     remove_tree(unpacked)
 
     echo("checking that every image decodes")

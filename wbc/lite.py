@@ -105,8 +105,9 @@ class LiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         with quiet():
-            self._interpreter = Interpreter(model_content=blob,
-                                            num_threads=threads or os.cpu_count() or 1)
+            self._interpreter = Interpreter(
+                model_content=blob, num_threads=threads or os.cpu_count() or 1
+            )
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._batch = None

@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from wbc.errors import DataError
 
@@ -49,8 +50,10 @@ def folder_lock(folder: Path, doing: str) -> Iterator[None]:
         holder = handle.read().strip()
         handle.close()
         who = f" (pid {holder})" if holder.isdigit() else ""
-        raise DataError(f"{folder}: another wbc process{who} is {doing} in this folder; "
-                        "wait for it to finish or choose another folder") from None
+        raise DataError(
+            f"{folder}: another wbc process{who} is {doing} in this folder; "
+            "wait for it to finish or choose another folder"
+        ) from None
     try:
         handle.seek(0)
         handle.truncate()
@@ -66,8 +69,9 @@ def folder_lock(folder: Path, doing: str) -> Iterator[None]:
                 folder.rmdir()
 
 
-def holds_folder_lock(doing: str, *names: str,
-                      when: Callable[[], bool] = lambda: True) -> Callable[[F], F]:
+def holds_folder_lock(
+    doing: str, *names: str, when: Callable[[], bool] = lambda: True
+) -> Callable[[F], F]:
     """Decorate a function to run under ``folder_lock`` of the first of its keyword arguments
     ``names`` that is given (not None). Without one (a fresh timestamped folder), or when
     ``when()`` is false, it runs unlocked. The folder must be passed by keyword."""

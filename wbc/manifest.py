@@ -16,9 +16,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from wbc.errors import DataError
 
@@ -87,12 +88,14 @@ class Manifest:
         (Path(folder) / MANIFEST_NAME).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "Manifest":
+    def load(cls, folder: Path) -> Manifest:
         path = Path(folder) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DataError(f"{path}: no manifest; run the stage that makes {folder} first") from None
+            raise DataError(
+                f"{path}: no manifest; run the stage that makes {folder} first"
+            ) from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: unreadable manifest ({exc})") from None
         data.pop("digest", None)
@@ -107,7 +110,9 @@ class Manifest:
 
 
 def stage_key(stage: str, params: dict[str, Any], inputs: dict[str, Any]) -> str:
-    return sha256_json({"stage": stage, "params": params, "inputs": inputs, "format": FORMAT_VERSION})
+    return sha256_json(
+        {"stage": stage, "params": params, "inputs": inputs, "format": FORMAT_VERSION}
+    )
 
 
 def load_if_current(dst: Path, key: str) -> Manifest | None:

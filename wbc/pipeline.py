@@ -6,9 +6,9 @@ folder under ``data/`` says where it came from, and its ``manifest.json`` says h
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from wbc.config import Config
 from wbc.errors import DataError
@@ -172,16 +172,23 @@ def _prepare(
         results["rename"] = rename(located.root, paths.renamed, config, force=force, echo=echo)
         _report(echo, "rename", results["rename"], paths.renamed)
         summary = results["rename"].summary
-        echo(f"  rename: kept {summary['kept']}, skipped {summary['skipped']} "
-             f"(see {paths.renamed / 'skipped.csv'}); same-field groups: "
-             f"{summary['duplicate_groups']}")
+        echo(
+            f"  rename: kept {summary['kept']}, skipped {summary['skipped']} "
+            f"(see {paths.renamed / 'skipped.csv'}); same-field groups: "
+            f"{summary['duplicate_groups']}"
+        )
 
     if wanted("crop"):
         if cropping:
             from wbc.stages.crop import crop
 
-            results["crop"] = crop(paths.renamed, paths.cropped, config,
-                                   boxes_csv=paths.renamed / "boxes.csv", force=force)
+            results["crop"] = crop(
+                paths.renamed,
+                paths.cropped,
+                config,
+                boxes_csv=paths.renamed / "boxes.csv",
+                force=force,
+            )
             _report(echo, "crop", results["crop"], paths.cropped)
         elif only == "crop":
             echo("crop: nothing to do (crop.mode is none)")
@@ -192,8 +199,13 @@ def _prepare(
         _report(echo, "augment", results["augment"], paths.augmented)
 
     if wanted("split"):
-        results["split"] = split(paths.augmented, paths.split, config,
-                                 groups_csv=paths.renamed / "groups.csv", force=force)
+        results["split"] = split(
+            paths.augmented,
+            paths.split,
+            config,
+            groups_csv=paths.renamed / "groups.csv",
+            force=force,
+        )
         _report(echo, "split", results["split"], paths.split)
 
     if wanted("subsets"):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from wbc.errors import DataError
 
@@ -110,12 +111,19 @@ def plot_confusion(matrix: Any, classes: Sequence[str], out_png: Path, title: st
     axis.set_ylabel("true")
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            axis.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                      color="white" if shares[i, j] > 0.5 else "black")
+            axis.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
     total = matrix.sum()
     accuracy = np.trace(matrix) / total if total else 0.0
-    axis.set_title((title + "\n" if title else "") + f"accuracy {accuracy:.3f} on {total} images",
-                   fontsize=10)
+    axis.set_title(
+        (title + "\n" if title else "") + f"accuracy {accuracy:.3f} on {total} images", fontsize=10
+    )
     figure.tight_layout()
     out_png = Path(out_png)
     figure.savefig(out_png, dpi=100)

@@ -20,10 +20,11 @@ import io
 import json
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -160,8 +161,9 @@ def model_inputs(
     return inputs
 
 
-def load_input(path: Path, spec: InputSpec, crop_size: int = 256, *,
-               input_kind: str = "auto") -> np.ndarray:
+def load_input(
+    path: Path, spec: InputSpec, crop_size: int = 256, *, input_kind: str = "auto"
+) -> np.ndarray:
     """One image file -> its uint8 model input. Raises ``BadImage`` (unreadable, no WBC found)."""
     inputs = model_inputs(read_rgb(path), spec, crop_size, input_kind=input_kind)
     if not inputs:
@@ -186,8 +188,7 @@ class Predictor:
     flips of a non-square input), in the families that gain from it: the CNNs.
     """
 
-    def __init__(self, classifier, *, engine: str = "auto", cache: bool = True,
-                 tta: bool = False):
+    def __init__(self, classifier, *, engine: str = "auto", cache: bool = True, tta: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.classifier = classifier
@@ -198,12 +199,14 @@ class Predictor:
         self.fallback = self._engine.fallback
 
     @classmethod
-    def from_run(cls, run, engine: str = "auto", cache: bool = True,
-                 tta: Optional[bool] = None) -> "Predictor":
+    def from_run(
+        cls, run, engine: str = "auto", cache: bool = True, tta: Optional[bool] = None
+    ) -> Predictor:
         """``cache``: keep a conversion for the next process that loads this model. ``tta``:
         None = the run's ``model.tta``."""
-        return cls(run.model, engine=engine, cache=cache,
-                   tta=run.config.model.tta if tta is None else tta)
+        return cls(
+            run.model, engine=engine, cache=cache, tta=run.config.model.tta if tta is None else tta
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.uint8)
@@ -231,8 +234,12 @@ def _guarded(load: Callable[[Path], Any], path: Path) -> Any:
         return BadImage(path, f"cannot process ({detail})")
 
 
-def iter_loaded(files: Sequence[Path], load: Callable[[Path], Any], workers: Optional[int] = None,
-                prefetch: int = 2 * DEFAULT_BATCH) -> Iterator[tuple[Path, Any]]:
+def iter_loaded(
+    files: Sequence[Path],
+    load: Callable[[Path], Any],
+    workers: Optional[int] = None,
+    prefetch: int = 2 * DEFAULT_BATCH,
+) -> Iterator[tuple[Path, Any]]:
     """``(path, load(path) or BadImage)`` in the order of ``files``, loaded by a thread pool.
 
     At most ``prefetch`` files are decoded ahead of the consumer, so memory stays bounded however
@@ -296,12 +303,14 @@ def classify_files(
     """
 
     def load(path: Path) -> tuple[list[CellInput], list[float]]:
-        inputs = model_inputs(read_rgb(path), spec, crop_size, input_kind=input_kind,
-                              all_cells=all_cells)
+        inputs = model_inputs(
+            read_rgb(path), spec, crop_size, input_kind=input_kind, all_cells=all_cells
+        )
         if not inputs and not all_cells:
             raise BadImage(path, "no white blood cell found")
-        distances = ([] if domain is None
-                     else domain.distances([cell.pixels for cell in inputs]).tolist())
+        distances = (
+            [] if domain is None else domain.distances([cell.pixels for cell in inputs]).tolist()
+        )
         return inputs, distances
 
     results: list[FileResult] = []
@@ -345,17 +354,24 @@ def _top(probs: np.ndarray, classes: Sequence[str], k: int) -> list[dict[str, An
     return [{"class": classes[i], "probability": round(float(probs[i]), 6)} for i in order]
 
 
-def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: int = 3,
-                    domain=None) -> list[dict[str, Any]]:
+def prediction_rows(
+    results: Sequence[FileResult], classes: Sequence[str], top: int = 3, domain=None
+) -> list[dict[str, Any]]:
     """One dict per file: file, class, probability (= confidence, the top probability), top
     (K dicts), probabilities, error; with ``domain`` (the run's ``wbc.domain`` reference) also
     ``stain_distance`` and ``out_of_domain`` (the distance above the run's threshold)."""
     k = max(1, min(int(top), len(classes)))
     rows = []
     for result in results:
-        row: dict[str, Any] = {"file": str(result.path), "class": None, "probability": None,
-                               "confidence": None, "top": [], "probabilities": {},
-                               "error": result.error}
+        row: dict[str, Any] = {
+            "file": str(result.path),
+            "class": None,
+            "probability": None,
+            "confidence": None,
+            "top": [],
+            "probabilities": {},
+            "error": result.error,
+        }
         if domain is not None:
             distance = result.distances[0] if result.distances else None
             row["stain_distance"] = None if distance is None else round(float(distance), 3)
@@ -376,19 +392,36 @@ def prediction_rows(results: Sequence[FileResult], classes: Sequence[str], top: 
     return rows
 
 
-def predict_files(run, files: Sequence[Path], *, top: int = 3, input_kind: str = "auto",
-                  batch_size: int = DEFAULT_BATCH, workers: Optional[int] = None,
-                  progress: Progress = None, predictor: Optional[Predictor] = None
-                  ) -> list[dict[str, Any]]:
+def predict_files(
+    run,
+    files: Sequence[Path],
+    *,
+    top: int = 3,
+    input_kind: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    workers: Optional[int] = None,
+    progress: Progress = None,
+    predictor: Optional[Predictor] = None,
+) -> list[dict[str, Any]]:
     """Classify each file with ``run`` (a ``wbc.runs.Run``): ``prediction_rows`` of the results."""
     predictor = predictor or Predictor.from_run(run)
-    results = classify_files(predictor, files, run.spec, run.crop_size, input_kind=input_kind,
-                             batch_size=batch_size, workers=workers, progress=progress,
-                             domain=run.domain)
+    results = classify_files(
+        predictor,
+        files,
+        run.spec,
+        run.crop_size,
+        input_kind=input_kind,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        domain=run.domain,
+    )
     return prediction_rows(results, run.classes, top, run.domain)
 
 
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+def text_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
         for i, cell in enumerate(row[: len(headers)]):
@@ -406,8 +439,13 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Seq
     return "\n".join([line(headers)] + [line(r) for r in rows]) + "\n"
 
 
-def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: int = 3,
-                       model: Optional[str] = None, classes: Sequence[str] = ()) -> str:
+def format_predictions(
+    rows: Sequence[dict[str, Any]],
+    fmt: str = "table",
+    top: int = 3,
+    model: Optional[str] = None,
+    classes: Sequence[str] = (),
+) -> str:
     """``rows`` from ``prediction_rows`` as a text table, CSV or JSON."""
     k = max((len(r["top"]) for r in rows), default=0) or max(1, top)
     if fmt == "json":
@@ -427,19 +465,25 @@ def format_predictions(rows: Sequence[dict[str, Any]], fmt: str = "table", top: 
         for i in range(1, k + 1):
             header += [f"top{i}_class", f"top{i}_probability"]
         flagged = any("out_of_domain" in r for r in rows)
-        writer.writerow(header + (["stain_distance", "out_of_domain"] if flagged else [])
-                        + ["error"])
+        writer.writerow(
+            header + (["stain_distance", "out_of_domain"] if flagged else []) + ["error"]
+        )
         for r in rows:
-            cells = [r["file"], r["class"] or "", "" if r["probability"] is None else
-                     f"{r['probability']:.6f}"]
+            cells = [
+                r["file"],
+                r["class"] or "",
+                "" if r["probability"] is None else f"{r['probability']:.6f}",
+            ]
             for i in range(k):
                 if i < len(r["top"]):
                     cells += [r["top"][i]["class"], f"{r['top'][i]['probability']:.6f}"]
                 else:
                     cells += ["", ""]
             if flagged:
-                cells += ["" if r.get("stain_distance") is None else f"{r['stain_distance']:.3f}",
-                          "" if r.get("out_of_domain") is None else str(r["out_of_domain"]).lower()]
+                cells += [
+                    "" if r.get("stain_distance") is None else f"{r['stain_distance']:.3f}",
+                    "" if r.get("out_of_domain") is None else str(r["out_of_domain"]).lower(),
+                ]
             writer.writerow(cells + [r["error"] or ""])
         return buffer.getvalue()
     if fmt != "table":

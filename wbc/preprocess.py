@@ -30,16 +30,26 @@ class InputSpec:
     stain_reference: Optional[Any] = None  # wbc.color.StainReference (the run's, for normalize)
 
     @classmethod
-    def from_config(cls, config: Config, stain_reference: Optional[Any] = None,
-                    image_size: Optional[tuple[int, int]] = None) -> "InputSpec":
+    def from_config(
+        cls,
+        config: Config,
+        stain_reference: Optional[Any] = None,
+        image_size: Optional[tuple[int, int]] = None,
+    ) -> InputSpec:
         """``image_size``: the model family's input size (default: the family's, from
         ``wbc.models.family_for(config).input_size()``)."""
         if image_size is None:
             from wbc.models import family_for
 
             image_size = family_for(config).input_size()
-        return cls(tuple(image_size), config.crop.mode, config.crop.padding,
-                   config.color.input, config.color.normalize, stain_reference)
+        return cls(
+            tuple(image_size),
+            config.crop.mode,
+            config.crop.padding,
+            config.color.input,
+            config.color.normalize,
+            stain_reference,
+        )
 
     @property
     def recolors(self) -> bool:
@@ -80,8 +90,9 @@ def to_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     return recolor(resize(rgb, spec.image_size), spec)
 
 
-def load_resized(path: Path, image_size: tuple[int, int],
-                 spec: Optional[InputSpec] = None) -> np.ndarray:
+def load_resized(
+    path: Path, image_size: tuple[int, int], spec: Optional[InputSpec] = None
+) -> np.ndarray:
     """Read any supported image file and resize it: uint8 (H, W, 3). Raises ``BadImage``.
 
     With ``spec``, its colour steps (``recolor``) follow the resize.

@@ -74,9 +74,7 @@ def latest_model(runs_dir: Path | str = "runs") -> Path:
                 continue
     if not candidates:
         shown = f"{runs_dir}/" if not str(runs_dir).endswith("/") else str(runs_dir)
-        raise ModelError(
-            f"no trained model found under {shown}; run `wbc train` or pass --model"
-        )
+        raise ModelError(f"no trained model found under {shown}; run `wbc train` or pass --model")
     return max(candidates)[2]
 
 
@@ -142,8 +140,10 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
     family = family_for(config)
     expected = family.model_file
     if path.suffix.lower() != Path(expected).suffix and path.name != expected:
-        raise ModelError(f"{path}: not a {Path(expected).suffix} model file (the run's "
-                         f"config.yaml names a {family.name} model: {expected})")
+        raise ModelError(
+            f"{path}: not a {Path(expected).suffix} model file (the run's "
+            f"config.yaml names a {family.name} model: {expected})"
+        )
     classes = _read_classes(path.parent / CLASSES_NAME)
     reference = None
     if config.color.normalize != "none":  # the stain reference computed from the training set
@@ -154,5 +154,11 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
     spec = InputSpec.from_config(config, reference, image_size=family.input_size())
     from wbc.domain import read_reference as read_domain
 
-    return Run(model_path=path, model=classifier, classes=classes, spec=spec, config=config,
-               domain=read_domain(path.parent))
+    return Run(
+        model_path=path,
+        model=classifier,
+        classes=classes,
+        spec=spec,
+        config=config,
+        domain=read_domain(path.parent),
+    )

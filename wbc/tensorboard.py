@@ -9,8 +9,8 @@ side's accuracy, macro-F1 and confusion matrix under ``test/`` (``write_test_sum
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -35,8 +35,14 @@ def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title
     axes.set_title(title, fontsize=9)
     top = matrix.max() if matrix.size else 0
     for (row, col), value in np.ndenumerate(matrix):
-        axes.text(col, row, str(value), ha="center", va="center",
-                  color="white" if value > top / 2 else "black")
+        axes.text(
+            col,
+            row,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > top / 2 else "black",
+        )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -72,9 +78,12 @@ def keras_callbacks(run_dir: Path, val_data, classes: Sequence[str]) -> list:
                 self.labels = np.concatenate([np.argmax(y, axis=-1) for _, y in val_data])
             predicted = np.argmax(self.model.predict(val_data, verbose=0), axis=-1)
             matrix = confusion_matrix(self.labels, predicted, labels=range(len(classes)))
-            _image_summary(self.writer, "confusion_matrix",
-                           confusion_png(matrix, classes, f"validation, epoch {epoch + 1}"),
-                           epoch)
+            _image_summary(
+                self.writer,
+                "confusion_matrix",
+                confusion_png(matrix, classes, f"validation, epoch {epoch + 1}"),
+                epoch,
+            )
 
     board = keras.callbacks.TensorBoard(str(log_dir), write_graph=False, profile_batch=0)
     # The study's ImageDataGenerator feed loops forever: no confusion image from it.
@@ -89,7 +98,10 @@ def write_test_summary(run_dir: Path, metrics: dict, step: int) -> None:
     with writer.as_default():
         tf.summary.scalar("accuracy", float(metrics["accuracy"]), step=step)
         tf.summary.scalar("macro_f1", float(metrics["macro_f1"]), step=step)
-    _image_summary(writer, "confusion_matrix",
-                   confusion_png(metrics["confusion_matrix"], metrics["classes"], "test side"),
-                   step)
+    _image_summary(
+        writer,
+        "confusion_matrix",
+        confusion_png(metrics["confusion_matrix"], metrics["classes"], "test side"),
+        step,
+    )
     writer.close()

@@ -1,4 +1,5 @@
-"""``wbc train``: fit a model (``model.family``) on a prepared subset, then score it on the test side.
+"""``wbc train``: fit a model (``model.family``) on a prepared subset, then score it on the test
+side.
 
 A run folder (default ``runs/<YYYYmmdd-HHMMSS>-<subset>``) holds:
 
@@ -31,9 +32,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from wbc.config import Config, config_from_dict, dump_config, read_yaml
 from wbc.errors import ConfigError, DataError, ModelError
@@ -61,9 +63,15 @@ class CollapseDetector:
     the majority share) is no longer collapsed, but ``warned`` stays True.
     """
 
-    def __init__(self, n_classes: int, majority_share: float, epochs: int = 3,
-                 reference: Optional[float] = None, tolerance: float = COLLAPSE_TOLERANCE,
-                 accuracy_margin: float = COLLAPSE_ACCURACY_MARGIN):
+    def __init__(
+        self,
+        n_classes: int,
+        majority_share: float,
+        epochs: int = 3,
+        reference: Optional[float] = None,
+        tolerance: float = COLLAPSE_TOLERANCE,
+        accuracy_margin: float = COLLAPSE_ACCURACY_MARGIN,
+    ):
         self.n_classes = n_classes
         self.majority_share = majority_share
         self.epochs = max(1, epochs)
@@ -94,8 +102,11 @@ class CollapseDetector:
 
     def message(self, loss: float, accuracy: float) -> str:
         balanced = abs(self.reference - math.log(self.n_classes)) < 1e-6
-        where = (f"ln({self.n_classes})={self.reference:.3f}" if balanced
-                 else f"the class-prior entropy {self.reference:.3f}")
+        where = (
+            f"ln({self.n_classes})={self.reference:.3f}"
+            if balanced
+            else f"the class-prior entropy {self.reference:.3f}"
+        )
         return (
             f"warning: collapse: loss stuck at {where} for {self.streak} epochs "
             f"(loss {loss:.3f}, accuracy {accuracy:.3f} ~ the majority share "
@@ -199,8 +210,10 @@ def _with_prepared_crop(config: Config, data_dir: Path, echo) -> Config:
         return config
     crop = dataclasses.replace(config.crop, **found)
     if crop != config.crop:
-        echo(f"note: the prepared images in {data_dir} were made with crop.mode={crop.mode}; "
-             "the run records that (not the config's crop.mode={config.crop.mode})")
+        echo(
+            f"note: the prepared images in {data_dir} were made with crop.mode={crop.mode}; "
+            "the run records that (not the config's crop.mode={config.crop.mode})"
+        )
         config = dataclasses.replace(config, crop=crop)
     return config
 
@@ -256,8 +269,11 @@ def has_progress(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     from wbc.models import model_files
 
-    return (backup_epoch(run_dir) > 0 or any((run_dir / f).exists() for f in model_files())
-            or bool(read_history_rows(run_dir / "history.csv")))
+    return (
+        backup_epoch(run_dir) > 0
+        or any((run_dir / f).exists() for f in model_files())
+        or bool(read_history_rows(run_dir / "history.csv"))
+    )
 
 
 def subset_folders(data_dir: Path, subset: str) -> tuple[Path, Path]:
@@ -265,9 +281,7 @@ def subset_folders(data_dir: Path, subset: str) -> tuple[Path, Path]:
     train_dir, test_dir = base / "train", base / "test"
     for folder in (train_dir, test_dir):
         if not folder.is_dir():
-            raise DataError(
-                f"{folder}: not found; run `wbc prepare` first (or check --data-dir)"
-            )
+            raise DataError(f"{folder}: not found; run `wbc prepare` first (or check --data-dir)")
     return train_dir, test_dir
 
 
@@ -291,8 +305,10 @@ def make_strategy(name: str, echo: Echo):
         return strategy
     if name == "multiworker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        echo(f"strategy: multiworker, {strategy.num_replicas_in_sync} replica(s) in sync "
-             "(workers from TF_CONFIG)")
+        echo(
+            f"strategy: multiworker, {strategy.num_replicas_in_sync} replica(s) in sync "
+            "(workers from TF_CONFIG)"
+        )
         return strategy
     raise ConfigError(f"--strategy: unknown strategy '{name}' (use {', '.join(STRATEGIES)})")
 
@@ -332,8 +348,16 @@ def human_epoch(epoch: Optional[int], total: int) -> str:
     return "?" if epoch is None else f"{epoch + 1}/{total}"
 
 
-def run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience: PatienceTracker,
-                  collapse: CollapseDetector, echo: Echo, write: bool, total: int):
+def run_callback(
+    keras,
+    run_dir: Path,
+    prior: list[dict[str, float]],
+    patience: PatienceTracker,
+    collapse: CollapseDetector,
+    echo: Echo,
+    write: bool,
+    total: int,
+):
     """One Keras callback that keeps history.csv, the checkpoints, early stopping and collapse."""
 
     class RunLog(keras.callbacks.Callback):
@@ -375,14 +399,18 @@ def run_callback(keras, run_dir: Path, prior: list[dict[str, float]], patience: 
             if collapse.update(row["loss"], row["accuracy"]):
                 echo(collapse.message(row["loss"], row["accuracy"]))
             elif collapse.recovered:
-                echo(f"collapse over at epoch {human_epoch(row['epoch'], total)}: "
-                     f"accuracy {row['accuracy']:.3f} "
-                     f"is above the majority share {collapse.majority_share:.3f}")
+                echo(
+                    f"collapse over at epoch {human_epoch(row['epoch'], total)}: "
+                    f"accuracy {row['accuracy']:.3f} "
+                    f"is above the majority share {collapse.majority_share:.3f}"
+                )
             if stop:
                 self.stopped_early = True
                 self.model.stop_training = True
-                echo(f"early stopping: val_loss has not improved for {patience.patience} epochs "
-                     f"(best {patience.best:.4f} at epoch {human_epoch(patience.best_epoch, total)})")
+                echo(
+                    f"early stopping: val_loss has not improved for {patience.patience} epochs "
+                    f"(best {patience.best:.4f} at epoch {human_epoch(patience.best_epoch, total)})"
+                )
 
     return RunLog()
 
@@ -468,11 +496,15 @@ def train(
         run_dir = default_run_dir(subset)
     run_dir = Path(run_dir)
     if tc.freeze != "none" and init_model is None and not resuming:
-        raise ConfigError(f"train.freeze {tc.freeze}: freezing layers is for fine-tuning; "
-                          "give the trained model to start from with --init MODEL.keras")
+        raise ConfigError(
+            f"train.freeze {tc.freeze}: freezing layers is for fine-tuning; "
+            "give the trained model to start from with --init MODEL.keras"
+        )
     if not resuming and has_progress(run_dir):
-        raise DataError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
-                        "or choose another --run-dir")
+        raise DataError(
+            f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+            "or choose another --run-dir"
+        )
 
     from wbc import evaluate as ev
     from wbc.color import run_reference
@@ -491,12 +523,22 @@ def train(
     # the run folder (evaluate and predict read it back); color.input applies to both sides.
     inherited = _inherit_stain_reference(config, init_model, out_dir, echo)
     spec = InputSpec.from_config(
-        config, run_reference(config, train_dir, out_dir, reuse=resuming or inherited,
-                              echo=echo))
-    fitted = family.fit(FitJob(config=config, train_dir=train_dir, test_dir=test_dir,
-                               run_dir=out_dir, spec=spec, echo=echo, resuming=resuming,
-                               init_model=Path(init_model) if init_model else None,
-                               strategy=strategy, callbacks=callbacks))
+        config, run_reference(config, train_dir, out_dir, reuse=resuming or inherited, echo=echo)
+    )
+    fitted = family.fit(
+        FitJob(
+            config=config,
+            train_dir=train_dir,
+            test_dir=test_dir,
+            run_dir=out_dir,
+            spec=spec,
+            echo=echo,
+            resuming=resuming,
+            init_model=Path(init_model) if init_model else None,
+            strategy=strategy,
+            callbacks=callbacks,
+        )
+    )
     if not chief:
         return run_dir
     _write_domain(config, train_dir, out_dir, spec, echo)
@@ -512,8 +554,15 @@ def train(
         last_model=fitted.last_file,
         epochs_run=len(fitted.history),
         epochs_planned=tc.epochs,
-        **{"best_epoch": None, "best_val_loss": None, "stopped_early": False,
-           "collapsed": False, "collapse_warned": False, "feed": None, **fitted.facts},
+        **{
+            "best_epoch": None,
+            "best_val_loss": None,
+            "stopped_early": False,
+            "collapsed": False,
+            "collapse_warned": False,
+            "feed": None,
+            **fitted.facts,
+        },
         strategy=strategy,
         train_images=fitted.n_train,
         skipped_train_images=[{"path": b.path, "reason": b.reason} for b in fitted.skipped],
@@ -524,8 +573,12 @@ def train(
 
     if fitted.history:
         plot_history(history_path, out_dir / "curves.png", title=f"{run_dir.name}")
-    plot_confusion(metrics["confusion_matrix"], fitted.classes, out_dir / "confusion_matrix.png",
-                   title=f"{run_dir.name}: test side")
+    plot_confusion(
+        metrics["confusion_matrix"],
+        fitted.classes,
+        out_dir / "confusion_matrix.png",
+        title=f"{run_dir.name}: test side",
+    )
     from wbc.card import write_run_card
     from wbc.tensorboard import write_test_summary
 
@@ -539,8 +592,9 @@ def train(
     return run_dir
 
 
-def _inherit_stain_reference(config: Config, init_model: Optional[Path], run_dir: Path,
-                             echo: Echo) -> bool:
+def _inherit_stain_reference(
+    config: Config, init_model: Optional[Path], run_dir: Path, echo: Echo
+) -> bool:
     """Fine-tuning keeps the model's input: with ``color.normalize``, the run adopts the
     ``stain_reference.json`` of the model it starts from, so the lab's images are mapped to the
     stain the model learnt (not to the lab's own). True when one was adopted."""
@@ -567,11 +621,14 @@ def _write_domain(config: Config, train_dir: Path, run_dir: Path, spec, echo: Ec
     from wbc.preprocess import load_resized
 
     _, files, _ = list_class_files(Path(train_dir))
-    reference = training_reference(files, lambda p: load_resized(p, spec.image_size, spec),
-                                   config.seed)
+    reference = training_reference(
+        files, lambda p: load_resized(p, spec.image_size, spec), config.seed
+    )
     write_reference(reference, run_dir)
-    echo(f"stain reference of {reference.images} training images: out of domain beyond "
-         f"distance {reference.threshold:.2f}")
+    echo(
+        f"stain reference of {reference.images} training images: out of domain beyond "
+        f"distance {reference.threshold:.2f}"
+    )
 
 
 def _worker_dir(run_dir: Path) -> str:
@@ -614,5 +671,7 @@ def load_initial_weights(model, path: Path) -> None:
         model.set_weights(source.get_weights())
     except ValueError as exc:
         reason = str(exc).split("\n")[0][:200]
-        raise ModelError(f"{path}: its weights do not fit this model's architecture "
-                         f"(model.* or train.image_size differ?): {reason}") from None
+        raise ModelError(
+            f"{path}: its weights do not fit this model's architecture "
+            f"(model.* or train.image_size differ?): {reason}"
+        ) from None

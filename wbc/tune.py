@@ -32,13 +32,15 @@ import json
 import math
 import os
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 from wbc.config import Config, _hint, _merge, config_from_dict, read_yaml
 from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
 from wbc.manifest import MANIFEST_NAME, Manifest, sha256_json, write_json
+from wbc.progress import bar
 
 Echo = Callable[[str], None]
 
@@ -51,10 +53,25 @@ CELL_JSON = "cell.json"
 DATA_SECTIONS = ("rename", "crop", "augment", "split", "subsets", "fetch")
 CV_DATA_SECTIONS = tuple(s for s in DATA_SECTIONS if s != "augment")
 
-SINGLE_COLUMNS = ("val_acc_final", "val_acc_best", "val_loss_min", "test_macro_f1", "epochs",
-                  "seconds")
-CV_COLUMNS = ("cv_macro_f1", "cv_macro_f1_std", "cv_accuracy", "cv_accuracy_std",
-              "val_acc_final", "val_acc_best", "val_loss_min", "epochs", "seconds")
+SINGLE_COLUMNS = (
+    "val_acc_final",
+    "val_acc_best",
+    "val_loss_min",
+    "test_macro_f1",
+    "epochs",
+    "seconds",
+)
+CV_COLUMNS = (
+    "cv_macro_f1",
+    "cv_macro_f1_std",
+    "cv_accuracy",
+    "cv_accuracy_std",
+    "val_acc_final",
+    "val_acc_best",
+    "val_loss_min",
+    "epochs",
+    "seconds",
+)
 DEFAULT_SORT = {False: "val_acc_final", True: "cv_macro_f1"}
 ASCENDING_HINTS = ("loss", "seconds", "_std", "epochs")
 
@@ -84,14 +101,20 @@ def check_key(dotted: str, where: str, fixed: Sequence[str] = CV_DATA_SECTIONS) 
             raise ConfigError(f"{where}: unknown config key '{dotted}'" + _hint(part, names))
         cls = typing.get_type_hints(cls)[part]
     if dataclasses.is_dataclass(cls):
-        raise ConfigError(f"{where}: '{dotted}' is a section; name one of its keys "
-                          f"(e.g. {dotted}.{dataclasses.fields(cls)[0].name})")
+        raise ConfigError(
+            f"{where}: '{dotted}' is a section; name one of its keys "
+            f"(e.g. {dotted}.{dataclasses.fields(cls)[0].name})"
+        )
     if parts[0] in fixed:
-        extra = (" (augment.* only with --cv, which augments for each setting)"
-                 if parts[0] == "augment" else "")
+        extra = (
+            " (augment.* only with --cv, which augments for each setting)"
+            if parts[0] == "augment"
+            else ""
+        )
         raise ConfigError(
             f"{where}: '{dotted}' does not change training on prepared data; the "
-            f"{', '.join(s + '.*' for s in fixed)} keys are fixed by `wbc prepare`{extra}")
+            f"{', '.join(s + '.*' for s in fixed)} keys are fixed by `wbc prepare`{extra}"
+        )
 
 
 def read_grid(path: Path, cv: bool = False) -> dict[str, list]:
@@ -102,8 +125,10 @@ def read_grid(path: Path, cv: bool = False) -> dict[str, list]:
     grid: dict[str, list] = {}
     for key, values in data.items():
         if isinstance(values, dict):
-            raise ConfigError(f"{path}: '{key}': use dotted keys (e.g. '{key}.KEY: [v1, v2]'), "
-                              "not nested sections")
+            raise ConfigError(
+                f"{path}: '{key}': use dotted keys (e.g. '{key}.KEY: [v1, v2]'), "
+                "not nested sections"
+            )
         check_key(str(key), str(path), CV_DATA_SECTIONS if cv else DATA_SECTIONS)
         values = values if isinstance(values, list) else [values]
         if not values:
@@ -232,7 +257,6 @@ def _finished(cell_dir: Path, cv: Optional[int]) -> bool:
         return False
 
 
-
 def sort_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Best first by ``column`` (losses, seconds, epochs and std ascending, others descending);
     rows without a value last, ties in grid order."""
@@ -264,14 +288,26 @@ def table_rows(rows: list[dict[str, Any]], keys: list[str], columns: Sequence[st
     head = ["rank", *keys, *columns, "collapsed", "cell"]
     body = []
     for rank, row in enumerate(rows, 1):
-        body.append([str(rank), *[show(row["settings"][k]) for k in keys],
-                     *[_fmt(row.get(c), c) for c in columns], _fmt(row.get("collapsed")),
-                     row["cell"]])
+        body.append(
+            [
+                str(rank),
+                *[show(row["settings"][k]) for k in keys],
+                *[_fmt(row.get(c), c) for c in columns],
+                _fmt(row.get("collapsed")),
+                row["cell"],
+            ]
+        )
     return head, body
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str],
-                  columns: Sequence[str], total: int, title: str) -> str:
+def write_results(
+    out: Path,
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    columns: Sequence[str],
+    total: int,
+    title: str,
+) -> str:
     """results.csv and results.md; returns the plain-text table."""
     head, body = table_rows(rows, keys, columns)
     tmp = out / f".{RESULTS_CSV}.tmp"
@@ -279,9 +315,12 @@ def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str],
         writer = csv.writer(handle)
         writer.writerow(head)
         for row, cells in zip(rows, body):
-            writer.writerow(cells[:1] + [show(row["settings"][k]) for k in keys]
-                            + ["" if row.get(c) is None else row.get(c) for c in columns]
-                            + cells[-2:])
+            writer.writerow(
+                cells[:1]
+                + [show(row["settings"][k]) for k in keys]
+                + ["" if row.get(c) is None else row.get(c) for c in columns]
+                + cells[-2:]
+            )
     os.replace(tmp, out / RESULTS_CSV)
     lines = [f"# {title}", "", f"{len(rows)} of {total} cells done; best first.", ""]
     lines.append("| " + " | ".join(head) + " |")
@@ -290,8 +329,9 @@ def write_results(out: Path, rows: list[dict[str, Any]], keys: list[str],
     tmp = out / f".{RESULTS_MD}.tmp"
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(tmp, out / RESULTS_MD)
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-              for i, h in enumerate(head)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)
+    ]
     text = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     text += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(line.rstrip() for line in text)
@@ -327,73 +367,96 @@ def tune(
     columns = CV_COLUMNS if cv is not None else SINGLE_COLUMNS
     sort = sort or DEFAULT_SORT[cv is not None]
     if sort not in columns:
-        raise ConfigError(f"--sort: '{sort}' is not a results column"
-                          + _hint(sort, list(columns)))
+        raise ConfigError(f"--sort: '{sort}' is not a results column" + _hint(sort, list(columns)))
     if cv is not None and cv < 2:
         raise ConfigError(f"--cv: need at least 2 folds, got {cv}")
     base = resolve_config(config, subset, epochs)
     cells = expand_grid(grid)
-    configs = [cell_config(base, s, f"{grid_path}: cell {i + 1} ({_describe(s)})")
-               for i, s in enumerate(cells)]
+    configs = [
+        cell_config(base, s, f"{grid_path}: cell {i + 1} ({_describe(s)})")
+        for i, s in enumerate(cells)
+    ]
     out = Path(out) if out is not None else Path("runs") / f"tune-{grid_path.stem}"
     out.mkdir(parents=True, exist_ok=True)
     train_echo = echo if train_echo is None else train_echo
     if cv is None:
-        extra_for = lambda c: {"mode": "single", "data": _subset_identity(data_dir,  # noqa: E731
-                                                                           c.train.subset)}
+        extra_for = lambda c: {
+            "mode": "single",
+            "data": _subset_identity(
+                data_dir,  # noqa: E731
+                c.train.subset,
+            ),
+        }
     else:
         source = _source_identity(data_dir)
-        extra_for = lambda c: {"mode": "cv", "k": cv, "per_class": per_class,  # noqa: E731
-                               "data": source}
+        extra_for = lambda c: {
+            "mode": "cv",
+            "k": cv,
+            "per_class": per_class,  # noqa: E731
+            "data": source,
+        }
     ids = [cell_id(c, extra_for(c)) for c in configs]
     if len(set(ids)) < len(ids):
         echo("note: some grid cells have identical settings; each is run once")
     keys = list(grid)
-    title = (f"wbc tune: {grid_path.name}, "
-             + (f"{cv}-fold cross-validation" if cv else f"subset {base.train.subset}")
-             + f", {base.train.epochs} epoch{'' if base.train.epochs == 1 else 's'}")
+    title = (
+        f"wbc tune: {grid_path.name}, "
+        + (f"{cv}-fold cross-validation" if cv else f"subset {base.train.subset}")
+        + f", {base.train.epochs} epoch{'' if base.train.epochs == 1 else 's'}"
+    )
     echo(f"tune: {len(cells)} cells of {grid_path} -> {out}")
 
     rows: list[dict[str, Any]] = []
     done_ids: set[str] = set()
     trained = skipped = 0
     text = ""
-    for index, (settings, cfg, cid) in enumerate(zip(cells, configs, ids)):
-        cell_dir = out / f"cell-{cid}"
-        label = f"cell {index + 1}/{len(cells)} ({_describe(settings)})"
-        if cid in done_ids:
-            continue
-        if _finished(cell_dir, cv):
-            echo(f"{label}: done before, skipped ({cell_dir})")
-            skipped += 1
-        else:
-            echo(f"{label}: training -> {cell_dir}")
-            cell_dir.mkdir(parents=True, exist_ok=True)
-            write_json(cell_dir / CELL_JSON, {"settings": settings, "id": cid,
-                                               "extra": extra_for(cfg)})
-            if cv is None:
-                resume = cell_dir if has_progress(cell_dir) else None
-                run_train(cfg, data_dir=data_dir, run_dir=cell_dir, resume_dir=resume,
-                          echo=train_echo)
-                from wbc.cv import _clear_session
-
-                _clear_session()
+    with bar(len(cells), "tune cells", unit="cell") as shown:
+        for index, (settings, cfg, cid) in enumerate(zip(cells, configs, ids)):
+            shown.update(1)
+            cell_dir = out / f"cell-{cid}"
+            label = f"cell {index + 1}/{len(cells)} ({_describe(settings)})"
+            if cid in done_ids:
+                continue
+            if _finished(cell_dir, cv):
+                echo(f"{label}: done before, skipped ({cell_dir})")
+                skipped += 1
             else:
-                from wbc.cv import cross_validate
+                echo(f"{label}: training -> {cell_dir}")
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                write_json(
+                    cell_dir / CELL_JSON, {"settings": settings, "id": cid, "extra": extra_for(cfg)}
+                )
+                if cv is None:
+                    resume = cell_dir if has_progress(cell_dir) else None
+                    run_train(
+                        cfg, data_dir=data_dir, run_dir=cell_dir, resume_dir=resume, echo=train_echo
+                    )
+                    from wbc.cv import _clear_session
 
-                cross_validate(cfg, data_dir=data_dir, folds=cv, out=cell_dir,
-                               per_class=per_class, cache_dir=out, echo=echo,
-                               train_echo=train_echo)
-            trained += 1
-        if cv is None:
-            result = _single_row(cell_dir)
-        else:
-            from wbc.cv import read_report
+                    _clear_session()
+                else:
+                    from wbc.cv import cross_validate
 
-            result = _cv_row(read_report(cell_dir))
-        done_ids.add(cid)
-        rows.append({"index": index, "cell": cell_dir.name, "settings": settings, **result})
-        text = write_results(out, sort_rows(rows, sort), keys, columns, len(set(ids)), title)
+                    cross_validate(
+                        cfg,
+                        data_dir=data_dir,
+                        folds=cv,
+                        out=cell_dir,
+                        per_class=per_class,
+                        cache_dir=out,
+                        echo=echo,
+                        train_echo=train_echo,
+                    )
+                trained += 1
+            if cv is None:
+                result = _single_row(cell_dir)
+            else:
+                from wbc.cv import read_report
+
+                result = _cv_row(read_report(cell_dir))
+            done_ids.add(cid)
+            rows.append({"index": index, "cell": cell_dir.name, "settings": settings, **result})
+            text = write_results(out, sort_rows(rows, sort), keys, columns, len(set(ids)), title)
     ordered = sort_rows(rows, sort)
     return {"out": out, "rows": ordered, "trained": trained, "skipped": skipped, "table": text}
 

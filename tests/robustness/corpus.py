@@ -12,9 +12,9 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -37,12 +37,19 @@ def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width x height: the guard must refuse it before decoding anything."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) \
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + chunk(b"IEND", b"")
+    )
 
 
 def _exif_rotated() -> bytes:
@@ -72,21 +79,36 @@ def _good_jpeg() -> bytes:
 
 IMAGE_CASES = [
     ImageCase("zero-byte", lambda: b"", False, "empty file", "skipped"),
-    ImageCase("truncated", lambda: _good_jpeg()[: len(_good_jpeg()) // 2], False, "truncated",
-              "skipped"),
-    ImageCase("random-bytes", lambda: np.random.default_rng(1).bytes(4096), False, "not an image",
-              "skipped"),
-    ImageCase("html-named-jpg", lambda: b"<!DOCTYPE html><html>404</html>", False, "not an image",
-              "skipped"),
+    ImageCase(
+        "truncated", lambda: _good_jpeg()[: len(_good_jpeg()) // 2], False, "truncated", "skipped"
+    ),
+    ImageCase(
+        "random-bytes",
+        lambda: np.random.default_rng(1).bytes(4096),
+        False,
+        "not an image",
+        "skipped",
+    ),
+    ImageCase(
+        "html-named-jpg",
+        lambda: b"<!DOCTYPE html><html>404</html>",
+        False,
+        "not an image",
+        "skipped",
+    ),
     ImageCase("png-named-jpg", lambda: _encoded(_good_rgb(), "PNG"), True),
     ImageCase("cmyk", lambda: _encoded(_good_rgb().convert("CMYK"), "JPEG"), True),
     ImageCase("16-bit", _sixteen_bit, True),
     ImageCase("grayscale", lambda: _encoded(_good_rgb().convert("L"), "JPEG"), True),
     ImageCase("rgba", lambda: _encoded(_good_rgb().convert("RGBA"), "PNG"), True),
-    ImageCase("1x1", lambda: _encoded(Image.new("RGB", (1, 1), (90, 40, 140)), "JPEG"), True,
-              "too small", "skipped"),
-    ImageCase("20000x20000", lambda: _png_header_only(20000, 20000), False, "too large",
-              "skipped"),
+    ImageCase(
+        "1x1",
+        lambda: _encoded(Image.new("RGB", (1, 1), (90, 40, 140)), "JPEG"),
+        True,
+        "too small",
+        "skipped",
+    ),
+    ImageCase("20000x20000", lambda: _png_header_only(20000, 20000), False, "too large", "skipped"),
     ImageCase("exif-rotated", _exif_rotated, True),
 ]
 
@@ -105,13 +127,24 @@ LABELS_CASES = [
     LabelsCase("wrong-columns", b"id,label\n0,NEUTROPHIL\n", 1, "expected columns"),
     LabelsCase("bom", "\ufeff,Image,Category\r\n,0,NEUTROPHIL\r\n,1,NEUTROPHIL".encode(), 0, ""),
     LabelsCase("semicolons", b";Image;Category\n;0;NEUTROPHIL\n;1;NEUTROPHIL\n", 0, ""),
-    LabelsCase("non-numeric-ids", b",Image,Category\n,0,NEUTROPHIL\n,abc,NEUTROPHIL\n", 0,
-               "id is not a number"),
-    LabelsCase("contradictory-rows",
-               b",Image,Category\n,0,NEUTROPHIL\n,1,NEUTROPHIL\n,0,EOSINOPHIL\n", 0,
-               "contradictory labels: NEUTROPHIL (line 2) vs EOSINOPHIL (line 4)"),
-    LabelsCase("path-ids", b",Image,Category\n,0,NEUTROPHIL\n,../../etc/passwd,NEUTROPHIL\n", 0,
-               "id is not a number"),
+    LabelsCase(
+        "non-numeric-ids",
+        b",Image,Category\n,0,NEUTROPHIL\n,abc,NEUTROPHIL\n",
+        0,
+        "id is not a number",
+    ),
+    LabelsCase(
+        "contradictory-rows",
+        b",Image,Category\n,0,NEUTROPHIL\n,1,NEUTROPHIL\n,0,EOSINOPHIL\n",
+        0,
+        "contradictory labels: NEUTROPHIL (line 2) vs EOSINOPHIL (line 4)",
+    ),
+    LabelsCase(
+        "path-ids",
+        b",Image,Category\n,0,NEUTROPHIL\n,../../etc/passwd,NEUTROPHIL\n",
+        0,
+        "id is not a number",
+    ),
 ]
 
 

@@ -43,8 +43,9 @@ def run(args: list[str]) -> Outcome:
 def clean_error(outcome: Outcome, names: str) -> bool:
     """Non-zero exit, one 'Error:' line naming ``names``, no traceback."""
     errors = [line for line in outcome.lines if line.startswith("Error:")]
-    return (outcome.exit_code != 0 and len(errors) == 1 and names in errors[0]
-            and not outcome.traceback)
+    return (
+        outcome.exit_code != 0 and len(errors) == 1 and names in errors[0] and not outcome.traceback
+    )
 
 
 def manifest_digests(data: Path) -> dict[str, str]:
@@ -64,8 +65,12 @@ def small_filesystem(path: Path, size: str = "256k", read_only: bool = False):
     """A real tiny (or read-only) tmpfs at ``path`` when this machine lets us mount; else None."""
     path.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield path if mounted else None
     finally:

@@ -75,8 +75,11 @@ def test_prepare_survives_bad_labels(raw, tmp_path, case):
 
 @pytest.mark.parametrize("name", sorted(corpus.ZIP_CASES))
 def test_prepare_refuses_escaping_zip_entries(pristine_raw, tmp_path, name):
-    entries = {f"dataset-master/{p.relative_to(pristine_raw).as_posix()}": p.read_bytes()
-               for p in pristine_raw.rglob("*") if p.is_file()}
+    entries = {
+        f"dataset-master/{p.relative_to(pristine_raw).as_posix()}": p.read_bytes()
+        for p in pristine_raw.rglob("*")
+        if p.is_file()
+    }
     entries[corpus.ZIP_CASES[name]] = b"escaped"
     archive = corpus.zip_with(entries, tmp_path / "dataset-master.zip")
     before = archive.read_bytes()
@@ -106,7 +109,9 @@ def test_read_only_output_folder(raw, tmp_path):
                 raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro"))
 
             with mock.patch("pathlib.Path.mkdir", refuse):
-                outcome = run(["prepare", "--raw", raw, "--data-dir", tmp_path / "ro", *RENAME_ONLY])
+                outcome = run(
+                    ["prepare", "--raw", raw, "--data-dir", tmp_path / "ro", *RENAME_ONLY]
+                )
         else:
             outcome = run(["prepare", "--raw", raw, "--data-dir", mounted / "data", *RENAME_ONLY])
     assert clean_error(outcome, str(tmp_path / "ro")), outcome.output
@@ -124,7 +129,9 @@ def test_full_disk(raw, tmp_path):
                 raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
             with mock.patch("shutil.copyfile", full):
-                outcome = run(["prepare", "--raw", raw, "--data-dir", tmp_path / "full", *RENAME_ONLY])
+                outcome = run(
+                    ["prepare", "--raw", raw, "--data-dir", tmp_path / "full", *RENAME_ONLY]
+                )
         else:
             outcome = run(["prepare", "--raw", raw, "--data-dir", mounted / "data", *RENAME_ONLY])
             leftovers = [p for p in (mounted / "data").rglob("*") if ".tmp" in p.name]

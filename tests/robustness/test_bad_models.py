@@ -58,7 +58,8 @@ def lambda_model(path):
 
     inputs = keras.Input((40, 56, 3))
     outputs = keras.layers.Dense(4, activation="softmax")(
-        keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2.0)(inputs)))
+        keras.layers.Flatten()(keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+    )
     keras.Model(inputs, outputs).save(path)
 
 
@@ -76,8 +77,12 @@ def test_bad_model_files_are_one_line_errors(model, good_image, tmp_path, kind):
         path.write_bytes(model.read_bytes()[:200])
     elif kind == "lambda":
         lambda_model(path)
-    for command in (["predict", good_image], ["evaluate", "--data", good_image.parent.parent],
-                    ["count", good_image.parent], ["explain", good_image, "-o", tmp_path / "x.png"]):
+    for command in (
+        ["predict", good_image],
+        ["evaluate", "--data", good_image.parent.parent],
+        ["count", good_image.parent],
+        ["explain", good_image, "-o", tmp_path / "x.png"],
+    ):
         outcome = run([*command, "--model", path])
         assert clean_error(outcome, "model.keras"), (command, outcome.output)
         if kind == "lambda":
@@ -106,8 +111,7 @@ def skops_file(path, kind):
         sio_bytes = sio.dumps(Pipeline([("f", FunctionTransformer(np.exp))]))
         import io
 
-        with zipfile.ZipFile(io.BytesIO(sio_bytes)) as source, \
-                zipfile.ZipFile(path, "w") as target:
+        with zipfile.ZipFile(io.BytesIO(sio_bytes)) as source, zipfile.ZipFile(path, "w") as target:
             for item in source.infolist():
                 data = source.read(item)
                 if item.filename == "schema.json":
@@ -124,9 +128,16 @@ def test_bad_skops_files_are_one_line_errors(good_image, tmp_path, kind):
     (path.parent / "config.yaml").write_text(features_config())
     (path.parent / "classes.json").write_text(json.dumps(list(CLASSES)))
     skops_file(path, kind)
-    for command in (["predict", good_image], ["evaluate", "--data", good_image.parent.parent],
-                    ["count", good_image.parent], ["explain", good_image, "-o", tmp_path / "x.png"]):
+    for command in (
+        ["predict", good_image],
+        ["evaluate", "--data", good_image.parent.parent],
+        ["count", good_image.parent],
+        ["explain", good_image, "-o", tmp_path / "x.png"],
+    ):
         outcome = run([*command, "--model", path])
         assert clean_error(outcome, "model.skops"), (command, outcome.output)
-        assert "refusing to load" in outcome.output or "not a valid .skops" in outcome.output \
+        assert (
+            "refusing to load" in outcome.output
+            or "not a valid .skops" in outcome.output
             or "empty model file" in outcome.output
+        )

@@ -22,9 +22,20 @@ from tests.conftest import STUDY_CONFIG, make_class_folders, make_raw_folder
 from tests.robustness.helpers import manifest_digests
 
 KILL_SEEDS = (0, 1, 2, 3)
-SETTINGS = ["--set", "augment.per_class=24", "--set", "augment.engine=opencv", "--set", "subsets.small=12",
-            "--set", "subsets.medium=16", "--set", "subsets.full=24",
-            "--set", "rename.find_duplicates=false"]
+SETTINGS = [
+    "--set",
+    "augment.per_class=24",
+    "--set",
+    "augment.engine=opencv",
+    "--set",
+    "subsets.small=12",
+    "--set",
+    "subsets.medium=16",
+    "--set",
+    "subsets.full=24",
+    "--set",
+    "rename.find_duplicates=false",
+]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -41,8 +52,13 @@ def run_to_end(command: list[str]) -> float:
 
 def kill_after(command: list[str], seconds: float) -> bool:
     """Start ``command`` in its own process group and SIGKILL the group; True if it was killed."""
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         process.wait(timeout=seconds)
         return False
@@ -55,8 +71,9 @@ def kill_after(command: list[str], seconds: float) -> bool:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("kills")
-    raw = make_raw_folder(root / "dataset-master",
-                          {"NEUTROPHIL": 8, "EOSINOPHIL": 6, "LYMPHOCYTE": 5, "MONOCYTE": 5})
+    raw = make_raw_folder(
+        root / "dataset-master", {"NEUTROPHIL": 8, "EOSINOPHIL": 6, "LYMPHOCYTE": 5, "MONOCYTE": 5}
+    )
     seconds = run_to_end(wbc("prepare", "--raw", raw, "--data-dir", root / "ref", *SETTINGS))
     return raw, root, seconds, manifest_digests(root / "ref")
 
@@ -85,17 +102,40 @@ def history_epochs(run_dir: Path) -> list[int]:
 def test_training_killed_mid_run_resumes_at_the_next_epoch(tmp_path):
     data = tmp_path / "data"
     for side, n in (("train", 10), ("test", 3)):
-        make_class_folders(data / "processed/small" / side,
-                           {"NEUTROPHIL": n, "EOSINOPHIL": n, "LYMPHOCYTE": n, "MONOCYTE": n},
-                           seed=len(side))
+        make_class_folders(
+            data / "processed/small" / side,
+            {"NEUTROPHIL": n, "EOSINOPHIL": n, "LYMPHOCYTE": n, "MONOCYTE": n},
+            seed=len(side),
+        )
     run_dir = tmp_path / "run"
-    command = wbc("train", "--config", STUDY_CONFIG, "--data-dir", data, "--subset", "small", "--epochs", 6,
-                  "--run-dir", run_dir, "--set", "train.image_size=[48, 64]",
-                  "--set", "train.patience=null")
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    command = wbc(
+        "train",
+        "--config",
+        STUDY_CONFIG,
+        "--data-dir",
+        data,
+        "--subset",
+        "small",
+        "--epochs",
+        6,
+        "--run-dir",
+        run_dir,
+        "--set",
+        "train.image_size=[48, 64]",
+        "--set",
+        "train.patience=null",
+    )
+    process = subprocess.Popen(
+        command,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
-    while len(history_epochs(run_dir)) < 2 and process.poll() is None and time.monotonic() < deadline:
+    while (
+        len(history_epochs(run_dir)) < 2 and process.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert process.poll() is None, "training ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)

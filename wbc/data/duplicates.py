@@ -230,16 +230,24 @@ def match_candidates(
     Unreadable images are left out. This is what ``find_duplicates`` thresholds; scripts use it
     to look at the score distribution.
     """
+    from wbc.progress import bar
+
     ids = sorted(images)
-    with ThreadPoolExecutor(_workers()) as pool:
-        prepared = list(pool.map(lambda i: _load(Path(images[i])), ids))
+    with ThreadPoolExecutor(_workers()) as pool, bar(len(ids), "duplicates: reading") as shown:
+        prepared = []
+        for item in pool.map(lambda i: _load(Path(images[i])), ids):
+            prepared.append(item)
+            shown.update(1)
     kept = [(i, p) for i, p in zip(ids, prepared) if p is not None]
     if len(kept) < 2:
         return {}
     scores = _phase_scores(np.stack([p.thumb_spectrum for _, p in kept]))
     pairs = _candidate_pairs(scores, candidates)
-    with ThreadPoolExecutor(_workers()) as pool:
-        results = list(pool.map(lambda ij: _match(kept[ij[0]][1], kept[ij[1]][1]), pairs))
+    with ThreadPoolExecutor(_workers()) as pool, bar(len(pairs), "duplicates: matching") as shown:
+        results = []
+        for item in pool.map(lambda ij: _match(kept[ij[0]][1], kept[ij[1]][1]), pairs):
+            results.append(item)
+            shown.update(1)
     return {(kept[i][0], kept[j][0]): result for (i, j), result in zip(pairs, results)}
 
 

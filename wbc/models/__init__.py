@@ -58,9 +58,17 @@ def check_model_file(path) -> None:
         raise ModelError(f"{path}: is a folder without a model file")
     check = checks.get(path.suffix.lower())
     if check is None:
-        raise ModelError(f"{path}: not a model file (expected "
-                         f"{', '.join(model_files())})")
+        raise ModelError(f"{path}: not a model file (expected {', '.join(model_files())})")
     check(path)
 
 
-__all__ = ["check_model_file", "Classifier", "Engine", "Family", "FitJob", "FitResult", "family_for", "model_files"]
+__all__ = [
+    "check_model_file",
+    "Classifier",
+    "Engine",
+    "Family",
+    "FitJob",
+    "FitResult",
+    "family_for",
+    "model_files",
+]

@@ -18,9 +18,10 @@ say why it decided (``explain``), and writes itself in the formats it supports (
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
@@ -143,8 +144,11 @@ def resize_batch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return batch
     from wbc.preprocess import resize
 
-    return np.stack([resize(image, size) for image in batch]) if len(batch) else \
-        np.zeros((0, *size, 3), np.uint8)
+    return (
+        np.stack([resize(image, size) for image in batch])
+        if len(batch)
+        else np.zeros((0, *size, 3), np.uint8)
+    )
 
 
 class TtaEngine(Engine):
@@ -167,8 +171,7 @@ def tta_views(batch: np.ndarray) -> np.ndarray:
     if batch.shape[1] == batch.shape[2]:
         return dihedral_views(batch)
     flipped = batch[:, :, ::-1]
-    return np.ascontiguousarray(np.concatenate([batch, flipped, batch[:, ::-1],
-                                                flipped[:, ::-1]]))
+    return np.ascontiguousarray(np.concatenate([batch, flipped, batch[:, ::-1], flipped[:, ::-1]]))
 
 
 def dihedral_views(batch: np.ndarray) -> np.ndarray:

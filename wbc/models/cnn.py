@@ -38,8 +38,15 @@ def build_resnet(cnn, image_size: tuple[int, int], n_classes: int):
         return layers.BatchNormalization(name=name)
 
     def conv(filters: int, kernel: int, strides: int, name: str):
-        return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
-                             kernel_initializer="he_normal", name=name)
+        return layers.Conv2D(
+            filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=name,
+        )
 
     inputs = keras.Input(shape=(*image_size, 3), name="image")
     x = conv(cnn.widths[0], 3, 1, "stem_conv")(inputs)
@@ -54,8 +61,9 @@ def build_resnet(cnn, image_size: tuple[int, int], n_classes: int):
             y = layers.ReLU(name=f"{name}_relu1")(norm(f"{name}_norm1")(y))
             y = norm(f"{name}_norm2")(conv(width, 3, 1, f"{name}_conv2")(y))
             if strides != 1 or shortcut.shape[-1] != width:
-                shortcut = norm(f"{name}_short_norm")(conv(width, 1, strides,
-                                                           f"{name}_short")(shortcut))
+                shortcut = norm(f"{name}_short_norm")(
+                    conv(width, 1, strides, f"{name}_short")(shortcut)
+                )
             x = layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(0.2, name="dropout")(x)
@@ -84,19 +92,25 @@ class CnnFamily(KerasFamily):
         schedule = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cnn.learning_rate / 10 if warmup else cnn.learning_rate,
             decay_steps=max(1, epochs * steps_per_epoch - warmup),
-            warmup_target=cnn.learning_rate if warmup else None, warmup_steps=warmup)
+            warmup_target=cnn.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
         model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=schedule,
-                                             weight_decay=cnn.weight_decay),
+            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cnn.weight_decay),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=cnn.label_smoothing),
-            metrics=["accuracy"])
+            metrics=["accuracy"],
+        )
 
     def online_augment(self) -> dict[str, Any]:
         cnn = self.config.model.cnn
-        return {"flips": cnn.rotations or self.config.train.random_flips,
-                "rotations": cnn.rotations, "mixup": cnn.mixup}
+        return {
+            "flips": cnn.rotations or self.config.train.random_flips,
+            "rotations": cnn.rotations,
+            "mixup": cnn.mixup,
+        }
 
     def optimizer_words(self) -> str:
         cnn = self.config.model.cnn
-        return (f"AdamW lr {cnn.learning_rate:g} cosine, label smoothing "
-                f"{cnn.label_smoothing:g}" + (f", mixup {cnn.mixup:g}" if cnn.mixup else ""))
+        return f"AdamW lr {cnn.learning_rate:g} cosine, label smoothing {cnn.label_smoothing:g}" + (
+            f", mixup {cnn.mixup:g}" if cnn.mixup else ""
+        )

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,12 @@ def member_configs(config) -> list[tuple[str, Any]]:
     members = []
     for index, family in enumerate(config.model.ensemble):
         model = dataclasses.replace(config.model, family=family, ensemble=(), tta=False)
-        members.append((f"{index + 1}-{family}",
-                        dataclasses.replace(config, seed=config.seed + index, model=model)))
+        members.append(
+            (
+                f"{index + 1}-{family}",
+                dataclasses.replace(config, seed=config.seed + index, model=model),
+            )
+        )
     return members
 
 
@@ -59,16 +64,18 @@ class EnsembleClassifier(Classifier):
         self.members = list(members)
         self.path = Path(path)
         self.n_classes = self.members[0].n_classes
-        self.image_size = max((m.image_size for m in self.members),
-                              key=lambda size: size[0] * size[1])
+        self.image_size = max(
+            (m.image_size for m in self.members), key=lambda size: size[0] * size[1]
+        )
 
     def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         return EnsembleEngine([(m.engine(name, cache, tta), m.image_size) for m in self.members])
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The first member's explanation, with the ensemble's probabilities."""
-        first = self.members[0].explain(resize_batch(np.asarray(pixels)[None],
-                                                     self.members[0].image_size)[0], classes)
+        first = self.members[0].explain(
+            resize_batch(np.asarray(pixels)[None], self.members[0].image_size)[0], classes
+        )
         first["probabilities"] = self.engine("auto", cache=False)(np.asarray(pixels)[None])[0]
         first["method"] = f"{first.get('method', '')} of member 1 of {len(self.members)}"
         return first
@@ -85,42 +92,62 @@ class EnsembleFamily(Family):
         self.members = [(folder, family_for(cfg), cfg) for folder, cfg in member_configs(config)]
 
     def input_size(self) -> tuple[int, int]:
-        return max((family.input_size() for _, family, _ in self.members),
-                   key=lambda size: size[0] * size[1])
+        return max(
+            (family.input_size() for _, family, _ in self.members),
+            key=lambda size: size[0] * size[1],
+        )
 
     def fit(self, job: FitJob) -> FitResult:
         from wbc.train import train as run_train
 
         entries, n_train = [], 0
         if job.init_model is not None:
-            job.echo(f"warning: --init {job.init_model} is not used by an ensemble: its members "
-                     "train from scratch (adapt each member's run instead)")
+            job.echo(
+                f"warning: --init {job.init_model} is not used by an ensemble: its members "
+                "train from scratch (adapt each member's run instead)"
+            )
         for index, (folder, family, member_config) in enumerate(self.members):
             member_dir = Path(job.run_dir) / "members" / folder
-            job.echo(f"ensemble member {index + 1}/{len(self.members)}: {family.name} "
-                     f"(seed {member_config.seed}) -> {member_dir}")
-            resume = member_dir if job.resuming and (member_dir / "config.yaml").is_file() \
-                else None
+            job.echo(
+                f"ensemble member {index + 1}/{len(self.members)}: {family.name} "
+                f"(seed {member_config.seed}) -> {member_dir}"
+            )
+            resume = member_dir if job.resuming and (member_dir / "config.yaml").is_file() else None
             if not (member_dir / "metrics.json").is_file():
-                run_train(member_config, run_dir=member_dir, resume_dir=resume,
-                          init_model=None, echo=job.echo, folders=(job.train_dir, job.test_dir),
-                          strategy=job.strategy)
+                run_train(
+                    member_config,
+                    run_dir=member_dir,
+                    resume_dir=resume,
+                    init_model=None,
+                    echo=job.echo,
+                    folders=(job.train_dir, job.test_dir),
+                    strategy=job.strategy,
+                )
             metrics = json.loads((member_dir / "metrics.json").read_text(encoding="utf-8"))
             final = metrics.get("last_model") or metrics["evaluated_model"]
-            entries.append({"family": family.name, "seed": member_config.seed,
-                            "model": f"members/{folder}/{final}"})
+            entries.append(
+                {
+                    "family": family.name,
+                    "seed": member_config.seed,
+                    "model": f"members/{folder}/{final}",
+                }
+            )
             n_train = max(n_train, int(metrics.get("train_images", 0)))
         from wbc import evaluate as ev
         from wbc.manifest import write_json
 
-        classes = ev.read_classes(Path(job.run_dir) / "members" / self.members[0][0]
-                                  / "classes.json")
+        classes = ev.read_classes(
+            Path(job.run_dir) / "members" / self.members[0][0] / "classes.json"
+        )
         ev.write_classes(classes, Path(job.run_dir) / "classes.json")
         write_json(Path(job.run_dir) / ENSEMBLE_FILE, {"members": entries})
-        return FitResult(classes=list(classes), model_file=ENSEMBLE_FILE, n_train=n_train,
-                         facts={"members": entries},
-                         done=f"ensemble of {len(entries)} ("
-                              + ", ".join(e["family"] for e in entries) + ")")
+        return FitResult(
+            classes=list(classes),
+            model_file=ENSEMBLE_FILE,
+            n_train=n_train,
+            facts={"members": entries},
+            done=f"ensemble of {len(entries)} (" + ", ".join(e["family"] for e in entries) + ")",
+        )
 
     @staticmethod
     def member_files(path: Path) -> list[Path]:
@@ -131,8 +158,10 @@ class EnsembleFamily(Family):
         except FileNotFoundError:
             raise ModelError(f"{path}: model file not found") from None
         except (OSError, ValueError, KeyError, TypeError):
-            raise ModelError(f"{path}: not a valid ensemble file (expected "
-                             '{"members": [{"model": ...}, ...]})') from None
+            raise ModelError(
+                f"{path}: not a valid ensemble file (expected "
+                '{"members": [{"model": ...}, ...]})'
+            ) from None
         if not files:
             raise ModelError(f"{path}: the ensemble has no members")
         return files
@@ -153,7 +182,9 @@ class EnsembleFamily(Family):
                 raise ModelError(f"{path}: member {file} lies outside the run folder")
             member = load_run(file)
             if list(member.classes) != list(classes):
-                raise ModelError(f"{file}: classes {list(member.classes)} differ from the "
-                                 f"ensemble's {list(classes)}")
+                raise ModelError(
+                    f"{file}: classes {list(member.classes)} differ from the "
+                    f"ensemble's {list(classes)}"
+                )
             members.append(member.model)
         return EnsembleClassifier(members, path)

@@ -18,9 +18,10 @@ import io
 import json
 import warnings
 import zipfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,8 +52,10 @@ TRUSTED = (
     "builtins.slice",
 )
 # Containers and scalars of skops' own schema.
-PLAIN_TYPES = tuple(f"builtins.{name}" for name in
-                    ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType"))
+PLAIN_TYPES = tuple(
+    f"builtins.{name}"
+    for name in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType")
+)
 FEATURE_THREADS = 4  # OpenCV releases the GIL: measuring crops in threads uses both cores
 
 
@@ -85,8 +88,9 @@ class FeatureEngine(Engine):
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.probabilities(_measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)),
-                                           self.colour))
+        return self.probabilities(
+            _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour)
+        )
 
 
 class FeatureClassifier(Classifier):
@@ -111,8 +115,11 @@ class FeatureClassifier(Classifier):
         values = batch_features(crop, self.colour)
         probs = engine.probabilities(values)[0]
         chosen = int(np.argmax(probs))
-        typical = self.pipeline[0].mean_ if hasattr(self.pipeline[0], "mean_") else \
-            np.zeros(values.shape[1])
+        typical = (
+            self.pipeline[0].mean_
+            if hasattr(self.pipeline[0], "mean_")
+            else np.zeros(values.shape[1])
+        )
         swapped = np.repeat(values, values.shape[1], axis=0)
         swapped[np.arange(values.shape[1]), np.arange(values.shape[1])] = typical
         effect = probs[chosen] - engine.probabilities(swapped)[:, chosen]
@@ -121,12 +128,19 @@ class FeatureClassifier(Classifier):
         seg = segment(crop[0])
         heat = (seg.nucleus * 1.0 + seg.inner_cytoplasm * 0.6 + seg.ring * 0.3).astype(np.float32)
         return {
-            "probabilities": probs, "heat": heat, "method": "feature contributions",
-            "features": [{"name": names[i], "value": round(float(values[0, i]), 4),
-                          "typical": round(float(typical[i]), 4),
-                          "effect": round(float(effect[i]), 4)} for i in order],
+            "probabilities": probs,
+            "heat": heat,
+            "method": "feature contributions",
+            "features": [
+                {
+                    "name": names[i],
+                    "value": round(float(values[0, i]), 4),
+                    "typical": round(float(typical[i]), 4),
+                    "effect": round(float(effect[i]), 4),
+                }
+                for i in order
+            ],
         }
-
 
     uses_tta = False
     export_formats = ("onnx",)
@@ -145,23 +159,34 @@ class FeatureClassifier(Classifier):
         try:
             with warnings.catch_warnings():  # skl2onnx's FutureWarnings about numpy aliases
                 warnings.simplefilter("ignore")
-                graph = to_onnx(self.pipeline, sample,
-                                options={id(classifier): {"zipmap": False}},
-                                target_opset={"": 17, "ai.onnx.ml": 3})
+                graph = to_onnx(
+                    self.pipeline,
+                    sample,
+                    options={id(classifier): {"zipmap": False}},
+                    target_opset={"": 17, "ai.onnx.ml": 3},
+                )
         except Exception as exc:  # noqa: BLE001 - a converter without this estimator
-            raise ModelError(f"{self.path}: {type(classifier).__name__} does not convert to ONNX "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+            raise ModelError(
+                f"{self.path}: {type(classifier).__name__} does not convert to ONNX "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+            ) from None
         Path(path).write_bytes(graph.SerializeToString())
-        return {"input": {"name": "X", "dtype": "float32", "shape": [None, len(names)],
-                          "features": list(names),
-                          "computed_by": "wbc.models.nucleus.cell_features(crop, colour="
-                                         f"{self.colour!r}) on each recoloured crop"},
-                "output": "probabilities (the second output)",
-                # onnxruntime runs the SVM's kernel and Platt scaling in float32, scikit-learn
-                # in float64: ~1e-5 apart on real crops
-                "tolerance": 1e-4,
-                "tolerance_reason": "the ONNX graph computes in float32, scikit-learn in float64",
-                "output_columns": [int(c) for c in self.pipeline.classes_]}
+        return {
+            "input": {
+                "name": "X",
+                "dtype": "float32",
+                "shape": [None, len(names)],
+                "features": list(names),
+                "computed_by": "wbc.models.nucleus.cell_features(crop, colour="
+                f"{self.colour!r}) on each recoloured crop",
+            },
+            "output": "probabilities (the second output)",
+            # onnxruntime runs the SVM's kernel and Platt scaling in float32, scikit-learn
+            # in float64: ~1e-5 apart on real crops
+            "tolerance": 1e-4,
+            "tolerance_reason": "the ONNX graph computes in float32, scikit-learn in float64",
+            "output_columns": [int(c) for c in self.pipeline.classes_],
+        }
 
     def export_inputs(self, batch: np.ndarray) -> np.ndarray:
         return _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour)
@@ -228,8 +253,9 @@ def load_pipeline(path: Path):
         return sio.loads(data, trusted=untrusted)
     except Exception as exc:  # noqa: BLE001
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}"
-                         f"{': ' + reason if reason else ''})") from None
+        raise ModelError(
+            f"{path}: cannot load model ({type(exc).__name__}{': ' + reason if reason else ''})"
+        ) from None
 
 
 def make_pipeline(features_config, seed: int):
@@ -239,18 +265,25 @@ def make_pipeline(features_config, seed: int):
     if features_config.classifier == "boosting":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        model = HistGradientBoostingClassifier(class_weight="balanced", random_state=seed,
-                                               max_iter=300, learning_rate=0.05)
+        model = HistGradientBoostingClassifier(
+            class_weight="balanced", random_state=seed, max_iter=300, learning_rate=0.05
+        )
     else:
         from sklearn.svm import SVC
 
-        model = SVC(C=features_config.svm_c, gamma="scale", class_weight="balanced",
-                    probability=True, random_state=seed)
+        model = SVC(
+            C=features_config.svm_c,
+            gamma="scale",
+            class_weight="balanced",
+            probability=True,
+            random_state=seed,
+        )
     return Pipeline([("scale", StandardScaler()), ("classify", model)])
 
 
-def draw_training_files(files: Sequence[Path], labels: np.ndarray, limit: int, seed: int
-                        ) -> list[int]:
+def draw_training_files(
+    files: Sequence[Path], labels: np.ndarray, limit: int, seed: int
+) -> list[int]:
     """Indices of at most ``limit`` files per class: originals first, then a seeded draw of
     the augmented copies (``CLASS.ID.aNNNN.jpg``)."""
     from wbc.seeding import rng_for
@@ -260,8 +293,10 @@ def draw_training_files(files: Sequence[Path], labels: np.ndarray, limit: int, s
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         noise = rng_for(seed, "features-draw", int(label)).random(len(members))
-        copy = [0 if (n := parse_name(Path(files[i]).name)) is None or n.copy is None else 1
-                for i in members]
+        copy = [
+            0 if (n := parse_name(Path(files[i]).name)) is None or n.copy is None else 1
+            for i in members
+        ]
         order = sorted(range(len(members)), key=lambda j: (copy[j], noise[j]))
         chosen += [int(members[j]) for j in order[:limit]]
     return sorted(chosen)
@@ -274,8 +309,9 @@ def write_training_features(run_dir: Path, features: np.ndarray, labels: np.ndar
     """The training crops' features and labels, kept so that ``--init RUN`` can refit with them
     (plain float and int arrays: read back without pickle)."""
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, features=features.astype(np.float32),
-                        labels=labels.astype(np.int64))
+    np.savez_compressed(
+        buffer, features=features.astype(np.float32), labels=labels.astype(np.int64)
+    )
     from wbc.manifest import write_atomic
 
     write_atomic(Path(run_dir) / TRAINING_FEATURES, buffer.getvalue())
@@ -287,14 +323,20 @@ def read_training_features(run_dir: Path, colour: str) -> tuple[np.ndarray, np.n
         with np.load(path, allow_pickle=False) as data:
             features, labels = data["features"], data["labels"]
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing; --init needs a features run made by this "
-                         "version of wbc train") from None
+        raise ModelError(
+            f"{path}: missing; --init needs a features run made by this version of wbc train"
+        ) from None
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: unreadable training features ({exc})") from None
-    if features.ndim != 2 or features.shape[1] != len(feature_names(colour)) \
-            or len(labels) != len(features):
-        raise ModelError(f"{path}: holds {features.shape} features, not the "
-                         f"{len(feature_names(colour))} of model.features.colour {colour}")
+    if (
+        features.ndim != 2
+        or features.shape[1] != len(feature_names(colour))
+        or len(labels) != len(features)
+    ):
+        raise ModelError(
+            f"{path}: holds {features.shape} features, not the "
+            f"{len(feature_names(colour))} of model.features.colour {colour}"
+        )
     return features, labels
 
 
@@ -333,25 +375,35 @@ class FeaturesFamily(Family):
             # The lab's few cells weigh as much, in all, as the earlier training set: they
             # pull the boundaries towards the lab's stain without the earlier cells being lost.
             fit_x, fit_y = np.concatenate([prior[0], features]), np.concatenate([prior[1], labels])
-            weights = np.concatenate([np.ones(len(prior[0])),
-                                      np.full(len(features), len(prior[0]) / len(features))])
-            job.echo(f"adapting {job.init_model}: refitting on its {len(prior[0])} training "
-                     f"crops and these {len(features)}, weighted to equal totals")
+            weights = np.concatenate(
+                [np.ones(len(prior[0])), np.full(len(features), len(prior[0]) / len(features))]
+            )
+            job.echo(
+                f"adapting {job.init_model}: refitting on its {len(prior[0])} training "
+                f"crops and these {len(features)}, weighted to equal totals"
+            )
         job.echo(f"fitting {fc.classifier} on {len(fit_x)} crops x {fit_x.shape[1]} features")
         with warnings.catch_warnings():
             # scikit-learn 1.9 deprecates SVC(probability=True) (removed in 1.11, hence the
             # pin below it): the measured recipe uses its Platt scaling as it is.
             warnings.filterwarnings("ignore", message=".*probability.*", category=FutureWarning)
             pipeline = make_pipeline(fc, self.config.seed).fit(
-                fit_x, fit_y, **({} if weights is None else {"classify__sample_weight": weights}))
+                fit_x, fit_y, **({} if weights is None else {"classify__sample_weight": weights})
+            )
         ev.write_classes(classes, Path(job.run_dir) / "classes.json")
         save_pipeline(pipeline, Path(job.run_dir) / self.model_file)
         counts = np.bincount(labels, minlength=len(classes))
-        return FitResult(classes=list(classes), model_file=self.model_file,
-                         n_train=int(len(features)), skipped=list(bad),
-                         facts={"features": len(feature_names(fc.colour)),
-                                "train_per_class": dict(zip(classes, counts.tolist()))},
-                         done=f"{fc.classifier} on {len(features)} crops")
+        return FitResult(
+            classes=list(classes),
+            model_file=self.model_file,
+            n_train=int(len(features)),
+            skipped=list(bad),
+            facts={
+                "features": len(feature_names(fc.colour)),
+                "train_per_class": dict(zip(classes, counts.tolist())),
+            },
+            done=f"{fc.classifier} on {len(features)} crops",
+        )
 
     @staticmethod
     def check_file(path: Path) -> None:
@@ -362,10 +414,13 @@ class FeaturesFamily(Family):
         colour = self.config.model.features.colour
         expected = len(feature_names(colour))
         if getattr(pipeline, "n_features_in_", expected) != expected:
-            raise ModelError(f"{path}: the model takes {pipeline.n_features_in_} features, "
-                             f"not the {expected} that wbc measures with "
-                             f"model.features.colour {colour}")
+            raise ModelError(
+                f"{path}: the model takes {pipeline.n_features_in_} features, "
+                f"not the {expected} that wbc measures with "
+                f"model.features.colour {colour}"
+            )
         if len(getattr(pipeline, "classes_", ())) > len(classes) or (
-                len(pipeline.classes_) and int(max(pipeline.classes_)) >= len(classes)):
+            len(pipeline.classes_) and int(max(pipeline.classes_)) >= len(classes)
+        ):
             raise ModelError(f"{path}: the model knows more classes than classes.json names")
         return FeatureClassifier(pipeline, path, len(classes), colour)

@@ -14,8 +14,9 @@ import json
 import math
 import sys
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -102,8 +103,13 @@ class KerasEngine(Engine):
     ``model.predict`` costs ~45 ms a call). ``auto``: LiteRT, else TensorFlow with ``fallback``
     saying why. Both give the same probabilities to ~1e-6."""
 
-    def __init__(self, model, image_size: tuple[int, int], engine: str = "auto",
-                 model_path: Optional[Path] = None):
+    def __init__(
+        self,
+        model,
+        image_size: tuple[int, int],
+        engine: str = "auto",
+        model_path: Optional[Path] = None,
+    ):
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -116,10 +122,13 @@ class KerasEngine(Engine):
                 return
             except Exception as exc:  # noqa: BLE001 - any converter/runtime failure: fall back
                 if engine == "litert":
-                    raise DataError(f"{model_path or 'model'}: cannot run on LiteRT "
-                                    f"({type(exc).__name__}: {exc})") from None
-                self.fallback = (f"LiteRT unavailable ({type(exc).__name__}: {exc}); "
-                                 "using TensorFlow")
+                    raise DataError(
+                        f"{model_path or 'model'}: cannot run on LiteRT "
+                        f"({type(exc).__name__}: {exc})"
+                    ) from None
+                self.fallback = (
+                    f"LiteRT unavailable ({type(exc).__name__}: {exc}); using TensorFlow"
+                )
         self._run = self._tensorflow(model)
         self.engine = "tensorflow"
 
@@ -194,9 +203,15 @@ class KerasClassifier(Classifier):
                 wrapped.export(str(path), format="tf_saved_model")
             else:
                 raise ValueError(f"format must be one of {self.export_formats}, not {fmt!r}")
-        return {"input": {"name": "image", "dtype": "uint8", "shape": [None, *self.image_size, 3],
-                          "layout": "NHWC, RGB, 0-255 (scaled by 1/255 inside the model)"},
-                "output_columns": list(range(self.n_classes))}
+        return {
+            "input": {
+                "name": "image",
+                "dtype": "uint8",
+                "shape": [None, *self.image_size, 3],
+                "layout": "NHWC, RGB, 0-255 (scaled by 1/255 inside the model)",
+            },
+            "output_columns": list(range(self.n_classes)),
+        }
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -218,8 +233,10 @@ def _sequential_forward(model):
     layers = list(model.layers)
     conv_index = _last_conv_index(layers)
     last = layers[-1]
-    softmax_head = (isinstance(last, keras.layers.Dense)
-                    and getattr(last.activation, "__name__", "") == "softmax")
+    softmax_head = (
+        isinstance(last, keras.layers.Dense)
+        and getattr(last.activation, "__name__", "") == "softmax"
+    )
 
     def forward(x):
         conv = None
@@ -359,12 +376,27 @@ class KerasFamily(Family):
         dist = tr.make_strategy(job.strategy, echo)
         keras.utils.set_random_seed(config.seed)
         image_size = self.input_size()
-        common = dict(image_size=image_size, batch_size=self.batch_size(), seed=config.seed,
-                      cache=tc.cache, feed=tc.feed, echo=echo, spec=job.spec)
-        echo(f"loading {job.train_dir} and {job.test_dir} ({tc.feed} feed"
-             f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})")
-        train_feed = make_feed(job.train_dir, training=True, steps_per_epoch=tc.steps_per_epoch,
-                               jitter=config.color, **self.online_augment(), **common)
+        common = dict(
+            image_size=image_size,
+            batch_size=self.batch_size(),
+            seed=config.seed,
+            cache=tc.cache,
+            feed=tc.feed,
+            echo=echo,
+            spec=job.spec,
+        )
+        echo(
+            f"loading {job.train_dir} and {job.test_dir} ({tc.feed} feed"
+            f"{', cached in memory' if tc.cache and tc.feed == 'tfdata' else ''})"
+        )
+        train_feed = make_feed(
+            job.train_dir,
+            training=True,
+            steps_per_epoch=tc.steps_per_epoch,
+            jitter=config.color,
+            **self.online_augment(),
+            **common,
+        )
         classes = train_feed.classes
         if job.resuming and (out_dir / "classes.json").is_file():
             old = ev.read_classes(out_dir / "classes.json")
@@ -372,30 +404,36 @@ class KerasFamily(Family):
                 raise DataError(f"{job.train_dir}: classes {classes} differ from the run's {old}")
         val_feed = make_feed(job.test_dir, training=False, classes=classes, **common)
         counts = train_feed.class_counts
-        echo(f"train: {train_feed.n_images} images, test: {val_feed.n_images} images, classes: "
-             + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
+        echo(
+            f"train: {train_feed.n_images} images, test: {val_feed.n_images} images, classes: "
+            + ", ".join(f"{c} {n}" for c, n in zip(classes, counts))
+        )
         if tr.is_chief():
             ev.write_classes(classes, out_dir / "classes.json")
 
         # Where to start: the backup's last finished epoch (resume) or 0.
         history_path = out_dir / "history.csv"
         done = tr.backup_epoch(out_dir) if job.resuming else 0
-        prior = ([r for r in tr.read_history_rows(history_path) if r["epoch"] < done]
-                 if done else [])
+        prior = [r for r in tr.read_history_rows(history_path) if r["epoch"] < done] if done else []
         if tr.is_chief() and (prior or history_path.exists()):
             tr.write_history_rows(history_path, prior)
         if job.resuming:
-            echo(f"resuming {out_dir} after epoch {done} of {tc.epochs}" if done
-                 else f"resuming {out_dir}: no finished epoch in backup/, starting at epoch 1")
+            echo(
+                f"resuming {out_dir} after epoch {done} of {tc.epochs}"
+                if done
+                else f"resuming {out_dir}: no finished epoch in backup/, starting at epoch 1"
+            )
 
         patience = tr.PatienceTracker(tc.patience)
         total = sum(counts)
         shares = [c / total for c in counts]
         # The loss of always answering the class shares: ln(n) for (nearly) balanced classes.
         entropy = -sum(s * math.log(s) for s in shares if s > 0)
-        reference = (math.log(len(classes))
-                     if tc.class_weight == "balanced" or math.log(len(classes)) - entropy < 0.01
-                     else entropy)
+        reference = (
+            math.log(len(classes))
+            if tc.class_weight == "balanced" or math.log(len(classes)) - entropy < 0.01
+            else entropy
+        )
         collapse = tr.CollapseDetector(len(classes), max(shares), tc.collapse_epochs, reference)
         stop_before = False
         for row in prior:
@@ -413,14 +451,15 @@ class KerasFamily(Family):
                 tr.load_initial_weights(model, Path(job.init_model))
                 echo(f"initial weights from {job.init_model}")
 
-        class_weight = (tr.balanced_class_weights(counts) if tc.class_weight == "balanced"
-                        else None)
-        log = tr.run_callback(keras, out_dir, prior, patience, collapse, echo, write=True,
-                              total=tc.epochs)
+        class_weight = tr.balanced_class_weights(counts) if tc.class_weight == "balanced" else None
+        log = tr.run_callback(
+            keras, out_dir, prior, patience, collapse, echo, write=True, total=tc.epochs
+        )
         # Kept after the run (a finished run can be extended with --resume --epochs N); two
         # generations, so a kill while the backup is being written falls back to the one before.
-        backup = keras.callbacks.BackupAndRestore(str(out_dir / "backup"), delete_checkpoint=False,
-                                                  double_checkpoint=True)
+        backup = keras.callbacks.BackupAndRestore(
+            str(out_dir / "backup"), delete_checkpoint=False, double_checkpoint=True
+        )
         verbose = 1 if sys.stdout.isatty() else 2
         from wbc.tensorboard import keras_callbacks
 
@@ -428,18 +467,28 @@ class KerasFamily(Family):
         if done >= tc.epochs:
             echo(f"{out_dir}: all {tc.epochs} epochs already done; evaluating")
         elif stop_before:
-            echo(f"{out_dir}: stopped early before (no val_loss improvement for {tc.patience} "
-                 "epochs); evaluating")
+            echo(
+                f"{out_dir}: stopped early before (no val_loss improvement for {tc.patience} "
+                "epochs); evaluating"
+            )
             log.stopped_early = True
         else:
-            echo(f"training {model.count_params():,} parameters ({self.name}) for epochs "
-                 f"{done + 1}..{tc.epochs} (batch {self.batch_size()}, "
-                 f"{self.optimizer_words()}) -> {out_dir}")
+            echo(
+                f"training {model.count_params():,} parameters ({self.name}) for epochs "
+                f"{done + 1}..{tc.epochs} (batch {self.batch_size()}, "
+                f"{self.optimizer_words()}) -> {out_dir}"
+            )
             try:
-                model.fit(train_feed.data, validation_data=val_feed.data, epochs=tc.epochs,
-                          steps_per_epoch=train_feed.steps_per_epoch, class_weight=class_weight,
-                          shuffle=False,  # the feed shuffles, with the seed
-                          callbacks=[log, backup, *board, *job.callbacks], verbose=verbose)
+                model.fit(
+                    train_feed.data,
+                    validation_data=val_feed.data,
+                    epochs=tc.epochs,
+                    steps_per_epoch=train_feed.steps_per_epoch,
+                    class_weight=class_weight,
+                    shuffle=False,  # the feed shuffles, with the seed
+                    callbacks=[log, backup, *board, *job.callbacks],
+                    verbose=verbose,
+                )
             except tf.errors.ResourceExhaustedError:
                 raise MemoryError from None
             except (ValueError, TypeError) as exc:
@@ -460,23 +509,36 @@ class KerasFamily(Family):
             echo("warning: val_loss was never finite; scoring last.keras instead of model.keras")
             model_file = self.last_file
         rows = log.rows
-        best = ("no finite val_loss" if patience.best_epoch is None
-                else f"best val_loss {patience.best:.4f} at epoch "
-                     f"{tr.human_epoch(patience.best_epoch, tc.epochs)}")
+        best = (
+            "no finite val_loss"
+            if patience.best_epoch is None
+            else f"best val_loss {patience.best:.4f} at epoch "
+            f"{tr.human_epoch(patience.best_epoch, tc.epochs)}"
+        )
         same = model_file == self.last_file or (
-            patience.best_epoch is not None and rows and patience.best_epoch == rows[-1]["epoch"])
+            patience.best_epoch is not None and rows and patience.best_epoch == rows[-1]["epoch"]
+        )
         return FitResult(
-            classes=list(classes), model_file=model_file, n_train=train_feed.n_images,
-            last_file=None if same else self.last_file, history=rows,
-            facts=dict(best_epoch=patience.best_epoch,
-                       best_val_loss=None if patience.best_epoch is None else patience.best,
-                       stopped_early=bool(log.stopped_early),
-                       collapsed=bool(collapse.collapsed),
-                       collapse_warned=bool(collapse.warned), feed=tc.feed),
+            classes=list(classes),
+            model_file=model_file,
+            n_train=train_feed.n_images,
+            last_file=None if same else self.last_file,
+            history=rows,
+            facts=dict(
+                best_epoch=patience.best_epoch,
+                best_val_loss=None if patience.best_epoch is None else patience.best,
+                stopped_early=bool(log.stopped_early),
+                collapsed=bool(collapse.collapsed),
+                collapse_warned=bool(collapse.warned),
+                feed=tc.feed,
+            ),
             skipped=list(train_feed.bad),
             done=f"{len(rows)} epoch{'s' if len(rows) != 1 else ''}",
-            notes=((" (stopped early)" if log.stopped_early else "")
-                   + (" (COLLAPSED)" if collapse.collapsed else "") + f", {best}"),
+            notes=(
+                (" (stopped early)" if log.stopped_early else "")
+                + (" (COLLAPSED)" if collapse.collapsed else "")
+                + f", {best}"
+            ),
         )
 
     def optimizer_words(self) -> str:

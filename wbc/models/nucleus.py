@@ -59,11 +59,19 @@ SHAPE_FEATURES = (
     "centre_offset",  # distance of the nucleus centroid from the crop centre / side
 )
 COLOUR_STATS = (
-    "red", "green", "blue",  # mean of the white-balanced RGB, 0..1
-    "red_std", "green_std", "blue_std",
-    "hue_cos", "hue_sin",  # circular mean of the hue
-    "saturation", "value",  # mean HSV saturation and value, 0..1
-    "lightness", "red_green", "yellow_blue",  # mean CIELAB L*, a* (granule redness), b*
+    "red",
+    "green",
+    "blue",  # mean of the white-balanced RGB, 0..1
+    "red_std",
+    "green_std",
+    "blue_std",
+    "hue_cos",
+    "hue_sin",  # circular mean of the hue
+    "saturation",
+    "value",  # mean HSV saturation and value, 0..1
+    "lightness",
+    "red_green",
+    "yellow_blue",  # mean CIELAB L*, a* (granule redness), b*
     "lightness_std",
     "blue_minus_red",  # mean blue - red, /255: the stain contrast
     "granularity",  # std of the Laplacian of the grey level: granules and chromatin texture
@@ -86,8 +94,9 @@ def feature_names(colour: str = "absolute") -> tuple[str, ...]:
     if colour == "none":
         return SHAPE_FEATURES
     suffix = "" if colour == "absolute" else "_rel"
-    return SHAPE_FEATURES + tuple(f"{region}_{stat}{suffix}" for region in REGIONS
-                                  for stat in COLOUR_STATS)
+    return SHAPE_FEATURES + tuple(
+        f"{region}_{stat}{suffix}" for region in REGIONS for stat in COLOUR_STATS
+    )
 
 
 @dataclass(frozen=True)
@@ -132,9 +141,11 @@ def nucleus_mask(image: np.ndarray) -> np.ndarray:
     centre = np.array([(width - 1) / 2, (height - 1) / 2])
     min_area = MIN_PIECE * height * width
     radius = CENTRE_RADIUS * max(height, width)
-    kept = [i for i in range(1, n)
-            if stats[i, cv2.CC_STAT_AREA] >= min_area
-            and np.hypot(*(centroids[i] - centre)) <= radius]
+    kept = [
+        i
+        for i in range(1, n)
+        if stats[i, cv2.CC_STAT_AREA] >= min_area and np.hypot(*(centroids[i] - centre)) <= radius
+    ]
     if not kept:
         kept = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
     return np.isin(labels, kept)
@@ -144,9 +155,11 @@ def segment(rgb: np.ndarray) -> Segmentation:
     """Segment one crop (any size, uint8 RGB) into nucleus, hull and outer band."""
     from wbc.color import white_balance
 
-    image = cv2.resize(np.ascontiguousarray(rgb, dtype=np.uint8), (WORK_SIDE, WORK_SIDE),
-                       interpolation=cv2.INTER_AREA if rgb.shape[0] >= WORK_SIDE
-                       else cv2.INTER_LINEAR)
+    image = cv2.resize(
+        np.ascontiguousarray(rgb, dtype=np.uint8),
+        (WORK_SIDE, WORK_SIDE),
+        interpolation=cv2.INTER_AREA if rgb.shape[0] >= WORK_SIDE else cv2.INTER_LINEAR,
+    )
     image = white_balance(image)
     nucleus = nucleus_mask(image)
     empty = np.zeros(nucleus.shape, bool)
@@ -164,8 +177,7 @@ def segment(rgb: np.ndarray) -> Segmentation:
 
 
 def _perimeter(mask: np.ndarray) -> float:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     return float(sum(cv2.arcLength(c, True) for c in contours))
 
 
@@ -205,7 +217,7 @@ def shape_features(seg: Segmentation) -> list[float]:
         eccentricity,
         float(minor / major) if major > 0 else 1.0,
         area / box_area,
-        float(4 * np.pi * area / perimeter ** 2) if perimeter > 0 else 0.0,
+        float(4 * np.pi * area / perimeter**2) if perimeter > 0 else 0.0,
         perimeter / hull_perimeter if hull_perimeter > 0 else 0.0,
         float(np.hypot(xs.mean() - centre, ys.mean() - centre) / side),
     ]
@@ -235,9 +247,14 @@ def colour_features(table: np.ndarray, mask: np.ndarray) -> list[float]:
     return [
         *mean[:3].tolist(),
         *std[:3].tolist(),
-        float(np.cos(pixels[:, 3]).mean()), float(np.sin(pixels[:, 3]).mean()),
-        float(mean[4]), float(mean[5]),
-        float(mean[6]), float(mean[7]), float(mean[8]), float(std[6]),
+        float(np.cos(pixels[:, 3]).mean()),
+        float(np.sin(pixels[:, 3]).mean()),
+        float(mean[4]),
+        float(mean[5]),
+        float(mean[6]),
+        float(mean[7]),
+        float(mean[8]),
+        float(std[6]),
         float((rgb[:, 2] - rgb[:, 0]).mean()),
         float(std[9]),
     ]
@@ -249,14 +266,19 @@ def cell_features(rgb: np.ndarray, colour: str = "absolute") -> np.ndarray:
     values = shape_features(seg)
     if colour != "none":
         table = pixel_table(seg.image)
-        regions = [colour_features(table, mask)
-                   for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring)]
+        regions = [
+            colour_features(table, mask) for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring)
+        ]
         if colour == "relative":
             cell = colour_features(table, seg.hull | seg.ring)
             spread = [stat in SPREAD_STATS for stat in COLOUR_STATS]
-            regions = [[v / c if is_spread and c > 0 else (0.0 if is_spread else v - c)
-                        for v, c, is_spread in zip(region, cell, spread)]
-                       for region in regions]
+            regions = [
+                [
+                    v / c if is_spread and c > 0 else (0.0 if is_spread else v - c)
+                    for v, c, is_spread in zip(region, cell, spread)
+                ]
+                for region in regions
+            ]
         for region in regions:
             values += region
     return np.asarray(values, dtype=np.float32)

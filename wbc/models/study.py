@@ -105,8 +105,11 @@ class StudyFamily(KerasFamily):
 
     def compile(self, model, steps_per_epoch: int) -> None:
         tc = self.config.train
-        model.compile(optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
-                      loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(
+            optimizer=make_optimizer(tc.optimizer, tc.learning_rate),
+            loss="categorical_crossentropy",
+            metrics=["accuracy"],
+        )
 
     def optimizer_words(self) -> str:
         tc = self.config.train

@@ -17,17 +17,17 @@ import math
 import multiprocessing
 import os
 import shutil
-import sys
-import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from wbc.config import AugmentConfig, Config
 from wbc.errors import BadImage, DataError
 from wbc.imageio import read_rgb, write_jpeg
 from wbc.manifest import Manifest, run_stage, upstream
+from wbc.progress import bar
 from wbc.seeding import derived_seed
 from wbc.stages.naming import copy_name, original_name, parse_name
 
@@ -149,21 +149,23 @@ def run_jobs(
     workers = worker_count(config.augment)
     chunks = _chunk(jobs, math.ceil(total / (workers * 4)))
     workers = min(workers, len(chunks))
-    progress = _Progress(total, echo)
-    if workers == 1:
-        for chunk in chunks:
-            progress.add(augment_chunk(chunk, out, config.augment, config.seed))
-        return total
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = {pool.submit(augment_chunk, c, out, config.augment, config.seed) for c in chunks}
-        while futures:
-            done, futures = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    pool.shutdown(cancel_futures=True)
-                    raise future.exception()
-                progress.add(future.result())
+    with bar(total, "augment", unit="copy") as progress:
+        if workers == 1:
+            for chunk in chunks:
+                progress.update(augment_chunk(chunk, out, config.augment, config.seed))
+            return total
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+            futures = {
+                pool.submit(augment_chunk, c, out, config.augment, config.seed) for c in chunks
+            }
+            while futures:
+                done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        pool.shutdown(cancel_futures=True)
+                        raise future.exception()
+                    progress.update(future.result())
     return total
 
 
@@ -215,25 +217,3 @@ def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed:
             write_jpeg(augmenter.apply(image, params), target, quality=config.jpeg_quality)
             written += 1
     return written
-
-
-class _Progress:
-    """``echo`` lines every 10% (and at most every 2 s), only when stderr is a terminal."""
-
-    def __init__(self, total: int, echo: Callable[[str], None] | None):
-        self.total = total
-        self.done = 0
-        self.echo = echo if echo is not None and sys.stderr.isatty() else None
-        self.next_step = 0.1
-        self.last = time.monotonic()
-
-    def add(self, count: int) -> None:
-        self.done += count
-        if self.echo is None:
-            return
-        fraction = self.done / self.total
-        now = time.monotonic()
-        if fraction >= 1 or (fraction >= self.next_step and now - self.last >= 2):
-            self.echo(f"  augment: {self.done}/{self.total} copies ({fraction:.0%})")
-            self.next_step = math.floor(fraction * 10 + 1) / 10
-            self.last = now

@@ -30,6 +30,7 @@ from wbc.crop import DETECTOR_VERSION, MODES, Box, crop_cells
 from wbc.errors import BadImage, ConfigError, DataError
 from wbc.imageio import read_rgb, write_jpeg
 from wbc.manifest import Manifest, run_stage, sha256_file, upstream
+from wbc.progress import bar
 from wbc.stages.naming import parse_name
 
 STAGE = "crop"
@@ -113,18 +114,20 @@ def crop(
         counts: Counter[str] = Counter()
         unreadable: list[str] = []
         rows: list[list] = []
-        for name, image_id, path in files:
-            try:
-                rgb = read_rgb(path)
-            except BadImage as exc:
-                unreadable.append(f"{name}: {exc.reason}")
-                continue
-            (cell,) = crop_cells(
-                rgb, settings.mode, settings.padding, settings.size, boxes.get(image_id)
-            )
-            write_jpeg(cell.image, tmp / name, quality=JPEG_QUALITY)
-            counts[cell.source] += 1
-            rows.append([image_id, cell.source, *cell.box])
+        with bar(len(files), f"crop ({settings.mode})", unit="image") as shown:
+            for name, image_id, path in files:
+                shown.update(1)
+                try:
+                    rgb = read_rgb(path)
+                except BadImage as exc:
+                    unreadable.append(f"{name}: {exc.reason}")
+                    continue
+                (cell,) = crop_cells(
+                    rgb, settings.mode, settings.padding, settings.size, boxes.get(image_id)
+                )
+                write_jpeg(cell.image, tmp / name, quality=JPEG_QUALITY)
+                counts[cell.source] += 1
+                rows.append([image_id, cell.source, *cell.box])
         with open(tmp / CROPS_NAME, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "source", "x0", "y0", "x1", "y1"])

@@ -14,8 +14,8 @@ import csv
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from wbc.config import Config
 from wbc.data.labels import read_labels
@@ -61,10 +61,12 @@ def _select_rows(
     for row in rows:
         labels_of.setdefault(row.raw_id, []).append(row)
     contradictions = {
-        raw_id: " vs ".join(f"{', '.join(r.categories) or 'no label'} (line {r.line})"
-                            for r in id_rows)
+        raw_id: " vs ".join(
+            f"{', '.join(r.categories) or 'no label'} (line {r.line})" for r in id_rows
+        )
         for raw_id, id_rows in labels_of.items()
-        if len({tuple(r.categories) for r in id_rows}) > 1}
+        if len({tuple(r.categories) for r in id_rows}) > 1
+    }
     for row in rows:
         if row.raw_id in seen:
             if row.raw_id not in contradictions:
@@ -72,8 +74,13 @@ def _select_rows(
             continue
         seen.add(row.raw_id)
         if row.raw_id in contradictions and row.image_id is not None:
-            skipped.append([row.image_id, raw.image_path(row.image_id).name,
-                            f"contradictory labels: {contradictions[row.raw_id]}"])
+            skipped.append(
+                [
+                    row.image_id,
+                    raw.image_path(row.image_id).name,
+                    f"contradictory labels: {contradictions[row.raw_id]}",
+                ]
+            )
             continue
         if row.image_id is None:
             skipped.append([row.raw_id, "", f"id is not a number (line {row.line})"])
@@ -115,8 +122,11 @@ def _drop_conflicting_groups(
             for image_id in sorted(ids):
                 del chosen[image_id]
                 skipped.append(
-                    [image_id, raw.image_path(image_id).name,
-                     f"same field as another image with a different label ({described})"]
+                    [
+                        image_id,
+                        raw.image_path(image_id).name,
+                        f"same field as another image with a different label ({described})",
+                    ]
                 )
 
 
@@ -148,8 +158,11 @@ def rename(
             try:
                 pixels = read_rgb(path)  # a full decode: a JPEG header can be fine, its data cut
                 if min(pixels.shape[:2]) < MIN_SIDE:
-                    raise BadImage(path, f"image too small ({pixels.shape[1]}x{pixels.shape[0]} "
-                                         f"pixels, need {MIN_SIDE})")
+                    raise BadImage(
+                        path,
+                        f"image too small ({pixels.shape[1]}x{pixels.shape[0]} "
+                        f"pixels, need {MIN_SIDE})",
+                    )
                 if not is_plain_rgb_jpeg(path):
                     converted.append(image_id)
                 readable[image_id] = chosen[image_id]
@@ -179,12 +192,21 @@ def rename(
                 shutil.copyfile(source, target)
 
         _write_csv(tmp / "skipped.csv", ["id", "file", "reason"], skipped)
-        _write_csv(tmp / "duplicates.csv", ["id_a", "id_b", "score"],
-                   [[a, b, round(score, 3)] for a, b, score in pairs])
-        _write_csv(tmp / "groups.csv", ["id", "group"],
-                   [[i, g] for i, g in sorted(groups.items()) if i in chosen])
-        _write_csv(tmp / "boxes.csv", ["id", "xmin", "ymin", "xmax", "ymax"],
-                   _boxes_rows(raw, sorted(chosen)))
+        _write_csv(
+            tmp / "duplicates.csv",
+            ["id_a", "id_b", "score"],
+            [[a, b, round(score, 3)] for a, b, score in pairs],
+        )
+        _write_csv(
+            tmp / "groups.csv",
+            ["id", "group"],
+            [[i, g] for i, g in sorted(groups.items()) if i in chosen],
+        )
+        _write_csv(
+            tmp / "boxes.csv",
+            ["id", "xmin", "ymin", "xmax", "ymax"],
+            _boxes_rows(raw, sorted(chosen)),
+        )
 
         counts = Counter(chosen.values())
         group_sizes = Counter(g for i, g in groups.items() if i in chosen)

@@ -91,7 +91,9 @@ def assign_grouped(
         train_ids = sorted(set(by_source) - test_set)
         chosen[cls] = {
             "train": [p for i in train_ids for p in by_source[i]],
-            "test": [p for i in sorted(test_set) for p in by_source[i] if parse_name(p.name).copy is None],
+            "test": [
+                p for i in sorted(test_set) for p in by_source[i] if parse_name(p.name).copy is None
+            ],
         }
         ids_by_side[cls] = {"train": train_ids, "test": sorted(test_set)}
     return chosen, ids_by_side
@@ -116,7 +118,11 @@ def split(
     """Split the augmented class folders in ``src`` into ``dst/{train,test}/CLASS``."""
     augmented = upstream(src, "augment")
     protocol = config.split.protocol
-    params = {"protocol": protocol, "test_fraction": config.split.test_fraction, "seed": config.seed}
+    params = {
+        "protocol": protocol,
+        "test_fraction": config.split.test_fraction,
+        "seed": config.seed,
+    }
     inputs = {"augmented": augmented.digest}
     groups: dict[int, int] = {}
     if protocol == "grouped":
@@ -129,7 +135,9 @@ def split(
         if not files:
             raise DataError(f"{src}: no class folders with images")
         if protocol == "grouped":
-            chosen, ids_by_side = assign_grouped(files, groups, config.split.test_fraction, config.seed)
+            chosen, ids_by_side = assign_grouped(
+                files, groups, config.split.test_fraction, config.seed
+            )
         else:
             chosen, ids_by_side = assign_report(files, config.split.test_fraction, config.seed), {}
         counts: dict[str, dict[str, int]] = {}
@@ -153,6 +161,8 @@ def split(
 
 def _sources_on_both_sides(chosen: dict[str, dict[str, list[Path]]]) -> set[int]:
     """Source ids with images on both sides: the leak the grouped protocol exists to prevent."""
-    sides = {side: {parse_name(p.name).source_id for c in chosen.values() for p in c[side]}
-             for side in SIDES}
+    sides = {
+        side: {parse_name(p.name).source_id for c in chosen.values() for p in c[side]}
+        for side in SIDES
+    }
     return sides["train"] & sides["test"]
