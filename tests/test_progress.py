@@ -7,8 +7,9 @@ import json
 
 from click.testing import CliRunner
 
-from conftest import CLASSES, make_class_folders, make_run
 from wbc.cli import cli
+
+from conftest import CLASSES, make_class_folders, make_run
 
 
 def test_predict_bar_goes_to_stderr_and_stdout_stays_json(tmp_path):
