@@ -26,9 +26,20 @@ def test_predict_bar_goes_to_stderr_and_stdout_stays_json(tmp_path):
 
 
 def test_prepare_stages_share_the_bar(tmp_path, tiny_raw):
-    result = CliRunner(env={"WBC_PROGRESS": "1"}).invoke(cli, [
-        "prepare", "--raw", str(tiny_raw), "--data-dir", str(tmp_path / "data"),
-        "--set", "augment.per_class=14", "--set", "augment.workers=1"])
+    result = CliRunner(env={"WBC_PROGRESS": "1"}).invoke(
+        cli,
+        [
+            "prepare",
+            "--raw",
+            str(tiny_raw),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--set",
+            "augment.per_class=14",
+            "--set",
+            "augment.workers=1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for label in ("duplicates: reading", "crop (detect)", "augment"):
         assert label in result.stderr, label
