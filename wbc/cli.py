@@ -22,6 +22,50 @@ def _echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+def executor_options(func):
+    """--executor, --address, --cpus-per-trial, --gpus-per-trial (cv and tune)."""
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: train here, one after the other; ray: each one a Ray task "
+            "(pip install 'wbc[ray]'; --out must be a folder every node sees).",
+        ),
+        click.option(
+            "--address",
+            default=None,
+            metavar="ADDR",
+            help="Ray cluster to use (default: $RAY_ADDRESS if set, else a local Ray "
+            "instance started for this command).",
+        ),
+        click.option(
+            "--cpus-per-trial",
+            type=click.FloatRange(min=0.1),
+            default=1.0,
+            show_default=True,
+            help="CPUs Ray reserves for each task; TensorFlow's threads are capped to it.",
+        ),
+        click.option(
+            "--gpus-per-trial",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="GPUs Ray reserves for each task.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _ray_options(address, cpus_per_trial, gpus_per_trial):
+    from wbc.executors import RayOptions
+
+    return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+
+
 def config_options(func):
     """--config, --set and --data-dir, shared by every command."""
 
@@ -348,15 +392,30 @@ def _write_output(text: str, output: Path | None) -> None:
 )
 @input_option
 @engine_option
+@executor_options
 @handle_errors
 @needs_tensorflow
-def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine):
+def predict(
+    paths,
+    model_path,
+    fmt,
+    output,
+    top,
+    batch_size,
+    input_kind,
+    engine,
+    executor,
+    address,
+    cpus_per_trial,
+    gpus_per_trial,
+):
     """Name the white blood cell type in each image.
 
     Folders are searched for jpg, jpeg, png, bmp and tif images (not following symlinked
     folders). Each image is preprocessed as the model's training images were (image size and
     cropping come from the run's config.yaml). An unreadable image gets a row with an error and
-    the others go on; the exit code is then 1.
+    the others go on; the exit code is then 1. --executor ray classifies on a Ray cluster (Ray
+    Data, one model load per worker), with the same rows in the same order.
 
     Example: wbc predict smears/ --format csv --output predictions.csv --top 2
     """
@@ -365,7 +424,8 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
 
     files = require_images(paths)
     run = load_run(resolve_model_path(model_path))
-    predictor = _predictor(run, engine)
+    on_ray = _ray_options(address, cpus_per_trial, gpus_per_trial) if executor == "ray" else None
+    predictor = _predictor(run, engine) if on_ray is None else None
     with _progress(len(files), "predicting") as bar:
         rows = predict_files(
             run,
@@ -375,6 +435,7 @@ def predict(paths, model_path, fmt, output, top, batch_size, input_kind, engine)
             batch_size=batch_size,
             progress=bar.update if bar is not None else None,
             predictor=predictor,
+            ray_options=on_ray,
         )
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     _write_output(text, output)
@@ -689,6 +750,7 @@ def plot(run_dir, output):
     help="Repeated CV: deal the folds this many times with different seeds "
     "(repeats x folds models), so that a few monocytes per fold do not decide.",
 )
+@executor_options
 @handle_errors
 @needs_tensorflow
 def cv(
@@ -703,6 +765,10 @@ def cv(
     init_model,
     score,
     repeats,
+    executor,
+    address,
+    cpus_per_trial,
+    gpus_per_trial,
 ):
     """Cross-validate: K models on grouped, stratified folds of the source images.
 
@@ -713,6 +779,9 @@ def cv(
     (each fold's accuracy, macro-F1, per-class F1 and n_test; mean +/- std; the config) and
     prints the table. Needs `wbc prepare` (rename and augment; crop when crop.mode is set); an
     augment setting that differs from the prepared one is augmented into the output folder.
+
+    With --executor ray each unfinished fold trains as one Ray task (docs/SCALING.md); the
+    folds, seeds and numbers are those of the local executor.
 
     Example: wbc cv --folds 5 --repeats 3 --per-class 600 --out runs/cv-baseline
     """
@@ -732,6 +801,8 @@ def cv(
         echo=_echo_err,
         train_echo=click.echo,
         repeats=repeats,
+        executor=executor,
+        ray_options=_ray_options(address, cpus_per_trial, gpus_per_trial),
     )
     click.echo(format_table(report))
     click.echo(headline(report))
@@ -790,10 +861,24 @@ def cv(
     help="Results column to rank by (default: val_acc_final; with --cv: "
     "cv_macro_f1). Losses, std, epochs and seconds rank ascending.",
 )
+@executor_options
 @handle_errors
 @needs_tensorflow
 def tune(
-    config_path, overrides, data_dir, grid_path, subset, epochs, out, cv_folds, per_class, sort
+    config_path,
+    overrides,
+    data_dir,
+    grid_path,
+    subset,
+    epochs,
+    out,
+    cv_folds,
+    per_class,
+    sort,
+    executor,
+    address,
+    cpus_per_trial,
+    gpus_per_trial,
 ):
     """Train every combination of a grid of settings and rank them.
 
@@ -802,6 +887,8 @@ def tune(
     cell (OUT/cell-<hash of its settings>) and results.csv and results.md, best first: the
     settings, final and best val accuracy, lowest val loss, epochs and seconds per run. A
     rerun skips finished cells.
+
+    With --executor ray each unfinished cell (with --cv: each fold) trains as one Ray task.
 
     Example: wbc tune --grid configs/grid.yaml --subset small --epochs 10
     """
@@ -822,6 +909,8 @@ def tune(
         sort=sort,
         echo=_echo_err,
         train_echo=click.echo,
+        executor=executor,
+        ray_options=_ray_options(address, cpus_per_trial, gpus_per_trial),
     )
     click.echo(result["table"])
     _echo_err(

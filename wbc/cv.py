@@ -731,6 +731,8 @@ def cross_validate(
     echo: Echo = print,
     train_echo: Optional[Echo] = None,
     repeats: int = 1,
+    executor: str = "local",
+    ray_options: Any = None,
 ) -> dict[str, Any]:
     """Train and score ``folds`` models; write ``out/cv.json`` and ``out/cv.md``; return cv.json.
 
@@ -742,6 +744,8 @@ def cross_validate(
     an augmented set that the prepared one does not match is made (default: ``out``).
     ``repeats``: repeated CV, ``repeats`` x ``folds`` models; repeat r > 1 deals its folds with
     the seed derived from (seed, r), and its fold j is ``fold-r.j`` (repeat 1: ``fold-j``).
+    ``executor``: ``local`` trains the folds here, one after the other; ``ray`` trains the
+    unfinished ones as Ray tasks (``wbc.executors``, ``ray_options``) and then scores them here.
     """
     from wbc.train import has_progress, resolve_config
     from wbc.train import train as run_train
@@ -816,6 +820,26 @@ def cross_validate(
         f"cv: {folds} folds{f' x {repeats} repeats' if repeats > 1 else ''} of {source.mode} "
         f"data {source.where} -> {out} (rerun with --out {out} to continue it)"
     )
+
+    if executor == "ray":
+        from wbc.executors import RayOptions, TrainJob, run_trainings
+
+        remote = []
+        for fold, _repeat, members in jobs:
+            run_dir = out / f"fold-{fold}"
+            data_fold = out / "data" / f"fold-{fold}"
+            build_fold_data(source, members, data_fold, per_class, config.seed, fold)
+            if not (run_dir / "metrics.json").is_file():
+                kwargs = {
+                    "data_dir": data_fold,
+                    "run_dir": run_dir,
+                    "init_model": init_model,
+                    "folders": (data_fold / "train", data_fold / "test"),
+                }
+                remote.append(TrainJob(f"fold {fold}", config, kwargs))
+        run_trainings(remote, ray_options or RayOptions(), echo)
+    elif executor != "local":
+        raise ConfigError(f"--executor: '{executor}' is not one of local, ray")
 
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {}

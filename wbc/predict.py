@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -402,8 +403,22 @@ def predict_files(
     workers: Optional[int] = None,
     progress: Progress = None,
     predictor: Optional[Predictor] = None,
+    ray_options: Any = None,
 ) -> list[dict[str, Any]]:
-    """Classify each file with ``run`` (a ``wbc.runs.Run``): ``prediction_rows`` of the results."""
+    """Classify each file with ``run`` (a ``wbc.runs.Run``): ``prediction_rows`` of the results.
+    ``ray_options``: classify on a Ray cluster instead (``wbc.executors.classify_on_ray``)."""
+    if ray_options is not None:
+        from wbc.executors import classify_on_ray
+
+        results = classify_on_ray(
+            run.model_path,
+            files,
+            ray_options,
+            input_kind=input_kind,
+            batch_size=batch_size,
+            echo=lambda m: print(m, file=sys.stderr),
+        )
+        return prediction_rows(results, run.classes, top, run.domain)
     predictor = predictor or Predictor.from_run(run)
     results = classify_files(
         predictor,

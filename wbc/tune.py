@@ -350,6 +350,8 @@ def tune(
     sort: Optional[str] = None,
     echo: Echo = print,
     train_echo: Optional[Echo] = None,
+    executor: str = "local",
+    ray_options: Any = None,
 ) -> dict[str, Any]:
     """Run every cell of the grid (skipping finished ones); write results.csv and results.md.
 
@@ -357,6 +359,8 @@ def tune(
     before the grid values (so a grid may list train.epochs too). ``cv``: score each cell by
     K-fold cross-validation (``per_class`` caps its training images per class per fold).
     ``sort``: the results column to rank by (default val_acc_final, or cv_macro_f1 with ``cv``).
+    ``executor``: ``ray`` trains the unfinished cells as Ray tasks (with ``cv``: each cell's
+    folds), then ranks them here exactly as ``local`` does.
     Returns ``{"out", "rows" (sorted), "trained", "skipped", "table"}``.
     """
     from wbc.train import has_progress, resolve_config
@@ -406,6 +410,26 @@ def tune(
     )
     echo(f"tune: {len(cells)} cells of {grid_path} -> {out}")
 
+    remote_ids: set[str] = set()
+    if executor == "ray" and cv is None:
+        from wbc.executors import RayOptions, TrainJob, run_trainings
+
+        remote = []
+        for index, (settings, cfg, cid) in enumerate(zip(cells, configs, ids)):
+            cell_dir = out / f"cell-{cid}"
+            if cid in remote_ids or _finished(cell_dir, cv):
+                continue
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            write_json(
+                cell_dir / CELL_JSON, {"settings": settings, "id": cid, "extra": extra_for(cfg)}
+            )
+            label = f"cell {index + 1}/{len(cells)} ({_describe(settings)})"
+            remote.append(TrainJob(label, cfg, {"data_dir": data_dir, "run_dir": cell_dir}))
+            remote_ids.add(cid)
+        run_trainings(remote, ray_options or RayOptions(), echo)
+    elif executor not in ("local", "ray"):
+        raise ConfigError(f"--executor: '{executor}' is not one of local, ray")
+
     rows: list[dict[str, Any]] = []
     done_ids: set[str] = set()
     trained = skipped = 0
@@ -417,7 +441,9 @@ def tune(
             label = f"cell {index + 1}/{len(cells)} ({_describe(settings)})"
             if cid in done_ids:
                 continue
-            if _finished(cell_dir, cv):
+            if cid in remote_ids:
+                trained += 1
+            elif _finished(cell_dir, cv):
                 echo(f"{label}: done before, skipped ({cell_dir})")
                 skipped += 1
             else:
@@ -446,6 +472,8 @@ def tune(
                         cache_dir=out,
                         echo=echo,
                         train_echo=train_echo,
+                        executor=executor,
+                        ray_options=ray_options,
                     )
                 trained += 1
             if cv is None:
