@@ -143,11 +143,12 @@ def main(argv=None) -> int:
     ray_rows = predict_files(run, files, ray_options=options)
     ray_p = time.perf_counter() - begin
     rows.append((f"predict {len(files)} images, local", f"{len(files) / local_p:.0f} images/s", ""))
+    same_rows = json.dumps(local_rows) == json.dumps(ray_rows)
     rows.append(
         (
             f"predict {len(files)} images, Ray Data on {args.workers} actors",
             f"{len(files) / ray_p:.0f} images/s",
-            f"{local_p / ray_p:.2f}x local; same rows: {json.dumps(local_rows) == json.dumps(ray_rows)}",
+            f"{local_p / ray_p:.2f}x local; same rows: {same_rows}",
         )
     )
     ray.shutdown()
