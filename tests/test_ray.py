@@ -232,3 +232,21 @@ def test_predict_on_ray_gives_the_local_rows_in_order(cluster, data_dir, tmp_pat
         str(bad),
         *map(str, images[12:]),
     ]
+
+
+def test_count_on_ray_gives_the_local_differential(cluster, data_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+    from wbc.train import train
+
+    run = train(
+        FEATURES, data_dir=data_dir, subset="small", run_dir=tmp_path / "run", echo=lambda _m: None
+    )
+    folder = data_dir / "interim" / "renamed"
+    args = ["count", str(folder), "--model", str(run), "--format", "json"]
+    local = CliRunner().invoke(cli, args)
+    remote = CliRunner().invoke(cli, [*args, "--executor", "ray"])
+    assert local.exit_code == remote.exit_code == 0, remote.output
+    assert json.loads(remote.stdout) == json.loads(local.stdout)
+    assert json.loads(local.stdout)["cells"] > 0

@@ -476,9 +476,23 @@ def predict(
 )
 @input_option
 @engine_option
+@executor_options
 @handle_errors
 @needs_tensorflow
-def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine):
+def count(
+    folder,
+    model_path,
+    fmt,
+    plot,
+    report,
+    batch_size,
+    input_kind,
+    engine,
+    executor,
+    address,
+    cpus_per_trial,
+    gpus_per_trial,
+):
     """Count the white blood cells of one sample by type (a WBC differential).
 
     Classifies every image in FOLDER and prints the count and percentage per class. A model
@@ -497,7 +511,8 @@ def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine)
         raise click.ClickException(f"{folder}: {problem}")
     files = require_images([folder])
     run = load_run(resolve_model_path(model_path))
-    predictor = _predictor(run, engine)
+    on_ray = _ray_options(address, cpus_per_trial, gpus_per_trial) if executor == "ray" else None
+    predictor = _predictor(run, engine) if on_ray is None else None
     with _progress(len(files), "counting") as bar:
         result = count_cells(
             run,
@@ -508,6 +523,7 @@ def count(folder, model_path, fmt, plot, report, batch_size, input_kind, engine)
             predictor=predictor,
             progress=bar.update if bar is not None else None,
             details=report is not None,
+            ray_options=on_ray,
         )
     if report is not None:
         from wbc.report import count_report

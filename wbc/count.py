@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +48,7 @@ def count_cells(
     predictor: Optional[Predictor] = None,
     files: Optional[Sequence[Path]] = None,
     details: bool = False,
+    ray_options: Any = None,
 ) -> dict[str, Any]:
     """A WBC differential of one sample: how many cells of each class, and the percentages.
 
@@ -54,15 +56,36 @@ def count_cells(
     finds in an image is classified and counted; with crop.mode none each image is one cell.
     Unreadable images are listed in ``failed`` and not counted. ``details``: also ``files``,
     each image's cells (box, class, probability, out_of_domain), for ``wbc count --report``.
+    ``ray_options``: classify on a Ray cluster (``wbc.executors.classify_on_ray``).
     """
     folder = Path(folder)
     if files is None:
         if not folder.is_dir():
             raise DataError(f"{folder}: folder not found")
         files = require_images([folder])
-    predictor = predictor or Predictor.from_run(run)
     per_cell = run.spec.crop_mode != "none"
-    results = classify_files(
+    if ray_options is not None:
+        from wbc.executors import classify_on_ray
+
+        results = classify_on_ray(
+            run.model_path,
+            files,
+            ray_options,
+            all_cells=per_cell,
+            input_kind=input_kind,
+            batch_size=batch_size,
+            echo=lambda m: print(m, file=sys.stderr),
+        )
+    else:
+        results = _classify_here(
+            run, files, per_cell, input_kind, batch_size, workers, progress, predictor
+        )
+    return _differential(run, folder, results, details)
+
+
+def _classify_here(run, files, per_cell, input_kind, batch_size, workers, progress, predictor):
+    predictor = predictor or Predictor.from_run(run)
+    return classify_files(
         predictor,
         files,
         run.spec,
@@ -74,6 +97,10 @@ def count_cells(
         progress=progress,
         domain=run.domain,
     )
+
+
+def _differential(run, folder: Path, results, details: bool) -> dict[str, Any]:
+    per_cell = run.spec.crop_mode != "none"
     classes = list(run.classes)
     counts = [0] * len(classes)
     failed, no_cells = [], []
