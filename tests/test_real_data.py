@@ -5,6 +5,7 @@ exercising every stage, the real labels.csv quirks and the real images.
 """
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,34 +98,29 @@ def test_raw_folder_is_unchanged(prepared):
     assert tree_hash(raw) == before
 
 
-def test_train_one_epoch_on_the_small_subset_then_evaluate_and_predict(prepared, tmp_path):
+STUDY = str(Path(__file__).resolve().parents[1] / "configs" / "study.yaml")
+RECIPES = {
+    # the default recipe (features + Reinhard): one step, no epochs
+    "default": ([], ("model.skops", "stain_reference.json", "domain.json", "MODEL_CARD.md")),
+    # the study's CNN, one epoch on the prepared crops
+    "study": (
+        ["--config", STUDY, "--epochs", "1"],
+        ("model.keras", "last.keras", "history.csv", "curves.png", "MODEL_CARD.md"),
+    ),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_train_on_the_small_subset_then_evaluate_and_predict(prepared, tmp_path, recipe):
     raw, data, _, _ = prepared
     run_dir = tmp_path / "run"
+    extra, files = RECIPES[recipe]
     result = CliRunner().invoke(
         cli,
-        [
-            "train",
-            "--data-dir",
-            str(data),
-            "--subset",
-            "small",
-            "--epochs",
-            "1",
-            "--run-dir",
-            str(run_dir),
-        ],
+        ["train", *extra, "--data-dir", str(data), "--subset", "small", "--run-dir", str(run_dir)],
     )
     assert result.exit_code == 0, result.output
-    for name in (
-        "model.keras",
-        "last.keras",
-        "history.csv",
-        "config.yaml",
-        "classes.json",
-        "metrics.json",
-        "curves.png",
-        "confusion_matrix.png",
-    ):
+    for name in (*files, "config.yaml", "classes.json", "metrics.json", "confusion_matrix.png"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     test_images = len(list((data / "processed/small/test").rglob("*.jpg")))
@@ -134,7 +130,7 @@ def test_train_one_epoch_on_the_small_subset_then_evaluate_and_predict(prepared,
         [
             "evaluate",
             "--model",
-            str(run_dir / "model.keras"),
+            str(run_dir),
             "--data",
             str(data / "processed/small/test"),
             "--format",
@@ -145,7 +141,7 @@ def test_train_one_epoch_on_the_small_subset_then_evaluate_and_predict(prepared,
     assert json.loads(evaluated.stdout)["n_images"] == test_images
     image = raw / "JPEGImages" / "BloodImage_00000.jpg"
     predicted = CliRunner().invoke(
-        cli, ["predict", str(image), "--model", str(run_dir / "model.keras"), "--format", "json"]
+        cli, ["predict", str(image), "--model", str(run_dir), "--format", "json"]
     )
     assert predicted.exit_code == 0, predicted.output
     rows = json.loads(predicted.stdout)
