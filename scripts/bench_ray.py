@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     parser.add_argument("--per-class", type=int, default=300)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (Keras families)")
+    parser.add_argument("--skip-predict", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--tasks", type=int, default=20)
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
         data_dir=args.data_dir,
         folds=4,
         per_class=args.per_class,
+        epochs=args.epochs,
         out=args.out / "cv-local",
         echo=quiet,
     )
@@ -77,6 +80,7 @@ def main(argv=None) -> int:
         data_dir=args.data_dir,
         folds=4,
         per_class=args.per_class,
+        epochs=args.epochs,
         out=args.out / "cv-ray",
         echo=quiet,
         executor="ray",
@@ -113,7 +117,8 @@ def main(argv=None) -> int:
         )
     )
 
-    @ray.remote(num_cpus=args.cpus_per_trial, max_calls=1)
+    # Another runtime environment than the job's: Ray must start a new worker process for it.
+    @ray.remote(num_cpus=args.cpus_per_trial, runtime_env={"env_vars": {"WBC_COLD_WORKER": "1"}})
     def cold():
         begin = time.perf_counter()
         import tensorflow  # noqa: F401
@@ -132,8 +137,13 @@ def main(argv=None) -> int:
         )
     )
 
+    if args.skip_predict:
+        args.images = 0
     found = find_images([args.predict_folder])
     files = (found * (args.images // max(1, len(found)) + 1))[: args.images]
+    if not files:
+        ray.shutdown()
+        return _print(args, rows)
     run = load_run(args.model)
     begin = time.perf_counter()
     local_rows = predict_files(run, files)
@@ -152,7 +162,10 @@ def main(argv=None) -> int:
         )
     )
     ray.shutdown()
+    return _print(args, rows)
 
+
+def _print(args, rows) -> int:
     print(f"\nmachine: {os.cpu_count()} CPUs; config {args.config}, --per-class {args.per_class}\n")
     print("| measurement | value | note |\n|---|---|---|")
     for name, value, note in rows:
