@@ -261,14 +261,15 @@ def fetch(config_path, overrides, data_dir, dest, force):
 def train(
     config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy, init_model
 ):
-    """Train the study's CNN on a prepared subset and evaluate it on the test side.
+    """Train a model (model.family; default: the features recipe) and evaluate it on the test side.
 
     Reads DATA_DIR/processed/SUBSET/{train,test}; the test side is also the validation data,
-    as in the study. Writes model.keras (best val_loss), last.keras, history.csv, config.yaml,
-    classes.json, metrics.json, curves.png, confusion_matrix.png and backup/ into the run
-    folder, and ends with one summary line. A killed run continues with --resume RUN_DIR.
+    as in the study. Writes the family's model file (model.skops; for the CNNs model.keras at
+    the best val_loss, last.keras, history.csv, curves.png, backup/ and tensorboard/),
+    config.yaml, classes.json, metrics.json, confusion_matrix.png and MODEL_CARD.md into the
+    run folder, and ends with one summary line. A killed run continues with --resume RUN_DIR.
 
-    Example: wbc train --subset small --epochs 30 --set train.patience=10
+    Example: wbc train --config configs/study.yaml --subset small --epochs 30
     """
     from wbc.train import train as run_train
 
