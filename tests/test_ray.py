@@ -45,6 +45,20 @@ def data_dir(tmp_path_factory) -> Path:
     return root / "data"
 
 
+@pytest.fixture(scope="module")
+def features_run(data_dir, tmp_path_factory) -> Path:
+    """One default-recipe run, shared by the predict and count tests."""
+    from wbc.train import train
+
+    return train(
+        FEATURES,
+        data_dir=data_dir,
+        subset="small",
+        run_dir=tmp_path_factory.mktemp("ray-run") / "run",
+        echo=lambda _m: None,
+    )
+
+
 def _folds(report: dict) -> list[tuple]:
     return [
         (
@@ -200,15 +214,12 @@ def test_an_unreachable_cluster_is_a_one_line_error(tmp_path, data_dir):
     assert "\n" not in str(err.value) and time.monotonic() - started < 30
 
 
-def test_predict_on_ray_gives_the_local_rows_in_order(cluster, data_dir, tmp_path):
+def test_predict_on_ray_gives_the_local_rows_in_order(cluster, data_dir, features_run, tmp_path):
     from click.testing import CliRunner
 
     from wbc.cli import cli
-    from wbc.train import train
 
-    run = train(
-        FEATURES, data_dir=data_dir, subset="small", run_dir=tmp_path / "run", echo=lambda _m: None
-    )
+    run = features_run
     images = sorted((data_dir / "interim" / "renamed").glob("*.jpg"))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
@@ -234,15 +245,12 @@ def test_predict_on_ray_gives_the_local_rows_in_order(cluster, data_dir, tmp_pat
     ]
 
 
-def test_count_on_ray_gives_the_local_differential(cluster, data_dir, tmp_path):
+def test_count_on_ray_gives_the_local_differential(cluster, data_dir, features_run, tmp_path):
     from click.testing import CliRunner
 
     from wbc.cli import cli
-    from wbc.train import train
 
-    run = train(
-        FEATURES, data_dir=data_dir, subset="small", run_dir=tmp_path / "run", echo=lambda _m: None
-    )
+    run = features_run
     folder = data_dir / "interim" / "renamed"
     args = ["count", str(folder), "--model", str(run), "--format", "json"]
     local = CliRunner().invoke(cli, args)

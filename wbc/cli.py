@@ -66,6 +66,14 @@ def _ray_options(address, cpus_per_trial, gpus_per_trial):
     return RayOptions(address=address, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
 
 
+def _classifier_here_or_on_ray(run, engine, executor, address, cpus_per_trial, gpus_per_trial):
+    """predict / count: ``(Predictor, None)`` here, or ``(None, RayOptions)`` with --executor
+    ray (each Ray actor loads its own model)."""
+    if executor == "ray":
+        return None, _ray_options(address, cpus_per_trial, gpus_per_trial)
+    return _predictor(run, engine), None
+
+
 def config_options(func):
     """--config, --set and --data-dir, shared by every command."""
 
@@ -425,8 +433,9 @@ def predict(
 
     files = require_images(paths)
     run = load_run(resolve_model_path(model_path))
-    on_ray = _ray_options(address, cpus_per_trial, gpus_per_trial) if executor == "ray" else None
-    predictor = _predictor(run, engine) if on_ray is None else None
+    predictor, on_ray = _classifier_here_or_on_ray(
+        run, engine, executor, address, cpus_per_trial, gpus_per_trial
+    )
     with _progress(len(files), "predicting") as bar:
         rows = predict_files(
             run,
@@ -512,8 +521,9 @@ def count(
         raise click.ClickException(f"{folder}: {problem}")
     files = require_images([folder])
     run = load_run(resolve_model_path(model_path))
-    on_ray = _ray_options(address, cpus_per_trial, gpus_per_trial) if executor == "ray" else None
-    predictor = _predictor(run, engine) if on_ray is None else None
+    predictor, on_ray = _classifier_here_or_on_ray(
+        run, engine, executor, address, cpus_per_trial, gpus_per_trial
+    )
     with _progress(len(files), "counting") as bar:
         result = count_cells(
             run,

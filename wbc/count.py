@@ -80,7 +80,7 @@ def count_cells(
         results = _classify_here(
             run, files, per_cell, input_kind, batch_size, workers, progress, predictor
         )
-    return _differential(run, folder, results, details)
+    return _differential(run, folder, results, per_cell, details)
 
 
 def _classify_here(run, files, per_cell, input_kind, batch_size, workers, progress, predictor):
@@ -99,8 +99,7 @@ def _classify_here(run, files, per_cell, input_kind, batch_size, workers, progre
     )
 
 
-def _differential(run, folder: Path, results, details: bool) -> dict[str, Any]:
-    per_cell = run.spec.crop_mode != "none"
+def _differential(run, folder: Path, results, per_cell: bool, details: bool) -> dict[str, Any]:
     classes = list(run.classes)
     counts = [0] * len(classes)
     failed, no_cells = [], []

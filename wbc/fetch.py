@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from wbc.data.labels import read_labels
 from wbc.data.raw import ANNOTATIONS_DIR, IMAGES_DIR, LABELS_NAME, safe_extract
 from wbc.errors import BadImage, DataError
 from wbc.manifest import os_error_message, remove_tree, replace_dir, sha256_file
+from wbc.progress import bar
 
 MARKER_NAME = ".wbc-fetch.json"
 MARKER_FORMAT = 1
@@ -91,25 +91,6 @@ def _fail(url: str, reason: str) -> DataError:
 # progress
 
 
-def _progress_bar(label: str, progress: Optional[bool]):
-    """wbc's progress bar (tqdm, ``wbc.progress``) in bytes; ``progress`` None: on a terminal."""
-    from tqdm import tqdm
-
-    from wbc.progress import enabled
-
-    shown = enabled() if progress is None else progress
-    return tqdm(
-        total=None,
-        desc=label,
-        unit="B",
-        unit_scale=True,
-        leave=True,
-        file=sys.stderr,
-        disable=not shown,
-        mininterval=0.2,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # downloading
 
@@ -158,9 +139,11 @@ def download(
     """
     target = Path(target)
     part = target.with_name(target.name + ".part")
-    bar = _progress_bar(label or target.name, progress)
     try:
-        actual = _stream(url, part, timeout, bar)
+        with bar(
+            None, label or target.name, unit="B", scale=True, leave=True, show=progress
+        ) as shown:
+            actual = _stream(url, part, timeout, shown)
         if expected_sha256 and actual != expected_sha256.strip().lower():
             raise _fail(url, f"sha256 mismatch (got {actual}, expected {expected_sha256.strip()})")
         os.replace(part, target)
@@ -171,8 +154,6 @@ def download(
     except BaseException:
         _unlink(part)
         raise
-    finally:
-        bar.close()
 
 
 def _network(url: str, timeout: float, call: Callable[[], Any]) -> Any:

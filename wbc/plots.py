@@ -90,8 +90,9 @@ def plot_history(history_csv: Path, out_png: Path, title: str = "") -> Path:
     return out_png
 
 
-def plot_confusion(matrix: Any, classes: Sequence[str], out_png: Path, title: str = "") -> Path:
-    """The confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+def plot_confusion(matrix: Any, classes: Sequence[str], out_png: Any, title: str = "") -> Any:
+    """The confusion matrix (rows: true class, columns: predicted) with counts in the cells,
+    as a PNG written to ``out_png``: a path, or a binary file such as ``io.BytesIO``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,7 +126,8 @@ def plot_confusion(matrix: Any, classes: Sequence[str], out_png: Path, title: st
         (title + "\n" if title else "") + f"accuracy {accuracy:.3f} on {total} images", fontsize=10
     )
     figure.tight_layout()
-    out_png = Path(out_png)
-    figure.savefig(out_png, dpi=100)
+    if isinstance(out_png, (str, Path)):
+        out_png = Path(out_png)
+    figure.savefig(out_png, dpi=100, format="png")
     plt.close(figure)
     return out_png

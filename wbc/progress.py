@@ -24,10 +24,19 @@ def enabled(stream=None) -> bool:
 
 
 @contextmanager
-def bar(total: Optional[int], label: str, *, unit: str = "it", scale: bool = False) -> Iterator:
+def bar(
+    total: Optional[int],
+    label: str,
+    *,
+    unit: str = "it",
+    scale: bool = False,
+    leave: bool = False,
+    show: Optional[bool] = None,
+) -> Iterator:
     """A tqdm bar of ``total`` steps (None: unknown) labelled ``label``; call ``.update(n)``.
     Disabled (its ``update`` does nothing) when stderr is not a terminal. ``scale``: show
-    bytes as kB/MB."""
+    bytes as kB/MB. ``leave``: keep the finished bar on screen. ``show``: force it on or off
+    (None: ``enabled()``)."""
     from tqdm import tqdm
 
     progress = tqdm(
@@ -35,9 +44,9 @@ def bar(total: Optional[int], label: str, *, unit: str = "it", scale: bool = Fal
         desc=label,
         unit=unit,
         unit_scale=scale,
-        leave=False,
+        leave=leave,
         file=sys.stderr,
-        disable=not enabled(),
+        disable=not (enabled() if show is None else show),
         dynamic_ncols=True,
         mininterval=0.2,
     )

@@ -175,19 +175,15 @@ def _mistakes(run, test_dir: Path, limit: int = GALLERY_SIZE) -> str:
     """The most confident wrong answers on ``test_dir`` (class folders), explained."""
     from wbc.evaluate import predict_files
     from wbc.explain import overlay_heat
+    from wbc.feeds import list_class_files
     from wbc.imageio import read_rgb
-    from wbc.predict import find_images, model_inputs
+    from wbc.predict import model_inputs
 
     classes = list(run.classes)
-    files, truth = [], []
-    for index, cls in enumerate(classes):
-        folder = test_dir / cls
-        if folder.is_dir():
-            found = find_images([folder])
-            files += found
-            truth += [index] * len(found)
-    if not files:
-        return f'<p class="note">No test images under {_esc(test_dir)}: no gallery.</p>'
+    try:
+        _, files, truth = list_class_files(test_dir, classes)
+    except DataError as exc:
+        return f'<p class="note">{_esc(exc)}: no gallery.</p>'
     probs, kept, bad, _ = predict_files(run, files)
     truth = np.asarray(truth)[kept]
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)

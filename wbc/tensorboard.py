@@ -18,35 +18,11 @@ LOG_DIR = "tensorboard"
 
 
 def confusion_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
-    """The confusion matrix (rows: true class) drawn as a PNG."""
-    import matplotlib
+    """The run's confusion-matrix picture (``wbc.plots.plot_confusion``) as PNG bytes."""
+    from wbc.plots import plot_confusion
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(matrix)
-    figure, axes = plt.subplots(figsize=(4.2, 3.8), dpi=80)
-    axes.imshow(matrix, cmap="Blues")
-    short = [c[:4] for c in classes]
-    axes.set_xticks(range(len(classes)), short)
-    axes.set_yticks(range(len(classes)), short)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title, fontsize=9)
-    top = matrix.max() if matrix.size else 0
-    for (row, col), value in np.ndenumerate(matrix):
-        axes.text(
-            col,
-            row,
-            str(value),
-            ha="center",
-            va="center",
-            color="white" if value > top / 2 else "black",
-        )
-    figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
+    plot_confusion(matrix, classes, buffer, title)
     return buffer.getvalue()
 
 
@@ -72,12 +48,12 @@ def keras_callbacks(run_dir: Path, val_data, classes: Sequence[str]) -> list:
             self.labels = None
 
         def on_epoch_end(self, epoch, logs=None):
-            from sklearn.metrics import confusion_matrix
+            from wbc.evaluate import confusion_matrix
 
             if self.labels is None:
                 self.labels = np.concatenate([np.argmax(y, axis=-1) for _, y in val_data])
             predicted = np.argmax(self.model.predict(val_data, verbose=0), axis=-1)
-            matrix = confusion_matrix(self.labels, predicted, labels=range(len(classes)))
+            matrix = confusion_matrix(self.labels, predicted, len(classes))
             _image_summary(
                 self.writer,
                 "confusion_matrix",
