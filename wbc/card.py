@@ -237,15 +237,16 @@ def render_card(
     return "\n".join(lines)
 
 
-def write_run_card(run_dir: Path, cv: Optional[dict] = None) -> Path:
-    """Write ``RUN/MODEL_CARD.md`` from the run's config.yaml and metrics.json (and ``cv``, a
-    ``wbc cv`` summary of the same recipe, when known)."""
+def write_run_card(
+    run_dir: Path, cv: Optional[dict] = None, metrics: Optional[dict] = None
+) -> Path:
+    """Write ``RUN/MODEL_CARD.md`` from the run's config.yaml and ``metrics`` (default: its
+    metrics.json), and ``cv``, a ``wbc cv`` summary of the same recipe, when known."""
     run_dir = Path(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     metrics_path = run_dir / "metrics.json"
-    metrics = (
-        json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else None
-    )
+    if metrics is None and metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     path = run_dir / CARD_NAME
     write_atomic(path, render_card(run_dir, config=config, metrics=metrics, cv=cv))
     return path

@@ -14,6 +14,7 @@ import click
 
 from wbc import __version__
 from wbc.errors import WbcError
+from wbc.manifest import write_atomic
 
 STAGE_NAMES = ("rename", "crop", "augment", "split", "subsets")
 
@@ -359,9 +360,9 @@ def _write_output(text: str, output: Path | None) -> None:
         click.echo(text, nl=False)
         return
     try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise click.ClickException(f"{output}: cannot write ({exc.strerror or exc})") from None
+        write_atomic(Path(output), text)
+    except WbcError as exc:
+        raise click.ClickException(str(exc)) from None
     _echo_err(f"wrote {output}")
 
 

@@ -196,8 +196,10 @@ class StainReference:
 
 
 def write_reference(reference: StainReference, run_dir: Path | str) -> Path:
+    from wbc.manifest import write_json
+
     path = Path(run_dir) / REFERENCE_NAME
-    path.write_text(json.dumps(reference.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_json(path, reference.to_dict())
     return path
 
 

@@ -448,4 +448,6 @@ def load_config(path: Optional[Path] = None, overrides: tuple[str, ...] | list[s
 
 
 def dump_config(config: Config, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    from wbc.manifest import write_atomic
+
+    write_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

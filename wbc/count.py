@@ -201,8 +201,8 @@ def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
     unit = "cells" if result.get("per") == "cell" else "images"
     axes.set_title(f"WBC differential: {result['cells']} {unit} in {Path(result['folder']).name}")
     figure.tight_layout()
-    try:
-        figure.savefig(path, format="png")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write the plot ({exc.strerror or exc})") from None
+    from wbc.manifest import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, format="png")
     return path

@@ -747,7 +747,7 @@ def cross_validate(
     ``executor``: ``local`` trains the folds here, one after the other; ``ray`` trains the
     unfinished ones as Ray tasks (``wbc.executors``, ``ray_options``) and then scores them here.
     """
-    from wbc.train import has_progress, resolve_config
+    from wbc.train import finished_run, has_progress, resolve_config
     from wbc.train import train as run_train
 
     if score not in SCORES:
@@ -829,7 +829,7 @@ def cross_validate(
             run_dir = out / f"fold-{fold}"
             data_fold = out / "data" / f"fold-{fold}"
             build_fold_data(source, members, data_fold, per_class, config.seed, fold)
-            if not (run_dir / "metrics.json").is_file():
+            if not finished_run(run_dir, f"fold {fold}", echo):
                 kwargs = {
                     "data_dir": data_fold,
                     "run_dir": run_dir,
@@ -851,7 +851,7 @@ def cross_validate(
             test_dir = data_fold / "test"
             metrics_path = run_dir / "metrics.json"
             where = f"fold {fold} ({number}/{total})" if repeats > 1 else f"fold {fold}/{folds}"
-            if metrics_path.is_file():
+            if finished_run(run_dir, f"fold {fold}", echo):
                 echo(f"{where}: done before, skipped ({metrics_path})")
             else:
                 counts = summary["counts"]

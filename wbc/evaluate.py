@@ -7,7 +7,6 @@ crop mode) are read from the model's folder, never re-typed, and every image goe
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -101,7 +100,9 @@ def read_classes(path: Path) -> list[str]:
 
 
 def write_classes(classes: Sequence[str], path: Path) -> None:
-    Path(path).write_text(json.dumps(list(classes), indent=2) + "\n", encoding="utf-8")
+    from wbc.manifest import write_json
+
+    write_json(path, list(classes))
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -248,4 +249,6 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
-    Path(path).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    from wbc.manifest import write_json
+
+    write_json(path, metrics)

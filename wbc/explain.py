@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from wbc.errors import BadImage, DataError
+from wbc.errors import BadImage
 from wbc.imageio import read_rgb
 from wbc.predict import Box, model_inputs
 
@@ -67,10 +67,10 @@ def explain_image(
     why = run.model.explain(inputs[0].pixels, run.classes)
     probs = np.asarray(why["probabilities"], dtype=np.float64)
     picture = overlay_heat(rgb, np.asarray(why["heat"], np.float32), inputs[0].box)
-    try:
-        Image.fromarray(picture).save(output, format="PNG")
-    except OSError as exc:
-        raise DataError(f"{output}: cannot write the heat map ({exc.strerror or exc})") from None
+    from wbc.manifest import atomic_path
+
+    with atomic_path(output) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG")
     index = int(np.argmax(probs))
     result = {
         "file": str(image),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +32,9 @@ from typing import Any, Optional
 import numpy as np
 
 from wbc.errors import ModelError
-from wbc.manifest import remove_tree, sha256_file, write_atomic
+from wbc.manifest import atomic_path, sha256_file, write_atomic
 
 FORMATS = ("onnx", "tflite", "savedmodel")
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "savedmodel": ""}
 DEFAULT_NAME = {"onnx": "model.onnx", "tflite": "model.tflite", "savedmodel": "saved_model"}
 # The Python modules each format needs, beyond wbc's own dependencies.
 EXTRAS = {"onnx": ("onnx", "onnxruntime"), "tflite": (), "savedmodel": ()}
@@ -176,10 +174,9 @@ def export_run(
         raise ModelError(f"{run.model_path}: a {family} model cannot be exported as {fmt}; {hint}")
     require_modules(fmt, family)
     output = Path(output) if output else run.run_dir / "export" / DEFAULT_NAME[fmt]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.tmp{SUFFIX[fmt]}"
-    remove_tree(staging)
-    try:
+    # The export is written under a temporary name and renamed into place only after its parity
+    # check (atomic_path): a kill, a full disk or a failed check leaves no file under its name.
+    with atomic_path(output) as staging:
         described = run.model.export(fmt, staging)
         inputs = sample_inputs(run, check_images)
         difference, runtime = parity(run, fmt, staging, inputs, described["output_columns"])
@@ -214,10 +211,6 @@ def export_run(
             _set_onnx_metadata(staging, metadata)
         if fmt == "savedmodel":
             write_atomic(metadata_path(staging, fmt), json.dumps(metadata, indent=2) + "\n")
-        remove_tree(output)
-        staging.replace(output)
-    finally:
-        remove_tree(staging)
     meta = metadata_path(output, fmt)
     if fmt != "savedmodel":
         write_atomic(meta, json.dumps(metadata, indent=2) + "\n")
@@ -225,7 +218,7 @@ def export_run(
     card_out = None
     if card.is_file():
         card_out = (output if fmt == "savedmodel" else output.parent) / "MODEL_CARD.md"
-        shutil.copyfile(card, card_out)
+        write_atomic(card_out, card.read_bytes())
     return Exported(output, meta, card_out, difference, int(len(inputs)), runtime)
 
 

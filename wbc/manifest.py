@@ -14,9 +14,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=False)
 
     def save(self, folder: Path) -> None:
-        (Path(folder) / MANIFEST_NAME).write_text(self.to_json() + "\n", encoding="utf-8")
+        write_atomic(Path(folder) / MANIFEST_NAME, self.to_json() + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
@@ -129,21 +128,107 @@ def load_if_current(dst: Path, key: str) -> Manifest | None:
     return None
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` through a hidden temp file in the same folder
-    and a rename: a killed process leaves the old file or the new one, never half of one, and
-    two writers never share a temp file."""
+TEMP_PREFIX = ".tmp-"
+
+
+def temp_sibling(path: Path) -> Path:
+    """A hidden temporary name beside ``path``: ``.tmp-<pid>-<name>``.
+
+    It ends with the real name, so writers that check a suffix (Keras' ``.keras`` and
+    ``.weights.h5``, matplotlib's ``.png``) accept it, and it carries the writer's pid, so that a
+    later writer can tell the debris of a killed process from a file being written now."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def sweep_temps(folder: Path, name: str = "*", recursive: bool = False) -> list[Path]:
+    """Remove what killed writers left in ``folder``: ``.tmp-<pid>-NAME`` whose process is gone,
+    and a stage's ``.DST.tmp`` / ``.DST.old`` folders. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f"**/{TEMP_PREFIX}*-{name}" if recursive else f"{TEMP_PREFIX}*-{name}"
+    removed = []
+    for path in sorted(folder.glob(pattern)):
+        pid = path.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                remove_tree(path)
+                removed.append(path)
+    return removed
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a written file (or a folder's entries) to the disk, not just the page cache."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder: nothing more to do there
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    if path.is_dir():
+        for dirpath, _dirs, files in os.walk(path):
+            for name in files:
+                fsync_path(Path(dirpath) / name)
+            fsync_path(Path(dirpath))
+    else:
+        fsync_path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """For writers that take a file name (Keras, matplotlib, ONNX, a SavedModel folder): yield a
+    temporary name beside ``path``; when the block ends without an error, the file (or folder)
+    is flushed to disk and renamed onto ``path``, so a reader sees the old one or the new one,
+    never half of one. On an error the temporary is removed. Debris of killed writers of the
+    same file is swept first. A full disk or a read-only folder becomes a one-line
+    ``DataError`` naming ``path``."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temps(path.parent, path.name)
+        remove_tree(tmp)
+        yield tmp
+        _fsync_tree(tmp)
+        if tmp.is_dir():
+            replace_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+        fsync_path(path.parent)
+    except OSError as exc:
+        _discard(tmp)
+        raise DataError(os_error_message(exc, path)) from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through ``atomic_path``: a killed process
+    leaves the old file or the new one, never half of one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -151,11 +236,23 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: Path, what: str = "file") -> Any:
+    """A JSON file's value, or a one-line ``DataError`` saying it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise DataError(f"{path}: unreadable {what} ({reason})") from None
+
+
 def _temp_path(dst: Path, tag: str) -> Path:
     return dst.parent / f".{dst.name}.{tag}"
 
 
 def remove_tree(path: Path) -> None:
+    path = Path(path)
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
@@ -169,6 +266,7 @@ def replace_dir(tmp: Path, dst: Path) -> None:
     if dst.exists() or dst.is_symlink():
         os.replace(dst, old)
     os.replace(tmp, dst)
+    fsync_path(dst.parent)
     remove_tree(old)
 
 
@@ -194,6 +292,8 @@ def run_stage(
     """Run ``build(tmp_folder) -> summary`` unless ``dst`` already holds this exact result."""
     dst = Path(dst)
     key = stage_key(stage, params, inputs)
+    # A kill between replace_dir's renames leaves .DST.old beside a finished DST: never keep it.
+    _discard(_temp_path(dst, "old"))
     if not force:
         current = load_if_current(dst, key)
         if current is not None:

@@ -85,7 +85,10 @@ def plot_history(history_csv: Path, out_png: Path, title: str = "") -> Path:
     figure.suptitle((title + "\n" if title else "") + caption(rows), fontsize=10)
     figure.tight_layout()
     out_png = Path(out_png)
-    figure.savefig(out_png, dpi=100)
+    from wbc.manifest import atomic_path
+
+    with atomic_path(out_png) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
     plt.close(figure)
     return out_png
 
@@ -127,7 +130,12 @@ def plot_confusion(matrix: Any, classes: Sequence[str], out_png: Any, title: str
     )
     figure.tight_layout()
     if isinstance(out_png, (str, Path)):
+        from wbc.manifest import atomic_path
+
         out_png = Path(out_png)
-    figure.savefig(out_png, dpi=100, format="png")
+        with atomic_path(out_png) as tmp:
+            figure.savefig(tmp, dpi=100, format="png")
+    else:  # a binary file object (the TensorBoard image)
+        figure.savefig(out_png, dpi=100, format="png")
     plt.close(figure)
     return out_png

@@ -40,7 +40,7 @@ from typing import Any, Optional
 from wbc.config import Config, config_from_dict, dump_config, read_yaml
 from wbc.errors import ConfigError, DataError, ModelError
 from wbc.locks import holds_folder_lock
-from wbc.manifest import write_json
+from wbc.manifest import atomic_path, sweep_temps, write_atomic, write_json
 from wbc.plots import HISTORY_COLUMNS
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -158,13 +158,15 @@ def read_history_rows(path: Path) -> list[dict[str, float]]:
 
 
 def write_history_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(HISTORY_COLUMNS)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in HISTORY_COLUMNS])
-    os.replace(tmp, path)
+    """Rewrite ``history.csv`` whole (atomically): a resume rewrites it from the backup."""
+    import io
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(HISTORY_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in HISTORY_COLUMNS])
+    write_atomic(path, buffer.getvalue())
 
 
 def _cell(value) -> str:
@@ -176,6 +178,8 @@ def _cell(value) -> str:
 
 
 def _append_history(path: Path, row: dict[str, Any]) -> None:
+    """One row at the end of ``history.csv``, flushed to disk. A kill mid-row is mended on
+    resume: the file is rewritten from the backup's committed rows."""
     new = not Path(path).is_file() or Path(path).stat().st_size == 0
     with open(path, "a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -227,14 +231,10 @@ def read_run_config(run_dir: Path) -> Config:
 
 def backup_epoch(run_dir: Path) -> int:
     """How many epochs the run's ``backup/`` holds as finished (0 when there is none)."""
-    path = Path(run_dir) / "backup" / "training_metadata.json"
-    weights = Path(run_dir) / "backup" / "latest.weights.h5"
-    if not (path.is_file() and weights.is_file()):
-        return 0
-    try:
-        return int(json.loads(path.read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
+    from wbc.models.checkpoint import latest
+
+    generation = latest(run_dir)
+    return generation.epochs if generation else 0
 
 
 def recorded_data_dir(run_dir: Path) -> Optional[Path]:
@@ -274,6 +274,22 @@ def has_progress(run_dir: Path) -> bool:
         or any((run_dir / f).exists() for f in model_files())
         or bool(read_history_rows(run_dir / "history.csv"))
     )
+
+
+def finished_run(run_dir: Path, what: str, echo: Optional[Echo] = None) -> bool:
+    """True when ``run_dir`` holds a finished run (a readable ``metrics.json``, written last).
+    An unreadable one is removed, with a line saying that ``what`` is trained again."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError, UnicodeDecodeError):
+        if echo is not None:
+            echo(f"warning: {path}: unreadable; training {what} again")
+        path.unlink(missing_ok=True)
+        return False
 
 
 def subset_folders(data_dir: Path, subset: str) -> tuple[Path, Path]:
@@ -358,7 +374,9 @@ def run_callback(
     write: bool,
     total: int,
 ):
-    """One Keras callback that keeps history.csv, the checkpoints, early stopping and collapse."""
+    """One Keras callback that keeps the backup, history.csv, the checkpoints, early stopping and
+    collapse."""
+    from wbc.models.checkpoint import commit
 
     class RunLog(keras.callbacks.Callback):
         def __init__(self):
@@ -370,11 +388,6 @@ def run_callback(
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.perf_counter()
-            # A row at or after this epoch means the kill fell between history and backup.
-            if any(r["epoch"] >= epoch for r in self.rows):
-                self.rows = [r for r in self.rows if r["epoch"] < epoch]
-                if write:
-                    write_history_rows(run_dir / "history.csv", self.rows)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -392,10 +405,12 @@ def run_callback(
             improved = math.isfinite(row["val_loss"]) and row["val_loss"] < patience.best
             stop = patience.update(row["epoch"], row["val_loss"])
             if write:
+                # The backup generation is the commit; history and models are derived from it.
+                commit(self.model, run_dir, self.rows)
                 _append_history(run_dir / "history.csv", row)
                 if improved:
-                    _save_atomic(self.model, run_dir / "model.keras")
-                _save_atomic(self.model, run_dir / "last.keras")
+                    save_model(self.model, run_dir / "model.keras")
+                save_model(self.model, run_dir / "last.keras")
             if collapse.update(row["loss"], row["accuracy"]):
                 echo(collapse.message(row["loss"], row["accuracy"]))
             elif collapse.recovered:
@@ -424,10 +439,10 @@ def _learning_rate(model) -> float:
         return math.nan
 
 
-def _save_atomic(model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp, overwrite=True)
-    os.replace(tmp, path)
+def save_model(model, path: Path) -> None:
+    """``model.save`` through ``atomic_path``: a kill never leaves half a model."""
+    with atomic_path(path) as tmp:
+        model.save(tmp, overwrite=True)
 
 
 # --------------------------------------------------------------------------- train
@@ -495,6 +510,7 @@ def train(
     if run_dir is None:
         run_dir = default_run_dir(subset)
     run_dir = Path(run_dir)
+    sweep_temps(run_dir, recursive=True)  # what a killed run of this folder left half-written
     if tc.freeze != "none" and init_model is None and not resuming:
         raise ConfigError(
             f"train.freeze {tc.freeze}: freezing layers is for fine-tuning; "
@@ -568,7 +584,6 @@ def train(
         skipped_train_images=[{"path": b.path, "reason": b.reason} for b in fitted.skipped],
         wall_seconds=round(wall, 1),
     )
-    ev.write_metrics(metrics, out_dir / "metrics.json")
     from wbc.plots import plot_confusion, plot_history
 
     if fitted.history:
@@ -583,7 +598,9 @@ def train(
     from wbc.tensorboard import write_test_summary
 
     write_test_summary(out_dir, metrics, step=len(fitted.history))
-    write_run_card(out_dir)
+    write_run_card(out_dir, metrics=metrics)
+    # Last: wbc cv and tune take a run with metrics.json as finished.
+    ev.write_metrics(metrics, out_dir / "metrics.json")
     echo(
         f"done: {fitted.done} in {format_seconds(wall)}{fitted.notes} ({family.name}); "
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} "
@@ -606,9 +623,7 @@ def _inherit_stain_reference(
     target = Path(run_dir) / REFERENCE_NAME
     if not source.is_file() or target.is_file():
         return target.is_file()
-    import shutil
-
-    shutil.copyfile(source, target)
+    write_atomic(target, source.read_bytes())
     echo(f"stain reference from {source} (the model being adapted)")
     return True
 

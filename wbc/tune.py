@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,7 +38,14 @@ from typing import Any, Optional
 from wbc.config import Config, _hint, _merge, config_from_dict, read_yaml
 from wbc.errors import ConfigError, DataError
 from wbc.locks import holds_folder_lock
-from wbc.manifest import MANIFEST_NAME, Manifest, sha256_json, write_json
+from wbc.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    atomic_path,
+    sha256_json,
+    write_atomic,
+    write_json,
+)
 from wbc.progress import bar
 
 Echo = Callable[[str], None]
@@ -245,9 +251,11 @@ def _cv_row(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finished(cell_dir: Path, cv: Optional[int]) -> bool:
+def _finished(cell_dir: Path, cv: Optional[int], echo: Optional[Echo] = None) -> bool:
     if cv is None:
-        return (cell_dir / "metrics.json").is_file()
+        from wbc.train import finished_run
+
+        return finished_run(cell_dir, f"cell {cell_dir.name}", echo)
     path = cell_dir / "cv.json"
     if not path.is_file():
         return False
@@ -310,9 +318,8 @@ def write_results(
 ) -> str:
     """results.csv and results.md; returns the plain-text table."""
     head, body = table_rows(rows, keys, columns)
-    tmp = out / f".{RESULTS_CSV}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
+    with atomic_path(out / RESULTS_CSV) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
         writer.writerow(head)
         for row, cells in zip(rows, body):
             writer.writerow(
@@ -321,14 +328,11 @@ def write_results(
                 + ["" if row.get(c) is None else row.get(c) for c in columns]
                 + cells[-2:]
             )
-    os.replace(tmp, out / RESULTS_CSV)
     lines = [f"# {title}", "", f"{len(rows)} of {total} cells done; best first.", ""]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * len(head)) + "|")
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
-    tmp = out / f".{RESULTS_MD}.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, out / RESULTS_MD)
+    write_atomic(out / RESULTS_MD, "\n".join(lines) + "\n")
     widths = [
         max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)
     ]
@@ -417,7 +421,7 @@ def tune(
         remote = []
         for index, (settings, cfg, cid) in enumerate(zip(cells, configs, ids)):
             cell_dir = out / f"cell-{cid}"
-            if cid in remote_ids or _finished(cell_dir, cv):
+            if cid in remote_ids or _finished(cell_dir, cv, echo):
                 continue
             cell_dir.mkdir(parents=True, exist_ok=True)
             write_json(
@@ -443,7 +447,7 @@ def tune(
                 continue
             if cid in remote_ids:
                 trained += 1
-            elif _finished(cell_dir, cv):
+            elif _finished(cell_dir, cv, echo):
                 echo(f"{label}: done before, skipped ({cell_dir})")
                 skipped += 1
             else:

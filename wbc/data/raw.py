@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from wbc.errors import DataError
-from wbc.manifest import remove_tree, replace_dir, sha256_file
+from wbc.manifest import remove_tree, replace_dir, sha256_file, write_atomic
 
 LABELS_NAME = "labels.csv"
 IMAGES_DIR = "JPEGImages"
@@ -100,7 +100,7 @@ def extract_zip(archive: Path, raw_dir: Path) -> Path:
     digest = sha256_file(archive)
     if not (marker.is_file() and marker.read_text().strip() == digest):
         safe_extract(archive, dest)
-        marker.write_text(digest + "\n")
+        write_atomic(marker, digest + "\n")
     return dest
 
 

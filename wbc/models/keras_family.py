@@ -4,8 +4,8 @@ LiteRT / TensorFlow engines and Grad-CAM.
 A Keras family only says how to build and compile its network and how its training images are
 varied online (``build``, ``compile``, ``online_augment``); this module does the rest, the same
 for both: the in-memory ``tf.data`` feed, ``history.csv`` appended per epoch, ``model.keras``
-(lowest val_loss) and ``last.keras`` written atomically, ``BackupAndRestore`` for ``--resume``,
-early stopping and the collapse warning (``wbc.train``'s helpers).
+(lowest val_loss) and ``last.keras`` written atomically, a crash-safe backup
+(``wbc.models.checkpoint``) for ``--resume``, early stopping and the collapse warning.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 from wbc.errors import ConfigError, DataError, ModelError
+from wbc.models import checkpoint
 from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, TtaEngine
 
 # Layers whose config carries Python code (bytecode or a function reference).
@@ -411,10 +412,22 @@ class KerasFamily(Family):
         if tr.is_chief():
             ev.write_classes(classes, out_dir / "classes.json")
 
-        # Where to start: the backup's last finished epoch (resume) or 0.
+        steps = train_feed.steps_per_epoch or math.ceil(train_feed.n_images / self.batch_size())
+        with dist.scope():
+            model = self.build(len(classes))
+            frozen = tr.freeze_layers(model, tc.freeze)  # before compile; only with --init
+            if frozen:
+                echo(f"train.freeze {tc.freeze}: frozen layers {', '.join(frozen)}")
+            self.compile(model, steps)
+            # Where to start: the newest whole backup generation (resume) or epoch 0.
+            generation = checkpoint.restore(model, out_dir, echo) if job.resuming else None
+            done = generation.epochs if generation else 0
+            if job.init_model is not None and not done:
+                tr.load_initial_weights(model, Path(job.init_model))
+                echo(f"initial weights from {job.init_model}")
+        checkpoint.discard_after(out_dir, done)
+        prior = generation.rows if generation else []
         history_path = out_dir / "history.csv"
-        done = tr.backup_epoch(out_dir) if job.resuming else 0
-        prior = [r for r in tr.read_history_rows(history_path) if r["epoch"] < done] if done else []
         if tr.is_chief() and (prior or history_path.exists()):
             tr.write_history_rows(history_path, prior)
         if job.resuming:
@@ -439,26 +452,15 @@ class KerasFamily(Family):
         for row in prior:
             stop_before = patience.update(row["epoch"], row["val_loss"]) or stop_before
             collapse.update(row["loss"], row["accuracy"])
-
-        steps = train_feed.steps_per_epoch or math.ceil(train_feed.n_images / self.batch_size())
-        with dist.scope():
-            model = self.build(len(classes))
-            frozen = tr.freeze_layers(model, tc.freeze)  # before compile; only with --init
-            if frozen:
-                echo(f"train.freeze {tc.freeze}: frozen layers {', '.join(frozen)}")
-            self.compile(model, steps)
-            if job.init_model is not None and not done:
-                tr.load_initial_weights(model, Path(job.init_model))
-                echo(f"initial weights from {job.init_model}")
+        if done and tr.is_chief():
+            # A kill after the commit but before these were written: mend them from the backup.
+            if patience.best_epoch == done - 1:
+                tr.save_model(model, out_dir / self.model_file)
+            tr.save_model(model, out_dir / self.last_file)
 
         class_weight = tr.balanced_class_weights(counts) if tc.class_weight == "balanced" else None
         log = tr.run_callback(
             keras, out_dir, prior, patience, collapse, echo, write=True, total=tc.epochs
-        )
-        # Kept after the run (a finished run can be extended with --resume --epochs N); two
-        # generations, so a kill while the backup is being written falls back to the one before.
-        backup = keras.callbacks.BackupAndRestore(
-            str(out_dir / "backup"), delete_checkpoint=False, double_checkpoint=True
         )
         verbose = 1 if sys.stdout.isatty() else 2
         from wbc.tensorboard import keras_callbacks
@@ -483,10 +485,11 @@ class KerasFamily(Family):
                     train_feed.data,
                     validation_data=val_feed.data,
                     epochs=tc.epochs,
+                    initial_epoch=done,
                     steps_per_epoch=train_feed.steps_per_epoch,
                     class_weight=class_weight,
                     shuffle=False,  # the feed shuffles, with the seed
-                    callbacks=[log, backup, *board, *job.callbacks],
+                    callbacks=[log, *board, *job.callbacks],
                     verbose=verbose,
                 )
             except tf.errors.ResourceExhaustedError:
