@@ -12,7 +12,7 @@ ARGS ?=
 RUN := runs/$(shell date +%Y%m%d-%H%M%S)-$(SUBSET)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format prepare train plot cv tune fetch all bench robustness clean
+.PHONY: help install test lint format prepare train plot cv tune fetch all bench robustness crashtest clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -73,6 +73,12 @@ fetch: $(INSTALLED) ## Download the public dataset into data/raw/dataset-master
 
 bench: $(INSTALLED) ## Measure training feed, augmentation, predict and CLI speed
 	$(WBC) bench $(if $(RAW),--raw $(RAW)) $(ARGS)
+
+robustness: $(INSTALLED) ## Feed every command bad inputs and kill prepare/train; print the figures
+	$(BIN)/python scripts/robustness_report.py $(ARGS)
+
+crashtest: $(INSTALLED) ## SIGKILL commands at random instants and writes, check each rerun: make crashtest ARGS='--kills 12'
+	$(BIN)/python scripts/kill_anywhere.py $(ARGS)
 
 clean: ## Remove generated data, runs and caches (keeps .venv and the raw data you gave)
 	rm -rf $(DATA)/interim $(DATA)/processed runs .pytest_cache .hypothesis

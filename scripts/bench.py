@@ -5,6 +5,7 @@ The code lives in ``wbc/bench.py`` (so that ``make bench`` can call the installe
 wrapper takes the same options.
 
 Example: .venv/bin/python scripts/bench.py --quick --json /tmp/bench.json
+(``--tiny``: every section on a handful of small inputs in seconds, a smoke test.)
 """
 
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbc.bench import main  # noqa: E402
+from benchmarks.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""Measure ``wbc.crop.detect_cells`` against the BCCD VOC WBC boxes of a dataset-master folder.
+"""Measure ``wbc.data.cells.detect_cells`` against the BCCD VOC WBC boxes of a dataset-master
+folder.
 
 Why: the detector is what crops images that have no annotation (new images at predict time,
 ``crop.mode=detect``), so its agreement with the human boxes is the number that says whether
@@ -25,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbc.crop import crop_square, detect_cells, iou, read_voc_boxes, square_box  # noqa: E402
-from wbc.imageio import read_rgb  # noqa: E402
+from wbc.core.imageio import read_rgb  # noqa: E402
+from wbc.data.cells import crop_square, detect_cells, iou, read_voc_boxes, square_box  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

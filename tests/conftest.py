@@ -116,7 +116,7 @@ def make_run(run_dir: Path, overrides=(), image_size=(40, 56), seed: int = 0) ->
     """A run folder as `wbc train` leaves it: model.keras, config.yaml, classes.json."""
     import keras
 
-    from wbc.config import dump_config, load_config
+    from wbc.core.config import dump_config, load_config
     from wbc.models.study import build_model
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc.augmenters import KerasAugmenter, OpenCVAugmenter
-from wbc.config import AugmentConfig, load_config
-from wbc.errors import DataError
-from wbc.manifest import run_stage
-from wbc.stages.augment import augment, plan_copies
-from wbc.stages.naming import parse_name
+from wbc.core.config import AugmentConfig, load_config
+from wbc.core.errors import DataError
+from wbc.core.manifest import run_stage
+from wbc.data.augmenters import KerasAugmenter, OpenCVAugmenter
+from wbc.data.stages.augment import augment, plan_copies
+from wbc.data.stages.naming import parse_name
 
 from conftest import synthetic_smear
 
@@ -279,8 +279,8 @@ def test_keras_engine_workers_start_quietly(src, tmp_path):
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from wbc.config import load_config; "
-        "from wbc.stages.augment import augment; "
+        "import sys; from pathlib import Path; from wbc.core.config import load_config; "
+        "from wbc.data.stages.augment import augment; "
         "augment(Path(sys.argv[1]), Path(sys.argv[2]), "
         "load_config(None, ['augment.per_class=8', 'augment.workers=2']))"
     )

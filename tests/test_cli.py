@@ -114,7 +114,7 @@ def test_prepare_end_to_end_then_skips(tmp_path, tiny_raw):
 
 
 def test_prepared_crop_is_read_from_the_manifests(tmp_path, tiny_raw):
-    from wbc.pipeline import prepared_crop
+    from wbc.data.pipeline import prepared_crop
 
     assert prepared_crop(tmp_path / "nothing") is None
     for mode in ("none", "detect"):

@@ -1,4 +1,4 @@
-"""Colour robustness (wbc/color.py): jitter, stain-independent inputs, stain normalisation,
+"""Colour robustness (wbc/imaging/color.py): jitter, stain-independent inputs, stain normalisation,
 the stain reference in the run folder, and fine-tuning with frozen layers (issue 9)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from wbc import color
-from wbc.config import ColorConfig, load_config
-from wbc.errors import ConfigError, ModelError
-from wbc.preprocess import InputSpec
+from wbc.core.config import ColorConfig, load_config
+from wbc.core.errors import ConfigError, ModelError
+from wbc.imaging import color
+from wbc.imaging.preprocess import InputSpec
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -228,7 +228,7 @@ def side(tmp_path_factory) -> Path:
 
 
 def test_jitter_is_seeded_per_image_and_fresh_every_epoch(side):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     jitter = ColorConfig(brightness=0.1, contrast=0.2, saturation=0.3, hue=0.05)
     plain = make_feed(side, SIZE, 8, seed=3).data
@@ -255,9 +255,9 @@ def test_jitter_is_seeded_per_image_and_fresh_every_epoch(side):
 
 
 def test_jitter_never_touches_evaluate_or_predict_inputs(side):
-    from wbc.feeds import make_feed
-    from wbc.imageio import read_rgb
-    from wbc.predict import model_inputs
+    from wbc.core.imageio import read_rgb
+    from wbc.imaging.feeds import make_feed
+    from wbc.workflows.predict import model_inputs
 
     jitter = ColorConfig(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.2)
     plain = _first_batches(make_feed(side, SIZE, 8, 3, training=False).data, 2)
@@ -302,10 +302,10 @@ def test_jitter_batch_on_its_own():
     ],
 )
 def test_training_and_prediction_preprocess_alike(side, overrides):
-    from wbc.feeds import list_class_files, load_images
-    from wbc.imageio import read_rgb
-    from wbc.predict import model_inputs
-    from wbc.preprocess import load_resized
+    from wbc.core.imageio import read_rgb
+    from wbc.imaging.feeds import list_class_files, load_images
+    from wbc.imaging.preprocess import load_resized
+    from wbc.workflows.predict import model_inputs
 
     config = load_config(STUDY_CONFIG, [f"train.image_size=[{SIZE[0]}, {SIZE[1]}]", *overrides])
     _, files, _ = list_class_files(side)
@@ -331,7 +331,7 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
 def test_freeze_layers_freezes_the_right_layers():
 
     from wbc.models.study import build_model
-    from wbc.train import freeze_layers
+    from wbc.models.training import freeze_layers
 
     config = load_config(STUDY_CONFIG)
 
@@ -393,7 +393,7 @@ def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_feature
     data_root, tmp_path
 ):
     from wbc.models.keras_family import load_model_file
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = tmp_path / "run"
     result = _train(

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wbc.config import CLASSES, load_config, parse_override, read_yaml
-from wbc.errors import ConfigError
+from wbc.core.config import CLASSES, load_config, parse_override, read_yaml
+from wbc.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from wbc.config import load_config
-from wbc.errors import DataError, ModelError
-from wbc.manifest import atomic_path, sweep_temps, temp_sibling, write_atomic
+from wbc.core.config import load_config
+from wbc.core.errors import DataError, ModelError
+from wbc.core.manifest import atomic_path, sweep_temps, temp_sibling, write_atomic
 from wbc.models import checkpoint
-from wbc.train import backup_epoch, train
+from wbc.models.checkpoint import backup_epoch
+from wbc.workflows.train import train
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -107,7 +108,7 @@ def run_copy(finished_run, tmp_path) -> Path:
 
 
 def _epochs(run_dir: Path) -> list[int]:
-    from wbc.plots import read_history
+    from wbc.core.runfolder import read_history
 
     return [r["epoch"] for r in read_history(run_dir / "history.csv")]
 
@@ -191,7 +192,7 @@ def test_a_torn_model_file_is_mended_from_the_backup(run_copy, name):
 
 
 def _val_loss(run_dir: Path, epoch: int) -> float:
-    from wbc.plots import read_history
+    from wbc.core.runfolder import read_history
 
     return read_history(run_dir / "history.csv")[epoch]["val_loss"]
 
@@ -219,7 +220,7 @@ def test_a_kill_leaves_no_temporary_file_after_the_rerun(run_copy):
 
 
 def test_an_unreadable_fold_result_retrains_that_fold(tmp_path):
-    from wbc.train import finished_run
+    from wbc.core.runfolder import finished_run
 
     (tmp_path / "metrics.json").write_text('{"accuracy": 0.9')
     lines: list[str] = []
@@ -228,3 +229,19 @@ def test_an_unreadable_fold_result_retrains_that_fold(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
     (tmp_path / "metrics.json").write_text("{}")
     assert finished_run(tmp_path, "fold 2") is True
+
+
+def test_a_kill_before_config_yaml_leaves_a_folder_the_same_command_trains(tiny_data, tmp_path):
+    # run.json is written before config.yaml: a folder with run.json alone is no run yet.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"data_dir": str(tiny_data)}))
+    train(
+        load_config(STUDY_CONFIG, TINY),
+        data_dir=tiny_data,
+        subset="small",
+        epochs=1,
+        run_dir=run_dir,
+        echo=lambda _m: None,
+    )
+    assert _epochs(run_dir) == [0]

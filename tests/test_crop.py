@@ -1,4 +1,5 @@
-"""WBC boxes and crops (wbc.crop) and the crop stage (wbc.stages.crop), on synthetic images."""
+"""WBC boxes and crops (wbc.data.cells) and the crop stage (wbc.data.stages.crop), on synthetic
+images."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc.config import load_config
-from wbc.crop import (
+from wbc.core.config import load_config
+from wbc.core.errors import DataError
+from wbc.core.manifest import run_stage
+from wbc.data.cells import (
     center_box,
     crop_cells,
     crop_image,
@@ -23,9 +26,7 @@ from wbc.crop import (
     read_voc_boxes,
     square_box,
 )
-from wbc.errors import DataError
-from wbc.manifest import run_stage
-from wbc.stages.crop import crop, read_boxes_csv
+from wbc.data.stages.crop import crop, read_boxes_csv
 
 from conftest import CLASSES, synthetic_smear, voc_xml
 

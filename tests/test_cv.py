@@ -18,12 +18,13 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.cv import FoldSource, cap_files, cross_validate, deal_folds
-from wbc.errors import ConfigError, DataError
-from wbc.stages.augment import augment, augment_params
-from wbc.stages.naming import parse_name
-from wbc.stages.rename import rename
+from wbc.core.config import load_config
+from wbc.core.errors import ConfigError, DataError
+from wbc.data.stages.augment import augment, augment_params
+from wbc.data.stages.naming import parse_name
+from wbc.data.stages.rename import rename
+from wbc.workflows.cv import cross_validate
+from wbc.workflows.folds import FoldSource, cap_files, deal_folds
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders, make_raw_folder
 
@@ -60,17 +61,17 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cv_run(data_dir, tmp_path_factory):
-    import wbc.train
+    import wbc.workflows.train
 
     out = tmp_path_factory.mktemp("cv") / "out"
     lines: list[str] = []
-    real, stub = wbc.train.train, _stub_train([])
+    real, stub = wbc.workflows.train.train, _stub_train([])
 
     def first_fold_real(config, **kwargs):
         return (real if Path(kwargs["run_dir"]).name == "fold-1" else stub)(config, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("wbc.train.train", first_fold_real)
+        patch.setattr("wbc.workflows.train.train", first_fold_real)
         report = cross_validate(
             _config(),
             data_dir=data_dir,
@@ -84,7 +85,7 @@ def cv_run(data_dir, tmp_path_factory):
 
 
 def _stub_train(calls: list):
-    """Stands in for wbc.train.train: records the call, writes a run's metrics.json."""
+    """Stands in for wbc.workflows.train.train: records the call, writes a run's metrics.json."""
 
     def fake(
         config,
@@ -258,7 +259,7 @@ def test_cv_json_schema_and_mean_std_from_the_folds(cv_run):
         assert (real / name).is_file(), name
     assert json.loads((real / "classes.json").read_text()) == sorted(CLASSES)
     assert saved["folds"][0]["epochs_run"] == 1 and saved["folds"][0]["val_loss_min"] > 0
-    from wbc.tune import _single_row  # how `wbc tune` reads a real run folder
+    from wbc.workflows.tune import _single_row  # how `wbc tune` reads a real run folder
 
     row = _single_row(real)
     assert row["epochs"] == 1 and row["seconds"] > 0 and row["collapsed"] in (True, False)
@@ -279,7 +280,7 @@ def test_cv_folder_gets_a_model_card_with_the_cv_numbers(cv_run):
 def test_rerun_skips_finished_folds_and_resumes_a_partial_one(cv_run, data_dir, monkeypatch):
     out, report, _ = cv_run
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     again = cross_validate(
         _config(), data_dir=data_dir, folds=2, epochs=1, out=out, echo=lambda _: None
     )
@@ -340,7 +341,7 @@ def test_cli_prints_the_table_of_a_finished_cv(cv_run, data_dir):
 
 def test_per_class_caps_training_images_per_fold(data_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     report = cross_validate(
         _config(),
         data_dir=data_dir,
@@ -361,7 +362,7 @@ def test_per_class_caps_training_images_per_fold(data_dir, tmp_path, monkeypatch
 
 def test_per_class_targets_make_their_own_augmented_set(data_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     config = _config("augment.per_class_targets={MONOCYTE: 20}")
     lines: list[str] = []
     cross_validate(
@@ -385,7 +386,7 @@ def test_data_folder_mode_folds_files_and_passes_init(tmp_path, monkeypatch):
     init = tmp_path / "init.keras"
     init.write_bytes(b"stub")
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     report = cross_validate(
         _config(),
         folds=3,
@@ -474,7 +475,7 @@ def test_fold_source_units_bundle_groups():
 
 def test_repeats_deal_the_folds_again_with_other_seeds(data_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     out = tmp_path / "cv"
     report = cross_validate(
         _config(),

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.domain import QUANTILE, fit_reference, read_reference
+from wbc.core.config import load_config
+from wbc.imaging.domain import QUANTILE, fit_reference, read_reference
 
 from conftest import CLASSES, make_class_folders
 
@@ -38,7 +38,7 @@ def tinted(path, out):
 
 
 def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     data = tmp_path / "crops"
     make_class_folders(data / "train", {c: 8 for c in CLASSES}, size=(64, 64), seed=1)

@@ -1,4 +1,5 @@
-"""wbc.evaluate: numpy metrics against hand-computed numbers, folder scoring, errors, the CLI."""
+"""wbc.workflows.evaluate: numpy metrics against hand-computed numbers, folder scoring, errors, the
+CLI."""
 
 from __future__ import annotations
 
@@ -10,16 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.errors import DataError, ModelError
-from wbc.evaluate import (
-    compute_metrics,
-    confusion_matrix,
-    evaluate,
-    format_table,
-    metrics_from_confusion,
-    write_classes,
-)
+from wbc.core.config import load_config
+from wbc.core.errors import DataError, ModelError
+from wbc.core.metrics import compute_metrics, confusion_matrix, metrics_from_confusion
+from wbc.core.runfolder import write_classes
+from wbc.workflows.evaluate import evaluate, format_table
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -125,7 +121,7 @@ def model_dir(tmp_path_factory) -> Path:
     """A run-like folder: an (untrained) model.keras + config.yaml + classes.json."""
     import keras
 
-    from wbc.config import dump_config
+    from wbc.core.config import dump_config
     from wbc.models.study import build_model
 
     keras.utils.set_random_seed(3)
@@ -155,11 +151,12 @@ def folder(tmp_path_factory) -> Path:
 
 
 def _by_hand(model_path: Path, root: Path):
-    """Predictions computed without wbc.evaluate: the shared loader, the model, numpy loops."""
+    """Predictions computed without wbc.workflows.evaluate: the shared loader, the model, numpy
+    loops."""
     import keras
 
-    from wbc.imageio import is_image_name
-    from wbc.preprocess import load_resized, scale
+    from wbc.core.imageio import is_image_name
+    from wbc.imaging.preprocess import load_resized, scale
 
     model = keras.saving.load_model(model_path, safe_mode=True)
     classes = sorted(CLASSES)
@@ -336,3 +333,33 @@ def test_metrics_match_scikit_learn_and_the_hand_formulas_on_random_predictions(
         assert metrics["per_class"][name]["precision"] == pytest.approx(precision)
     assert metrics["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
     assert metrics["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+
+
+def test_compare_scores_each_run_and_the_majority_baseline(model_dir, folder, tmp_path):
+    from wbc.workflows.evaluate import evaluate as evaluate_one
+
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "compare",
+            str(model_dir),
+            str(tmp_path / "missing"),
+            "--data",
+            str(folder),
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 1  # the missing run is its own error row
+    assert "1 of 2 runs could not be scored" in result.stderr
+    table = result.stdout.splitlines()
+    assert table[0] == f"evaluation on {folder}"
+    assert "study crop=none in=rgb norm=none" in table[2]
+    assert "error:" in table[3] and table[4].startswith("(majority class)")
+    data = json.loads(out.read_text())
+    alone = evaluate_one(model_dir, folder)
+    assert data["runs"][0]["metrics"]["accuracy"] == alone["accuracy"]
+    counts = [alone["per_class"][c]["support"] for c in alone["classes"]]
+    assert data["majority"]["accuracy"] == pytest.approx(max(counts) / sum(counts))
+    assert f"{alone['accuracy']:.3f}" in table[2]

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.errors import ModelError
+from wbc.core.config import load_config
+from wbc.core.errors import ModelError
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -26,7 +26,7 @@ def crops(tmp_path_factory) -> Path:
 
 
 def _train(crops: Path, run_dir: Path, path=None, *overrides) -> Path:
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     config = load_config(path, ["train.epochs=1", "train.patience=null", *overrides])
     return train(
@@ -75,9 +75,9 @@ def _export(run_dir: Path, fmt: str, out: Path, crops: Path):
 def test_exported_model_gives_the_runs_probabilities_in_its_runtime(
     runs, crops, tmp_path, family, fmt
 ):
-    from wbc.export import _runtime, metadata_path, sample_inputs
-    from wbc.predict import find_images
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.export import _runtime, metadata_path, sample_inputs
+    from wbc.workflows.predict import find_images
 
     out = tmp_path / {"onnx": "m.onnx", "tflite": "m.tflite", "savedmodel": "sm"}[fmt]
     result = _export(runs[family], fmt, out, crops)
@@ -160,8 +160,8 @@ def test_unsupported_formats_and_missing_extras_are_one_line_errors(runs, tmp_pa
 
 
 def test_a_failed_parity_check_keeps_nothing(runs, tmp_path, monkeypatch):
-    from wbc import export
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows import export
 
     monkeypatch.setattr(export, "parity", lambda *a, **k: (0.5, "stub runtime"))
     out = tmp_path / "bad.onnx"
@@ -171,7 +171,7 @@ def test_a_failed_parity_check_keeps_nothing(runs, tmp_path, monkeypatch):
 
 
 def test_an_ensemble_says_to_export_its_members(tmp_path):
-    from wbc.export import export_run
+    from wbc.workflows.export import export_run
 
     class Run:
         model = type("Ensemble", (), {"export_formats": ()})()
@@ -186,8 +186,8 @@ def test_an_ensemble_says_to_export_its_members(tmp_path):
 def test_parity_on_twenty_real_cell_crops(real_raw, runs, tmp_path):
     """The issue's check: 20 real smears, each cut to its WBC by the detector, through every
     format of every family."""
-    from wbc.export import export_run
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.export import export_run
 
     smears = sorted((real_raw / "JPEGImages").glob("*.jpg"))[:20]
     for family, formats in (("cnn", ("onnx", "tflite", "savedmodel")), ("features", ("onnx",))):

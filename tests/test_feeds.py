@@ -12,7 +12,7 @@ def _epoch(dataset):
 
 
 def test_random_flips_mirror_training_images_only_and_are_seeded(tmp_path):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     side = make_class_folders(tmp_path, {c: 6 for c in CLASSES}, SIZE)
     plain = _epoch(make_feed(side, SIZE, 8, seed=3).data)

@@ -19,11 +19,18 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
+from wbc.core.config import load_config
+from wbc.core.errors import DataError
+from wbc.data.fetch import (
+    ALTERNATIVE,
+    MARKER_NAME,
+    default_dest,
+    download,
+    fetch_dataset,
+    read_marker,
+)
 from wbc.data.labels import read_labels
 from wbc.data.raw import locate_raw
-from wbc.errors import DataError
-from wbc.fetch import ALTERNATIVE, MARKER_NAME, default_dest, download, fetch_dataset, read_marker
 
 from conftest import make_raw_folder
 

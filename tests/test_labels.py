@@ -2,8 +2,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wbc.core.errors import DataError
 from wbc.data.labels import parse_categories, read_labels
-from wbc.errors import DataError
 
 
 def write(tmp_path, data: bytes, name="labels.csv"):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from wbc import lite
 from wbc.cli import cli
-from wbc.errors import DataError
-from wbc.predict import Predictor
-from wbc.runs import load_run
+from wbc.core.errors import DataError
+from wbc.models import lite
+from wbc.models.runs import load_run
+from wbc.workflows.predict import Predictor
 
 from conftest import make_class_folders, make_run
 
@@ -159,7 +159,7 @@ def test_the_cache_keeps_the_most_recently_used_entries(tmp_path):
 
 
 def test_evaluate_converts_without_caching(run, tmp_path, monkeypatch):
-    from wbc.evaluate import evaluate
+    from wbc.workflows.evaluate import evaluate
 
     monkeypatch.setenv("WBC_CACHE_DIR", str(tmp_path / "cache"))
     images = make_class_folders(tmp_path / "images", {"NEUTROPHIL": 2, "MONOCYTE": 2})

@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.errors import DataError
-from wbc.locks import LOCK_NAME, folder_lock, holds_folder_lock
+from wbc.core.errors import DataError
+from wbc.core.locks import LOCK_NAME, folder_lock, holds_folder_lock
 
 
 def hold_in_another_process(folder):
     """A child process that takes ``folder``'s lock and keeps it until its stdin closes."""
     code = textwrap.dedent(f"""
         import sys
-        from wbc.locks import folder_lock
+        from wbc.core.locks import folder_lock
         with folder_lock({str(folder)!r}, "testing"):
             print("locked", flush=True)
             sys.stdin.read()

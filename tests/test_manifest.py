@@ -3,9 +3,9 @@ import zipfile
 
 import pytest
 
+from wbc.core.errors import DataError
+from wbc.core.manifest import MANIFEST_NAME, Manifest, run_stage
 from wbc.data.raw import locate_raw, safe_extract
-from wbc.errors import DataError
-from wbc.manifest import MANIFEST_NAME, Manifest, run_stage
 
 
 def build_two_files(tmp):

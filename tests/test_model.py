@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from wbc.config import ModelConfig
-from wbc.errors import ConfigError
+from wbc.core.config import ModelConfig
+from wbc.core.errors import ConfigError
 from wbc.models.study import DROPOUT_LAYOUTS, build_model, feature_size, make_optimizer
 
 STUDY_SHAPES = {

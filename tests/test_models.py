@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.errors import ConfigError, ModelError
+from wbc.core.config import load_config
+from wbc.core.errors import ConfigError, ModelError
 from wbc.models import family_for
 from wbc.models.base import dihedral_views
 from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
@@ -150,7 +150,7 @@ def crop_data(tmp_path_factory):
 
 
 def train_run(crop_data, run_dir, *overrides):
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     config = load_config(overrides=list(overrides))
     return train(
@@ -169,9 +169,9 @@ def features_run(crop_data, tmp_path_factory):
 
 
 def test_features_family_trains_evaluates_and_predicts(features_run, crop_data):
-    from wbc.evaluate import evaluate
-    from wbc.predict import Predictor
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.evaluate import evaluate
+    from wbc.workflows.predict import Predictor
 
     assert (features_run / "model.skops").is_file()
     metrics = json.loads((features_run / "metrics.json").read_text())
@@ -212,7 +212,7 @@ def test_a_skops_file_with_an_untrusted_type_is_refused(features_run, tmp_path):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -238,7 +238,7 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
     from sklearn.svm import SVC
 
     from wbc.models.features import save_pipeline
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -256,8 +256,8 @@ def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(
     features_run, crop_data, tmp_path
 ):
     from wbc.models.base import tta_views
-    from wbc.predict import Predictor
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import Predictor
 
     from conftest import make_run
 
@@ -296,8 +296,8 @@ def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(
 @pytest.mark.slow
 def test_cnn_family_trains_with_its_schedule_and_runs_on_litert(crop_data, tmp_path):
     from wbc.models.keras_family import grad_cam
-    from wbc.predict import Predictor
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import Predictor
 
     run_dir = train_run(
         crop_data,
@@ -326,8 +326,8 @@ def test_cnn_family_trains_with_its_schedule_and_runs_on_litert(crop_data, tmp_p
 
 
 def test_an_ensemble_averages_its_members(crop_data, tmp_path):
-    from wbc.predict import Predictor
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import Predictor
 
     run_dir = train_run(
         crop_data,
@@ -352,7 +352,7 @@ def test_an_ensemble_averages_its_members(crop_data, tmp_path):
 
 
 def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -369,7 +369,7 @@ def test_an_ensemble_member_outside_the_run_is_refused(features_run, tmp_path):
 
 
 def test_a_keras_file_under_a_features_config_is_refused(features_run, tmp_path):
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     from conftest import make_run
 
@@ -409,7 +409,7 @@ def test_relative_colour_is_each_region_against_the_whole_cell():
 
 def test_features_init_refits_with_the_earlier_training_crops(features_run, crop_data, tmp_path):
     from wbc.models.features import TRAINING_FEATURES, read_training_features
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     earlier, labels = read_training_features(features_run, "absolute")
     assert earlier.shape == (40, 62) and sorted(set(labels.tolist())) == [0, 1, 2, 3]
@@ -439,7 +439,7 @@ def test_features_init_refits_with_the_earlier_training_crops(features_run, crop
 
 
 def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     overrides = ["model.family=features", "color.normalize=reinhard"]
     base = train_run(crop_data, tmp_path / "base", *overrides)
@@ -470,7 +470,7 @@ def test_plot_of_a_run_fitted_in_one_step_redraws_the_confusion_matrix(features_
 
 
 def test_tune_and_cv_read_a_one_step_run_as_its_final_model(features_run):
-    from wbc.cv import _history_summary
+    from wbc.workflows.cv_report import history_summary as _history_summary
 
     metrics = json.loads((features_run / "metrics.json").read_text())
     summary = _history_summary(features_run)

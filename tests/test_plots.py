@@ -1,4 +1,4 @@
-"""wbc.plots: the study's caption line, curves.png, confusion_matrix.png and `wbc plot`."""
+"""wbc.core.plots: the study's caption line, curves.png, confusion_matrix.png and `wbc plot`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.errors import DataError
-from wbc.plots import caption, plot_confusion, plot_history, read_history
+from wbc.core.errors import DataError
+from wbc.core.plots import caption, plot_confusion, plot_history
+from wbc.core.runfolder import read_history
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""wbc predict / count / explain and wbc.runs, on a tiny untrained run folder made here."""
+"""wbc predict / count / explain and wbc.models.runs, on a tiny untrained run folder made here."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from wbc.cli import cli
-from wbc.errors import ModelError
+from wbc.core.errors import ModelError
 
 from conftest import CLASSES, make_class_folders, make_run, synthetic_smear
 
@@ -158,7 +158,7 @@ def test_no_runs_is_one_line_error(tmp_path, images, monkeypatch):
 
 
 def test_invalid_model_file(tmp_path):
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = tmp_path / "run"
     run.mkdir()
@@ -170,7 +170,7 @@ def test_invalid_model_file(tmp_path):
 def test_lambda_model_is_refused(tmp_path):
     import keras
 
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     inputs = keras.Input((*IMAGE_SIZE, 3))
     outputs = keras.layers.Dense(4, activation="softmax")(
@@ -190,7 +190,7 @@ def test_lambda_model_is_refused(tmp_path):
 
 
 def test_latest_model_picks_newest_run(tmp_path):
-    from wbc.runs import latest_model
+    from wbc.models.runs import latest_model
 
     runs = tmp_path / "runs"
     for name, age in [
@@ -246,7 +246,7 @@ def test_explain_writes_png_of_image_size(model_path, tmp_path):
 
 def test_grad_cam_highlights_something(model_path):
     from wbc.models.keras_family import grad_cam
-    from wbc.runs import load_run
+    from wbc.models.runs import load_run
 
     run = load_run(model_path)
     array, _ = synthetic_smear("MONOCYTE", np.random.default_rng(1), IMAGE_SIZE)
@@ -256,9 +256,9 @@ def test_grad_cam_highlights_something(model_path):
 
 
 def test_predictor_matches_model_predict(model_path, images):
-    from wbc.predict import Predictor, load_input
-    from wbc.preprocess import scale
-    from wbc.runs import load_run
+    from wbc.imaging.preprocess import scale
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import Predictor, load_input
 
     run = load_run(model_path)
     files = sorted((images / "NEUTROPHIL").glob("*.jpg"))
@@ -268,7 +268,7 @@ def test_predictor_matches_model_predict(model_path, images):
 
 
 def test_percentages_add_up_to_100():
-    from wbc.count import percentages
+    from wbc.workflows.count import percentages
 
     assert percentages([1, 1, 1]) == [33.34, 33.33, 33.33]
     assert sum(percentages([3, 7, 0, 11])) == pytest.approx(100.0)
@@ -276,7 +276,7 @@ def test_percentages_add_up_to_100():
 
 
 def test_find_images_walks_folders_without_following_symlink_loops(tmp_path):
-    from wbc.predict import find_images
+    from wbc.workflows.predict import find_images
 
     root = tmp_path / "smears"
     (root / "sub").mkdir(parents=True)
@@ -313,7 +313,7 @@ def detect_model(tmp_path_factory) -> Path:
 
 
 def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
-    from wbc.crop import detect_cells
+    from wbc.data.cells import detect_cells
 
     folder = tmp_path / "sample"
     folder.mkdir()
@@ -338,10 +338,10 @@ def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
 
 
 def test_model_inputs_crop_like_the_crop_stage(detect_model):
-    from wbc.crop import crop_cells
-    from wbc.predict import model_inputs
-    from wbc.preprocess import resize
-    from wbc.runs import load_run
+    from wbc.data.cells import crop_cells
+    from wbc.imaging.preprocess import resize
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import model_inputs
 
     run = load_run(detect_model)
     rgb = smear_with_cells([(200, 100)])

@@ -1,4 +1,4 @@
-"""One progress library (tqdm, ``wbc.progress``): bars on stderr on a terminal only, so the
+"""One progress library (tqdm, ``wbc.core.progress``): bars on stderr on a terminal only, so the
 JSON and CSV on stdout stay clean."""
 
 from __future__ import annotations

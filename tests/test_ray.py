@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from wbc.config import load_config
-from wbc.errors import DataError
+from wbc.core.config import load_config
+from wbc.core.errors import DataError
 
 from conftest import STUDY_CONFIG, make_raw_folder
 
@@ -28,7 +28,7 @@ FEATURES = load_config(None, [*DATA_SETTINGS, "model.features.max_train=40"])
 
 @pytest.fixture(scope="module")
 def cluster():
-    from wbc.executors import RayOptions, connect
+    from wbc.workflows.executors import RayOptions, connect
 
     connect(RayOptions(local_cpus=2), echo=print)
     yield RayOptions(cpus_per_trial=1)
@@ -37,7 +37,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from wbc.pipeline import prepare
+    from wbc.data.pipeline import prepare
 
     root = tmp_path_factory.mktemp("raydata")
     raw = make_raw_folder(root / "raw", COUNTS, size=(96, 128))
@@ -48,7 +48,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def features_run(data_dir, tmp_path_factory) -> Path:
     """One default-recipe run, shared by the predict and count tests."""
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     return train(
         FEATURES,
@@ -74,7 +74,7 @@ def _folds(report: dict) -> list[tuple]:
 
 
 def test_cv_on_ray_gives_the_local_folds_and_numbers(cluster, data_dir, tmp_path):
-    from wbc.cv import cross_validate
+    from wbc.workflows.cv import cross_validate
 
     local = cross_validate(
         FEATURES, data_dir=data_dir, folds=2, out=tmp_path / "local", echo=lambda _m: None
@@ -110,7 +110,7 @@ def test_cv_on_ray_gives_the_local_folds_and_numbers(cluster, data_dir, tmp_path
 
 
 def test_tune_on_ray_ranks_the_same_cells_as_local(cluster, data_dir, tmp_path):
-    from wbc.tune import tune
+    from wbc.workflows.tune import tune
 
     grid = tmp_path / "grid.yaml"
     grid.write_text("model.features.svm_c: [1.0, 10.0]\n")
@@ -146,7 +146,7 @@ def test_a_killed_worker_is_retried_and_resumes_its_fold(cluster, data_dir, tmp_
     """kill -9 the worker process training a fold after its first epoch: Ray starts the task
     again and it resumes from the run folder's backup, so the fold finishes with every epoch
     once."""
-    from wbc.cv import cross_validate
+    from wbc.workflows.cv import cross_validate
 
     config = load_config(
         STUDY_CONFIG,
@@ -197,8 +197,8 @@ def test_a_killed_worker_is_retried_and_resumes_its_fold(cluster, data_dir, tmp_
 
 
 def test_an_unreachable_cluster_is_a_one_line_error(tmp_path, data_dir):
-    from wbc.cv import cross_validate
-    from wbc.executors import RayOptions
+    from wbc.workflows.cv import cross_validate
+    from wbc.workflows.executors import RayOptions
 
     started = time.monotonic()
     with pytest.raises(DataError, match=r"Ray cluster at 127.0.0.1:9: cannot connect") as err:

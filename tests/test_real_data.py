@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.stages.naming import parse_name
+from wbc.data.stages.naming import parse_name
 
 from conftest import tree_hash
 

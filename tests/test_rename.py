@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbc.config import load_config
-from wbc.errors import DataError
-from wbc.stages.naming import parse_name
-from wbc.stages.rename import rename
+from wbc.core.config import load_config
+from wbc.core.errors import DataError
+from wbc.data.stages.naming import parse_name
+from wbc.data.stages.rename import rename
 
 from conftest import tree_hash
 

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
+from wbc.core.config import load_config
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -79,7 +79,7 @@ def crops(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def keras_run(crops, tmp_path_factory) -> Path:
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     config = load_config(
         STUDY_CONFIG, ["train.epochs=2", "train.patience=null", "train.image_size=[48, 64]"]
@@ -119,7 +119,8 @@ def test_run_report_is_self_contained_and_shows_the_runs_numbers(
     assert shown == min(wrong, 12)
     if shown:
         assert "grad-cam" in page.inner_text("#mistakes")
-    from wbc.plots import caption, read_history
+    from wbc.core.plots import caption
+    from wbc.core.runfolder import read_history
 
     assert caption(read_history(keras_run / "history.csv")) in page.inner_text("body")
 
@@ -170,7 +171,7 @@ def test_cv_folder_report_has_the_fold_table(browser, tmp_path):
 
 
 def test_count_report_boxes_every_cell_and_has_the_differential(browser, crops, tmp_path):
-    from wbc.train import train
+    from wbc.workflows.train import train
 
     run = train(
         load_config(None, ["color.normalize=none"]),

@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pytest
 
-from wbc.config import load_config
-from wbc.manifest import run_stage
-from wbc.stages.naming import copy_name, original_name, parse_name
-from wbc.stages.split import n_test_sources, split
-from wbc.stages.subsets import subsets
+from wbc.core.config import load_config
+from wbc.core.manifest import run_stage
+from wbc.data.stages.naming import copy_name, original_name, parse_name
+from wbc.data.stages.split import n_test_sources, split
+from wbc.data.stages.subsets import subsets
 
 SOURCES = {"NEUTROPHIL": 40, "EOSINOPHIL": 20, "LYMPHOCYTE": 10, "MONOCYTE": 5}
 COPIES = 9  # per source
@@ -81,7 +81,7 @@ def test_split_is_deterministic_and_skips_rerun(tmp_path):
 
 
 def test_split_without_augment_output_names_the_stage(tmp_path):
-    from wbc.errors import DataError
+    from wbc.core.errors import DataError
 
     with pytest.raises(DataError, match="wbc prepare --stage augment"):
         split(tmp_path / "missing", tmp_path / "split", load_config())

@@ -21,16 +21,12 @@ import yaml
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.errors import DataError, ModelError
-from wbc.train import (
-    HISTORY_COLUMNS,
-    CollapseDetector,
-    PatienceTracker,
-    backup_epoch,
-    balanced_class_weights,
-    train,
-)
+from wbc.core.config import load_config
+from wbc.core.errors import DataError, ModelError
+from wbc.core.runfolder import HISTORY_COLUMNS
+from wbc.models.checkpoint import backup_epoch
+from wbc.models.training import CollapseDetector, PatienceTracker, balanced_class_weights
+from wbc.workflows.train import train
 
 from conftest import CLASSES, STUDY_CONFIG, make_class_folders
 
@@ -99,7 +95,7 @@ def trained(data_root, tmp_path_factory):
 
 
 def _history(run_dir: Path) -> list[dict]:
-    from wbc.plots import read_history
+    from wbc.core.runfolder import read_history
 
     return read_history(run_dir / "history.csv")
 
@@ -248,8 +244,8 @@ def _val_loss(model_path: Path, test_dir: Path) -> float:
     """Mean categorical cross-entropy of a saved model on the test side, computed here."""
     import keras
 
-    from wbc.feeds import list_class_files, load_images
-    from wbc.preprocess import scale
+    from wbc.imaging.feeds import list_class_files, load_images
+    from wbc.imaging.preprocess import scale
 
     classes, files, labels = list_class_files(test_dir, sorted(CLASSES))
     images, _, _ = load_images(files, (48, 64))
@@ -270,8 +266,8 @@ def test_model_keras_is_the_best_epoch_and_last_keras_the_last(trained, data_roo
 
 
 def test_init_loads_weights_of_a_trained_model(trained):
+    from wbc.models.keras_family import load_initial_weights
     from wbc.models.study import build_model
-    from wbc.train import load_initial_weights
 
     run_dir, _ = trained
     config = load_config(STUDY_CONFIG, LEARNABLE)
@@ -333,8 +329,8 @@ KILLER = """
 import os, signal, sys
 from pathlib import Path
 import keras
-from wbc.config import load_config
-from wbc.train import train
+from wbc.core.config import load_config
+from wbc.workflows.train import train
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
@@ -433,8 +429,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from pathlib import Path
-from wbc.config import load_config
-from wbc.train import train
+from wbc.core.config import load_config
+from wbc.workflows.train import train
 train(load_config({study!r}, {tiny!r}), data_dir=Path(sys.argv[1]), subset="small", epochs=1,
       run_dir=Path(sys.argv[2]), strategy="mirrored", echo=print)
 """
@@ -460,7 +456,7 @@ def _batches(dataset, n):
 
 
 def test_tfdata_feed_scales_one_hot_and_shuffles_with_the_seed(tiny_root):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     folder = tiny_root / "processed/small/train"
     feed = make_feed(folder, (48, 64), batch_size=8, seed=7)
@@ -477,7 +473,7 @@ def test_tfdata_feed_scales_one_hot_and_shuffles_with_the_seed(tiny_root):
 
 
 def test_integer_steps_per_epoch_repeats_the_data(tiny_root):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     feed = make_feed(
         tiny_root / "processed/small/train", (48, 64), batch_size=8, seed=1, steps_per_epoch=10
@@ -487,7 +483,7 @@ def test_integer_steps_per_epoch_repeats_the_data(tiny_root):
 
 
 def test_streaming_feed_matches_the_cached_feed(tiny_root):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     folder = tiny_root / "processed/small/test"
     cached = _batches(make_feed(folder, (48, 64), 4, 0, training=False, cache=True).data, 9)
@@ -499,7 +495,7 @@ def test_streaming_feed_matches_the_cached_feed(tiny_root):
 
 
 def test_feeds_skip_bad_images_with_a_warning(tmp_path):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     folder = make_class_folders(tmp_path / "train", {"MONOCYTE": 3, "NEUTROPHIL": 2})
     (folder / "MONOCYTE" / "MONOCYTE.77.jpg").write_bytes(b"")
@@ -515,7 +511,7 @@ def test_feeds_skip_bad_images_with_a_warning(tmp_path):
 
 
 def test_imagedatagenerator_feed_is_the_studys(tiny_root):
-    from wbc.feeds import make_feed
+    from wbc.imaging.feeds import make_feed
 
     folder = tiny_root / "processed/small/train"
     feed = make_feed(folder, (48, 64), 8, 3, feed="imagedatagenerator")
@@ -530,7 +526,7 @@ def test_imagedatagenerator_feed_is_the_studys(tiny_root):
 
 
 def test_class_folders_of_the_test_side_must_be_known(tmp_path):
-    from wbc.feeds import list_class_files
+    from wbc.imaging.feeds import list_class_files
 
     folder = make_class_folders(tmp_path / "test", {"MONOCYTE": 1, "NEUTROPHIL": 1})
     (folder / "NEUTROPHIL").rename(folder / "BASOPHIL")
@@ -592,7 +588,7 @@ def test_balanced_class_weights():
 def test_default_run_folder_name(tmp_path):
     import re
 
-    from wbc.train import default_run_dir
+    from wbc.workflows.train import default_run_dir
 
     first = default_run_dir("small", tmp_path)
     assert re.fullmatch(r"\d{8}-\d{6}-small", first.name)
@@ -603,7 +599,7 @@ def test_default_run_folder_name(tmp_path):
 
 
 def test_a_run_folder_without_a_finished_epoch_can_be_reused(tmp_path):
-    from wbc.train import has_progress
+    from wbc.models.checkpoint import has_progress
 
     run = tmp_path / "run"
     run.mkdir()

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from wbc.cli import cli
-from wbc.config import load_config
-from wbc.errors import ConfigError
-from wbc.tune import cell_config, cell_id, expand_grid, read_grid, sort_rows, tune
+from wbc.core.config import load_config
+from wbc.core.errors import ConfigError
+from wbc.workflows.tune import cell_config, cell_id, expand_grid, read_grid, sort_rows, tune
 
 from conftest import CLASSES, make_class_folders
 
@@ -39,10 +39,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _stub_train(calls: list):
-    """Stands in for wbc.train.train: val accuracy rises with dense_units, falls with lr."""
+    """Stands in for wbc.workflows.train.train: val accuracy rises with dense_units, falls with
+    lr."""
 
     def fake(config, data_dir=None, run_dir=None, resume_dir=None, echo=print, **kwargs):
-        from wbc.train import write_history_rows
+        from wbc.core.runfolder import write_history_rows
 
         calls.append(Path(run_dir))
         score = config.model.dense_units / 100 - config.train.learning_rate
@@ -201,7 +202,7 @@ def test_sort_rows_direction_follows_the_column():
 
 def test_results_are_sorted_and_a_rerun_trains_nothing(data_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     grid = _grid(tmp_path, GRID)
     out = tmp_path / "out"
     result = tune(
@@ -266,7 +267,7 @@ def test_results_are_sorted_and_a_rerun_trains_nothing(data_dir, tmp_path, monke
 
 def test_other_epochs_make_new_cells(data_dir, tmp_path, monkeypatch):
     calls: list = []
-    monkeypatch.setattr("wbc.train.train", _stub_train(calls))
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
     grid = _grid(tmp_path, "model.dense_units: [16]\n")
     for epochs in (1, 2, 1):
         tune(
@@ -324,7 +325,7 @@ def test_cv_scores_each_cell_by_cross_validation(data_dir, tmp_path, monkeypatch
         (Path(out) / "cv.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setattr("wbc.cv.cross_validate", fake_cv)
+    monkeypatch.setattr("wbc.workflows.cv.cross_validate", fake_cv)
     grid = _grid(
         tmp_path, "train.class_weight: [none, balanced]\naugment.per_class_targets.MONOCYTE: [30]\n"
     )

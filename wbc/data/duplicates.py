@@ -23,7 +23,7 @@ How, and why each step:
    a handful of "identity" inliers between unrelated images, and red-cell texture is repetitive.
    A true overlap correlates at 0.46-0.96, a chance transform at about 0-0.3.
 4. Same cell: a pair counts only when a detected WBC of one image maps into a detected WBC of
-   the other (``wbc.crop.detect_cells``). Overlapping fields whose shared part holds only red
+   the other (``wbc.data.cells.detect_cells``). Overlapping fields whose shared part holds only red
    cells are not duplicates of a labelled cell, and their labels may rightly differ.
 
 Thresholds, from the public folder (297 images; ``scripts/show_duplicates.py`` prints the
@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 import scipy.fft
 
-from wbc.errors import BadImage
+from wbc.core.errors import BadImage
 
 # Thresholds (see the module docstring for the measured distributions behind them).
 DEFAULT_MIN_INLIERS = 5
@@ -100,7 +100,7 @@ def _highpass(gray: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _prepare(rgb: np.ndarray) -> _Image:
-    from wbc.crop import detect_cells
+    from wbc.data.cells import detect_cells
 
     height, width = rgb.shape[:2]
     scale = _WORK_SIDE / max(height, width)
@@ -210,7 +210,7 @@ def _match(a: _Image, b: _Image) -> PairMatch:
 
 
 def _load(path: Path) -> _Image | None:
-    from wbc.imageio import read_rgb
+    from wbc.core.imageio import read_rgb
 
     try:
         return _prepare(read_rgb(path))
@@ -230,7 +230,7 @@ def match_candidates(
     Unreadable images are left out. This is what ``find_duplicates`` thresholds; scripts use it
     to look at the score distribution.
     """
-    from wbc.progress import bar
+    from wbc.core.progress import bar
 
     ids = sorted(images)
     with ThreadPoolExecutor(_workers()) as pool, bar(len(ids), "duplicates: reading") as shown:

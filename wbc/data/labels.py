@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from wbc.errors import DataError
+from wbc.core.errors import DataError
 
 _ID_PATTERN = re.compile(r"^\d{1,9}$")
 _DELIMITERS = ",;\t"

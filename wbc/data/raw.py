@@ -12,8 +12,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from wbc.errors import DataError
-from wbc.manifest import remove_tree, replace_dir, sha256_file, write_atomic
+from wbc.core.errors import DataError
+from wbc.core.manifest import remove_tree, replace_dir, sha256_file, write_atomic
 
 LABELS_NAME = "labels.csv"
 IMAGES_DIR = "JPEGImages"

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from wbc.config import Config
+from wbc.core.config import Config
 
 Echo = Callable[[str], None]
 
@@ -38,12 +38,15 @@ class FitJob:
     train_dir: Path  # class folders of training images
     test_dir: Path  # class folders of validation images (the study's protocol: the test side)
     run_dir: Path  # where the model file(s) go
-    spec: Any  # wbc.preprocess.InputSpec: size and colour steps of every input
+    spec: Any  # wbc.imaging.preprocess.InputSpec: size and colour steps of every input
     echo: Echo = print
     resuming: bool = False
     init_model: Optional[Path] = None  # start from this model's weights (fine-tuning)
     strategy: str = "default"
     callbacks: Sequence[Any] = ()  # extra Keras callbacks (tests use them)
+    # ``wbc.workflows.train.train``, for a family whose members are whole runs (the ensemble):
+    # handed down by the workflow, so that models never import the layer above them.
+    train_run: Optional[Callable[..., Path]] = None
 
 
 @dataclass
@@ -142,7 +145,7 @@ def resize_batch(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A uint8 batch resized to ``size`` (height, width); unchanged when it already is."""
     if tuple(batch.shape[1:3]) == tuple(size):
         return batch
-    from wbc.preprocess import resize
+    from wbc.imaging.preprocess import resize
 
     return (
         np.stack([resize(image, size) for image in batch])

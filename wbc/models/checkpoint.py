@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from wbc.manifest import atomic_path, remove_tree, sha256_file, sweep_temps, write_json
+from wbc.core.manifest import atomic_path, remove_tree, sha256_file, sweep_temps, write_json
 
 BACKUP_DIR = "backup"
 FORMAT = 1
@@ -149,3 +149,22 @@ def discard_after(run_dir: Path, epochs: int) -> None:
         if newer > epochs:
             remove_tree(record.with_name(_weights_name(newer)))
             remove_tree(record)
+
+
+def backup_epoch(run_dir: Path) -> int:
+    """How many epochs the run's ``backup/`` holds as finished (0 when there is none)."""
+    generation = latest(run_dir)
+    return generation.epochs if generation else 0
+
+
+def has_progress(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a run with at least one finished epoch (never overwritten)."""
+    run_dir = Path(run_dir)
+    from wbc.core.runfolder import read_history_rows
+    from wbc.models.registry import model_files
+
+    return (
+        backup_epoch(run_dir) > 0
+        or any((run_dir / f).exists() for f in model_files())
+        or bool(read_history_rows(run_dir / "history.csv"))
+    )

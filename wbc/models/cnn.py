@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from wbc.models.keras_family import KerasFamily
+from wbc.models.registry import register_family
 
 NORMALIZATION_GROUPS = 8
 
@@ -71,10 +72,15 @@ def build_resnet(cnn, image_size: tuple[int, int], n_classes: int):
     return keras.Model(inputs, outputs, name="wbc_resnet")
 
 
+@register_family
 class CnnFamily(KerasFamily):
     """The residual CNN with its own optimiser, schedule and online augmentation."""
 
     name = "cnn"
+    description = (
+        "a small residual CNN trained from scratch (AdamW, cosine decay, label smoothing, "
+        "online rotations and flips)"
+    )
     size_key = "model.cnn.image_size"
 
     def input_size(self) -> tuple[int, int]:

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from wbc.errors import ModelError
+from wbc.core.errors import ModelError
 from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, resize_batch
+from wbc.models.registry import family_for, register_family
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -81,14 +82,14 @@ class EnsembleClassifier(Classifier):
         return first
 
 
+@register_family
 class EnsembleFamily(Family):
     name = "ensemble"
+    description = "the mean of the probabilities of several member models"
     model_file = ENSEMBLE_FILE
 
     def __init__(self, config):
         super().__init__(config)
-        from wbc.models import family_for
-
         self.members = [(folder, family_for(cfg), cfg) for folder, cfg in member_configs(config)]
 
     def input_size(self) -> tuple[int, int]:
@@ -98,8 +99,6 @@ class EnsembleFamily(Family):
         )
 
     def fit(self, job: FitJob) -> FitResult:
-        from wbc.train import train as run_train
-
         entries, n_train = [], 0
         if job.init_model is not None:
             job.echo(
@@ -114,7 +113,9 @@ class EnsembleFamily(Family):
             )
             resume = member_dir if job.resuming and (member_dir / "config.yaml").is_file() else None
             if not (member_dir / "metrics.json").is_file():
-                run_train(
+                if job.train_run is None:
+                    raise ValueError("an ensemble needs FitJob.train_run to train its members")
+                job.train_run(
                     member_config,
                     run_dir=member_dir,
                     resume_dir=resume,
@@ -133,13 +134,13 @@ class EnsembleFamily(Family):
                 }
             )
             n_train = max(n_train, int(metrics.get("train_images", 0)))
-        from wbc import evaluate as ev
-        from wbc.manifest import write_json
+        from wbc.core import runfolder
+        from wbc.core.manifest import write_json
 
-        classes = ev.read_classes(
+        classes = runfolder.read_classes(
             Path(job.run_dir) / "members" / self.members[0][0] / "classes.json"
         )
-        ev.write_classes(classes, Path(job.run_dir) / "classes.json")
+        runfolder.write_classes(classes, Path(job.run_dir) / "classes.json")
         write_json(Path(job.run_dir) / ENSEMBLE_FILE, {"members": entries})
         return FitResult(
             classes=list(classes),
@@ -171,7 +172,7 @@ class EnsembleFamily(Family):
         EnsembleFamily.member_files(path)
 
     def load(self, path: Path, classes: Sequence[str]) -> Classifier:
-        from wbc.runs import load_run
+        from wbc.models.runs import load_run
 
         path = Path(path)
         files = self.member_files(path)

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from wbc.errors import DataError, ModelError
+from wbc.core.errors import DataError, ModelError
 from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, resize_batch
 from wbc.models.nucleus import WORK_SIDE, batch_features, feature_names, segment
+from wbc.models.registry import register_family
 
 # Everything a saved features model may contain; anything else in a file is refused.
 TRUSTED = (
@@ -215,7 +216,7 @@ def _skops():
 
 
 def save_pipeline(pipeline, path: Path) -> None:
-    from wbc.manifest import write_atomic
+    from wbc.core.manifest import write_atomic
 
     write_atomic(Path(path), _skops().dumps(pipeline))
 
@@ -286,8 +287,8 @@ def draw_training_files(
 ) -> list[int]:
     """Indices of at most ``limit`` files per class: originals first, then a seeded draw of
     the augmented copies (``CLASS.ID.aNNNN.jpg``)."""
-    from wbc.seeding import rng_for
-    from wbc.stages.naming import parse_name
+    from wbc.core.seeding import rng_for
+    from wbc.data.stages.naming import parse_name
 
     chosen: list[int] = []
     for label in np.unique(labels):
@@ -312,7 +313,7 @@ def write_training_features(run_dir: Path, features: np.ndarray, labels: np.ndar
     np.savez_compressed(
         buffer, features=features.astype(np.float32), labels=labels.astype(np.int64)
     )
-    from wbc.manifest import write_atomic
+    from wbc.core.manifest import write_atomic
 
     write_atomic(Path(run_dir) / TRAINING_FEATURES, buffer.getvalue())
 
@@ -340,16 +341,22 @@ def read_training_features(run_dir: Path, colour: str) -> tuple[np.ndarray, np.n
     return features, labels
 
 
+@register_family
 class FeaturesFamily(Family):
     name = "features"
+    description = (
+        "nucleus and cell measurements (62 named features: nucleus/cell ratio, lobe "
+        "count, solidity, granule colour, ...) classified by a scikit-learn model"
+    )
+    export_modules = {"onnx": ("skl2onnx",)}
     model_file = "model.skops"
 
     def input_size(self) -> tuple[int, int]:
         return (WORK_SIDE, WORK_SIDE)
 
     def fit(self, job: FitJob) -> FitResult:
-        from wbc import evaluate as ev
-        from wbc.feeds import list_class_files, load_images
+        from wbc.core import runfolder
+        from wbc.imaging.feeds import list_class_files, load_images
 
         fc = self.config.model.features
         classes, files, labels = list_class_files(job.train_dir)
@@ -357,7 +364,7 @@ class FeaturesFamily(Family):
             raise DataError(f"{job.train_dir}: no images in the class folders")
         prior = None
         if job.init_model is not None:  # adapting to a lab: refit with the earlier crops too
-            classes = list(ev.read_classes(Path(job.init_model).parent / "classes.json"))
+            classes = list(runfolder.read_classes(Path(job.init_model).parent / "classes.json"))
             classes, files, labels = list_class_files(job.train_dir, classes)
             prior = read_training_features(Path(job.init_model).parent, fc.colour)
         picked = draw_training_files(files, labels, fc.max_train, self.config.seed)
@@ -390,7 +397,7 @@ class FeaturesFamily(Family):
             pipeline = make_pipeline(fc, self.config.seed).fit(
                 fit_x, fit_y, **({} if weights is None else {"classify__sample_weight": weights})
             )
-        ev.write_classes(classes, Path(job.run_dir) / "classes.json")
+        runfolder.write_classes(classes, Path(job.run_dir) / "classes.json")
         save_pipeline(pipeline, Path(job.run_dir) / self.model_file)
         counts = np.bincount(labels, minlength=len(classes))
         return FitResult(

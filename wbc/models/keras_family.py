@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from wbc.errors import ConfigError, DataError, ModelError
+from wbc.core.errors import ConfigError, DataError, ModelError
 from wbc.models import checkpoint
 from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, TtaEngine
 
@@ -92,6 +92,18 @@ def load_model_file(path: Path | str):
         raise ModelError(f"{path}: cannot load model ({reason})") from None
 
 
+def load_initial_weights(model, path: Path) -> None:
+    source = load_model_file(path)
+    try:
+        model.set_weights(source.get_weights())
+    except ValueError as exc:
+        reason = str(exc).split("\n")[0][:200]
+        raise ModelError(
+            f"{path}: its weights do not fit this model's architecture "
+            f"(model.* or train.image_size differ?): {reason}"
+        ) from None
+
+
 # --------------------------------------------------------------------------- engines
 
 
@@ -135,8 +147,8 @@ class KerasEngine(Engine):
 
     @staticmethod
     def _litert(model, model_path: Optional[Path]) -> Callable[[np.ndarray], np.ndarray]:
-        from wbc.lite import LiteModel, load_or_convert
-        from wbc.preprocess import scale
+        from wbc.imaging.preprocess import scale
+        from wbc.models.lite import LiteModel, load_or_convert
 
         lite = LiteModel(load_or_convert(model, model_path))
         return lambda batch: lite(scale(batch))
@@ -144,7 +156,7 @@ class KerasEngine(Engine):
     def _tensorflow(self, model) -> Callable[[np.ndarray], np.ndarray]:
         import tensorflow as tf
 
-        from wbc.preprocess import scale
+        from wbc.imaging.preprocess import scale
 
         height, width = self.image_size
 
@@ -192,7 +204,7 @@ class KerasClassifier(Classifier):
         return wrapped
 
     def export(self, fmt: str, path: Path) -> dict[str, Any]:
-        from wbc.lite import convert, quiet
+        from wbc.models.lite import convert, quiet
 
         wrapped = self.uint8_model()
         with quiet():  # tf2onnx and the SavedModel writer print the graph's signature on stdout
@@ -285,7 +297,7 @@ def grad_cam(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import keras
     import tensorflow as tf
 
-    from wbc.preprocess import scale
+    from wbc.imaging.preprocess import scale
 
     sequential = isinstance(model, keras.Sequential)
     forward = _sequential_forward(model) if sequential else _functional_forward(model)
@@ -319,6 +331,7 @@ class KerasFamily(Family):
     """The training loop and loading that every Keras family shares."""
 
     model_file = "model.keras"
+    export_modules = {"onnx": ("tf2onnx",)}  # Keras 3's ONNX exporter
     last_file = "last.keras"
 
     # What a subclass provides ----------------------------------------------------------
@@ -368,9 +381,9 @@ class KerasFamily(Family):
         import keras
         import tensorflow as tf
 
-        from wbc import evaluate as ev
-        from wbc import train as tr
-        from wbc.feeds import make_feed
+        from wbc.core import runfolder
+        from wbc.imaging.feeds import make_feed
+        from wbc.models import training as tr
 
         config, echo, out_dir = job.config, job.echo, Path(job.run_dir)
         tc = config.train
@@ -400,7 +413,7 @@ class KerasFamily(Family):
         )
         classes = train_feed.classes
         if job.resuming and (out_dir / "classes.json").is_file():
-            old = ev.read_classes(out_dir / "classes.json")
+            old = runfolder.read_classes(out_dir / "classes.json")
             if old != classes:
                 raise DataError(f"{job.train_dir}: classes {classes} differ from the run's {old}")
         val_feed = make_feed(job.test_dir, training=False, classes=classes, **common)
@@ -410,7 +423,7 @@ class KerasFamily(Family):
             + ", ".join(f"{c} {n}" for c, n in zip(classes, counts))
         )
         if tr.is_chief():
-            ev.write_classes(classes, out_dir / "classes.json")
+            runfolder.write_classes(classes, out_dir / "classes.json")
 
         steps = train_feed.steps_per_epoch or math.ceil(train_feed.n_images / self.batch_size())
         with dist.scope():
@@ -423,13 +436,13 @@ class KerasFamily(Family):
             generation = checkpoint.restore(model, out_dir, echo) if job.resuming else None
             done = generation.epochs if generation else 0
             if job.init_model is not None and not done:
-                tr.load_initial_weights(model, Path(job.init_model))
+                load_initial_weights(model, Path(job.init_model))
                 echo(f"initial weights from {job.init_model}")
         checkpoint.discard_after(out_dir, done)
         prior = generation.rows if generation else []
         history_path = out_dir / "history.csv"
         if tr.is_chief() and (prior or history_path.exists()):
-            tr.write_history_rows(history_path, prior)
+            runfolder.write_history_rows(history_path, prior)
         if job.resuming:
             echo(
                 f"resuming {out_dir} after epoch {done} of {tc.epochs}"
@@ -463,7 +476,7 @@ class KerasFamily(Family):
             keras, out_dir, prior, patience, collapse, echo, write=True, total=tc.epochs
         )
         verbose = 1 if sys.stdout.isatty() else 2
-        from wbc.tensorboard import keras_callbacks
+        from wbc.models.tensorboard import keras_callbacks
 
         board = keras_callbacks(out_dir, val_feed.data, classes) if tr.is_chief() else []
         if done >= tc.epochs:

@@ -10,7 +10,7 @@ haematologist would use, so that ``wbc explain`` can say which ones drove a deci
 Segmentation (all on the crop resized to ``WORK_SIDE`` pixels, so sizes are fractions of the
 crop, as the crop stage made it: the WBC in the middle, about 1/1.3 of the side):
 
-1. the crop is white-balanced against its own background (``wbc.color.white_balance``), so a
+1. the crop is white-balanced against its own background (``wbc.imaging.color.white_balance``), so a
    yellow or blue illuminant is not taken for stain;
 2. Wright/Giemsa nuclei are the most strongly blue-minus-red pixels: the nucleus mask is
    ``blue - red > max(NUCLEUS_FLOOR, 75th percentile)``, opened with a 3x3 disk to drop speckle;
@@ -153,7 +153,7 @@ def nucleus_mask(image: np.ndarray) -> np.ndarray:
 
 def segment(rgb: np.ndarray) -> Segmentation:
     """Segment one crop (any size, uint8 RGB) into nucleus, hull and outer band."""
-    from wbc.color import white_balance
+    from wbc.imaging.color import white_balance
 
     image = cv2.resize(
         np.ascontiguousarray(rgb, dtype=np.uint8),

@@ -1,0 +1,220 @@
+"""Stage 2: top every class up to ``augment.per_class`` images with augmented copies.
+
+``augment.per_class_targets`` (CLASS -> count) sets another target for the classes it names, e.g.
+to compare over-sampling the rare classes with ``train.class_weight: balanced``.
+
+The study balanced its classes by augmenting each up to the same count before splitting. Every copy
+keeps its source id in its name (``CLASS.ID.aNNNN.jpg``) so the grouped split can keep a cell and
+all its copies on one side. Copy k of a class comes from source k % n and from a seed derived from
+(seed, class, k) alone, so the output is byte-identical for any number of worker processes.
+Workers are spawned, never forked: forking a process that has imported TensorFlow can deadlock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import NamedTuple
+
+from wbc.core.config import AugmentConfig, Config
+from wbc.core.errors import BadImage, DataError
+from wbc.core.imageio import read_rgb, write_jpeg
+from wbc.core.manifest import Manifest, run_stage, upstream
+from wbc.core.progress import bar
+from wbc.core.seeding import derived_seed
+from wbc.data.stages.naming import copy_name, original_name, parse_name
+
+STAGE = "augment"
+MAX_CHUNK = 64  # images per worker task: enough to amortise the hand-off, small enough to balance
+
+
+class SourceJob(NamedTuple):
+    """The copies to make of one source image (each read once, however many copies it gets)."""
+
+    cls: str
+    source_id: int
+    path: Path
+    copies: tuple[int, ...]  # the class-wide copy numbers k; source id = sorted ids[k % n]
+
+
+def augment_params(config: Config) -> dict:
+    """What decides the output: every augment setting except ``workers``, and the seed."""
+    params = {f.name: getattr(config.augment, f.name) for f in dataclasses.fields(AugmentConfig)}
+    params.pop("workers")
+    targets = params.pop("per_class_targets")
+    if targets:  # only when set, so that manifests made before the key existed stay current
+        params["per_class_targets"] = dict(sorted(targets.items()))
+    params["seed"] = config.seed
+    return params
+
+
+def class_target(config: AugmentConfig, cls: str) -> int:
+    """Images wanted for ``cls`` after augmentation: ``per_class_targets[cls]`` or ``per_class``."""
+    return config.per_class_targets.get(cls, config.per_class)
+
+
+def copy_seed(seed: int, cls: str, copy: int) -> int:
+    """The seed of copy ``copy`` of class ``cls``: independent of which worker makes it."""
+    return derived_seed(seed, STAGE, cls, copy)
+
+
+def list_sources(src: Path) -> dict[str, list[tuple[int, Path]]]:
+    """The originals in ``src`` by class, as (source id, path) sorted by id."""
+    by_class: dict[str, list[tuple[int, Path]]] = defaultdict(list)
+    for path in Path(src).iterdir():
+        name = parse_name(path.name)
+        if name is not None and name.copy is None and path.is_file():
+            by_class[name.cls].append((name.source_id, path))
+    if not by_class:
+        raise DataError(f"{src}: no CLASS.ID.jpg images to augment")
+    return {cls: sorted(items) for cls, items in by_class.items()}
+
+
+def plan_copies(cls: str, sources: list[tuple[int, Path]], per_class: int) -> list[SourceJob]:
+    """Copies 0..per_class-n-1 dealt round-robin over the sorted sources."""
+    n = len(sources)
+    wanted = max(0, per_class - n)
+    jobs = []
+    for index, (source_id, path) in enumerate(sources[:wanted]):
+        jobs.append(SourceJob(cls, source_id, path, tuple(range(index, wanted, n))))
+    return jobs
+
+
+def augment(
+    src: Path,
+    dst: Path,
+    config: Config,
+    force: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Write ``dst/CLASS/`` with the originals of ``src`` plus copies up to ``per_class``."""
+    src, dst = Path(src), Path(dst)
+    inputs = {"images": upstream(src, "rename").digest}
+
+    def build(tmp: Path) -> dict:
+        sources = list_sources(src)
+        classes = _class_order(sources, config.rename.classes)
+        jobs: list[SourceJob] = []
+        counts, over = {}, {}
+        for cls in classes:
+            (tmp / cls).mkdir()
+            for source_id, path in sources[cls]:
+                shutil.copyfile(path, tmp / cls / original_name(cls, source_id))
+            target = class_target(config.augment, cls)
+            class_jobs = plan_copies(cls, sources[cls], target)
+            jobs.extend(class_jobs)
+            n = len(sources[cls])
+            made = sum(len(job.copies) for job in class_jobs)
+            counts[cls] = {"originals": n, "copies": made, "total": n + made}
+            if n > target:
+                over[cls] = n
+        run_jobs(jobs, tmp, config, echo=echo)
+        return {
+            "counts": counts,
+            "per_class": config.augment.per_class,
+            "per_class_targets": dict(config.augment.per_class_targets),
+            "engine": config.augment.engine,
+            "over_per_class": over,  # classes that already had more originals: kept, no copies
+        }
+
+    return run_stage(STAGE, dst, augment_params(config), inputs, build, force=force)
+
+
+def _class_order(sources: dict[str, list], preferred: tuple[str, ...]) -> list[str]:
+    rank = {cls: i for i, cls in enumerate(preferred)}
+    return sorted(sources, key=lambda cls: (rank.get(cls, len(rank)), cls))
+
+
+def worker_count(config: AugmentConfig) -> int:
+    return config.workers or os.cpu_count() or 1
+
+
+def run_jobs(
+    jobs: list[SourceJob],
+    out: Path,
+    config: Config,
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Make every copy of ``jobs`` under ``out/CLASS/``; returns how many were written."""
+    total = sum(len(job.copies) for job in jobs)
+    if total == 0:
+        return 0
+    workers = worker_count(config.augment)
+    chunks = chunk_jobs(jobs, math.ceil(total / (workers * 4)))
+    workers = min(workers, len(chunks))
+    with bar(total, "augment", unit="copy") as progress:
+        if workers == 1:
+            for chunk in chunks:
+                progress.update(augment_chunk(chunk, out, config.augment, config.seed))
+            return total
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
+            futures = {
+                pool.submit(augment_chunk, c, out, config.augment, config.seed) for c in chunks
+            }
+            while futures:
+                done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    if future.exception() is not None:
+                        pool.shutdown(cancel_futures=True)
+                        raise future.exception()
+                    progress.update(future.result())
+    return total
+
+
+def chunk_jobs(jobs: list[SourceJob], size: int) -> list[list[SourceJob]]:
+    """Consecutive jobs grouped into tasks of about ``size`` images (at most MAX_CHUNK)."""
+    size = max(1, min(size, MAX_CHUNK))
+    chunks, current, count = [], [], 0
+    for job in jobs:
+        current.append(job)
+        count += len(job.copies)
+        if count >= size:
+            chunks.append(current)
+            current, count = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def init_worker() -> None:
+    """Pool initializer: one OpenCV thread per worker process."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already; threads would only contend
+
+
+_AUGMENTERS: dict = {}
+
+
+def _augmenter(config: AugmentConfig):
+    """One engine per process and config: building the Keras one imports TensorFlow."""
+    from wbc.data.augmenters import make_augmenter
+
+    if config not in _AUGMENTERS:
+        _AUGMENTERS[config] = make_augmenter(config)
+    return _AUGMENTERS[config]
+
+
+def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed: int) -> int:
+    """Write the copies of ``jobs``; runs in a worker process (or in-process for one worker)."""
+    augmenter = _augmenter(config)
+    written = 0
+    for job in jobs:
+        try:
+            image = read_rgb(job.path)
+        except BadImage as exc:
+            raise DataError(str(exc)) from None  # BadImage(path, reason) does not unpickle
+        for copy in job.copies:
+            params = augmenter.random_params(image.shape, copy_seed(seed, job.cls, copy))
+            target = Path(out) / job.cls / copy_name(job.cls, job.source_id, copy)
+            write_jpeg(augmenter.apply(image, params), target, quality=config.jpeg_quality)
+            written += 1
+    return written
