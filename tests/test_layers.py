@@ -129,6 +129,37 @@ def test_no_import_circles():
     assert cycles(edges) == []
 
 
+def unresolved_imports(path: Path, known: set[str]) -> list[str]:
+    """``from wbc... import`` statements that name no wbc module: a moved module's old name
+    (``from wbc import crop``) fails only when that line runs, so it is looked for here."""
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module == "wbc":
+                names = [a.name for a in node.names if a.name not in {"__version__"}]
+                missing += [f"wbc.{n}" for n in names if f"wbc.{n}" not in known]
+            elif node.module.startswith("wbc.") and node.module not in known:
+                missing.append(node.module)
+        elif isinstance(node, ast.Import):
+            missing += [
+                a.name for a in node.names if a.name.startswith("wbc.") and a.name not in known
+            ]
+    return missing
+
+
+def test_every_wbc_import_names_a_module_that_exists():
+    known = set(modules())
+    roots = [PACKAGE, PACKAGE.parent / "tests", PACKAGE.parent / "benchmarks"]
+    roots += [PACKAGE.parent / "scripts", PACKAGE.parent / "research"]
+    missing = [
+        f"{path.relative_to(PACKAGE.parent)}: {name}"
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        for name in unresolved_imports(path, known)
+    ]
+    assert missing == []
+
+
 def test_the_walker_sees_function_local_imports(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("def f():\n    from wbc.core import config\n    import wbc.core.errors\n")

@@ -104,9 +104,9 @@ class CellInput:
 
 
 def _crop_module():
-    from wbc import crop  # lazily: only runs trained on crops need it
+    from wbc.data import cells  # lazily: only runs trained on crops need it
 
-    return crop
+    return cells
 
 
 def takes_crop(rgb: np.ndarray, spec: InputSpec, input_kind: str = "auto") -> bool:
