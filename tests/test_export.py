@@ -197,3 +197,31 @@ def test_parity_on_twenty_real_cell_crops(real_raw, runs, tmp_path):
             result = export_run(run, fmt, tmp_path / family / f"m-{fmt}", check_images=smears)
             assert result.checked_images == 20
             assert result.max_difference <= (1e-4 if family == "features" else 1e-5)
+
+
+def test_onnx_opsets_are_written_in_one_order(tmp_path):
+    """skl2onnx lists its opsets in set order (the process's hash seed): the export sorts them,
+    so that one run exports the same bytes in every process."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from wbc.workflows.export import _set_onnx_metadata
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    files = []
+    for order in (["ai.onnx.ml", ""], ["", "ai.onnx.ml"]):
+        opsets = [helper.make_opsetid(d, 1 if d else 17) for d in order]
+        path = tmp_path / f"{len(files)}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+        _set_onnx_metadata(path, {"classes": ["A"], "family": "features"})
+        files.append(path.read_bytes())
+    assert files[0] == files[1]
+    assert [o.domain for o in onnx.load(str(tmp_path / "0.onnx")).opset_import] == [
+        "",
+        "ai.onnx.ml",
+    ]
