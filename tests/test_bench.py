@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -43,14 +42,25 @@ def _finite(result: dict, *paths: str) -> None:
     assert not bad, bad
 
 
-def run_section(tmp_path: Path, section: str) -> tuple[dict, str]:
-    """``wbc bench --tiny --only SECTION``: the section's results and the report table."""
-    json_path = tmp_path / "bench.json"
-    results = bench.run(tiny=True, only=[section], json_path=json_path, echo=lambda _m: None)
+IN_PROCESS = ("matmul", "train", "checkpoint", "augment", "predict", "families", "memory")
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory) -> tuple[dict, dict]:
+    """``wbc bench --tiny`` once for every section but cli (which runs through ``main`` below):
+    the results as returned and as written to the JSON file."""
+    json_path = tmp_path_factory.mktemp("bench") / "bench.json"
+    results = bench.run(tiny=True, only=list(IN_PROCESS), json_path=json_path, echo=lambda _m: None)
     written = json.loads(json_path.read_text(encoding="utf-8"))
-    assert list(written["sections"]) == [section]
+    assert list(written["sections"]) == list(IN_PROCESS)
     assert written["plan"]["name"] == "tiny"
     assert written["versions"]["tensorflow"]
+    return results, written
+
+
+def run_section(tiny_bench: tuple[dict, dict], section: str) -> tuple[dict, str]:
+    """One section's results from the shared tiny run, and the report table."""
+    results, written = tiny_bench
     result = written["sections"][section]
     _finite(result, "seconds")
     return result, bench.table(results)
@@ -78,8 +88,8 @@ def test_cli_section_through_main(tmp_path, capsys):
     assert len(result["help_seconds_all"]) == bench.TINY.cli_repeats
 
 
-def test_matmul_section(tmp_path):
-    result, text = run_section(tmp_path, "matmul")
+def test_matmul_section(tiny_bench):
+    result, text = run_section(tiny_bench, "matmul")
     _finite(
         result,
         "numpy_gflops",
@@ -91,8 +101,8 @@ def test_matmul_section(tmp_path):
 
 
 @pytest.mark.slow  # trains the study's model for a few steps on each feed
-def test_train_section(tmp_path):
-    result, text = run_section(tmp_path, "train")
+def test_train_section(tiny_bench):
+    result, text = run_section(tiny_bench, "train")
     for feed in bench.FEEDS:
         _finite(
             result["feeds"][feed],
@@ -114,15 +124,15 @@ def test_train_section(tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_section(tmp_path):
-    result, text = run_section(tmp_path, "checkpoint")
+def test_checkpoint_section(tiny_bench):
+    result, text = run_section(tiny_bench, "checkpoint")
     _finite(result, "now_ms", "before_ms", "extra_ms", "epoch_seconds", "extra_share_full")
     assert result["now_ms"] > 0 and result["before_ms"] > 0 and result["repeats"] == 3
     assert "per-epoch writes, study model" in text and "extra share of an epoch" in text
 
 
-def test_augment_section(tmp_path):
-    result, text = run_section(tmp_path, "augment")
+def test_augment_section(tiny_bench):
+    result, text = run_section(tiny_bench, "augment")
     for engine in ("imagedatagenerator", "opencv"):
         _finite(
             result["engines"][engine],
@@ -137,8 +147,8 @@ def test_augment_section(tmp_path):
 
 
 @pytest.mark.slow  # trains a study-recipe run for one epoch
-def test_predict_section(tmp_path):
-    result, text = run_section(tmp_path, "predict")
+def test_predict_section(tiny_bench):
+    result, text = run_section(tiny_bench, "predict")
     _finite(
         result,
         "single_image_ms_median",
@@ -154,8 +164,8 @@ def test_predict_section(tmp_path):
 
 
 @pytest.mark.slow  # fits the default recipe (features, stain normalised) on a few crops
-def test_families_section(tmp_path):
-    result, text = run_section(tmp_path, "families")
+def test_families_section(tiny_bench):
+    result, text = run_section(tiny_bench, "families")
     assert list(result["recipes"]) == list(bench.TINY.family_recipes)
     for name, recipe in result["recipes"].items():
         _finite(recipe, "ms_per_cell")
@@ -165,8 +175,8 @@ def test_families_section(tmp_path):
 
 
 @pytest.mark.slow  # wbc train (the study recipe) in a subprocess
-def test_memory_section(tmp_path):
-    result, text = run_section(tmp_path, "memory")
+def test_memory_section(tiny_bench):
+    result, text = run_section(tiny_bench, "memory")
     _finite(result, "peak_rss_gib", "uint8_cache_gib", "wall_s")
     assert result["peak_rss_gib"] > 0 and not result["full_size"]
     assert "--config" in result["command"]
