@@ -226,7 +226,7 @@ def _set_onnx_metadata(path: Path, metadata: dict[str, Any]) -> None:
     model = onnx.load(str(path))
     # skl2onnx lists the opsets in the order of a set of strings, which changes with each
     # process's hash seed: sorted, the same run exports the same bytes every time.
-    opsets = sorted(((o.domain, o.version) for o in model.opset_import))
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
     del model.opset_import[:]
     for domain, version in opsets:
         model.opset_import.add(domain=domain, version=version)
