@@ -181,3 +181,10 @@ def test_memory_section(tiny_bench):
     assert result["peak_rss_gib"] > 0 and not result["full_size"]
     assert "--config" in result["command"]
     assert "peak RSS, wbc train on" in text
+
+
+def test_the_cli_offers_every_section():
+    from wbc.cli import cli
+
+    only = next(p for p in cli.commands["bench"].params if p.name == "only")
+    assert list(only.type.choices) == list(bench.SECTIONS)

@@ -33,7 +33,9 @@ from wbc.cli.group import cli
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["cli", "matmul", "train", "augment", "predict", "families", "memory"]),
+    type=click.Choice(
+        ["cli", "matmul", "train", "checkpoint", "augment", "predict", "families", "memory"]
+    ),
     help="Run only this section (repeatable; default: all).",
 )
 @handle_errors
