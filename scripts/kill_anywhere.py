@@ -376,9 +376,10 @@ def build_commands(work: Path) -> list[Command]:
         )  # fmt: skip
 
     def resume(t: Path) -> list[str] | None:
-        """A killed training continues with --resume; one killed before it made its run folder
-        starts again."""
-        return wbc("train", "--resume", t / "run") if (t / "run").exists() else None
+        """A killed training continues with --resume once its folder is a run (it holds
+        config.yaml); one killed before that is started again with the same command, as wbc's
+        messages say ("not a run folder" / "already holds a run; continue it with --resume")."""
+        return wbc("train", "--resume", t / "run") if (t / "run" / "config.yaml").exists() else None
 
     def cv(config, extra, executor=()):
         return lambda t: wbc(
@@ -992,10 +993,14 @@ def main(argv: list[str] | None = None) -> int:
         if index < trials_of[command.name]
     ]
     trials: list[dict] = []
+    code = tree_digest(REPO / "wbc")
     for number, (command, index) in enumerate(order, 1):
         if time.monotonic() - started > args.minutes * 60:
             print(f"time is up (--minutes {args.minutes:g}): {len(order) - len(trials)} skipped")
             break
+        if code and tree_digest(REPO / "wbc") != code:
+            print("warning: wbc/ changed since the references ran: later trials test other code")
+            code = ""
         record = harness.trial(command, index)
         trials.append(record)
         print(describe(record, number, len(order)), flush=True)

@@ -55,14 +55,19 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_debris_of_a_dead_writer_is_swept_and_a_live_one_is_kept(tmp_path):
-    dead = subprocess.run(
+def dead_pid() -> str:
+    """The pid of a process that has ended (a writer killed mid-write, as far as wbc can tell)."""
+    finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    stale = tmp_path / f".tmp-{dead.stdout.strip()}-metrics.json"
+    return finished.stdout.strip()
+
+
+def test_debris_of_a_dead_writer_is_swept_and_a_live_one_is_kept(tmp_path):
+    stale = tmp_path / f".tmp-{dead_pid()}-metrics.json"
     stale.write_text("{")
     live = tmp_path / f".tmp-{os.getppid()}-metrics.json"  # a writer still at work
     live.write_text("{")
@@ -198,12 +203,7 @@ def _val_loss(run_dir: Path, epoch: int) -> float:
 
 
 def test_a_kill_leaves_no_temporary_file_after_the_rerun(run_copy):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     debris = [
         run_copy / f".tmp-{dead}-last.keras",
         run_copy / "backup" / f".tmp-{dead}-epoch-0004.weights.h5",
