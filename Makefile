@@ -1,4 +1,5 @@
-# wbc: every target calls the installed CLI (.venv/bin/wbc), never a script path.
+# wbc: every target calls the installed CLI (.venv/bin/wbc), never a script path; the two
+# developer harnesses (robustness, crashtest) are scripts that drive that CLI from outside.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

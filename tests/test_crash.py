@@ -245,3 +245,16 @@ def test_a_kill_before_config_yaml_leaves_a_folder_the_same_command_trains(tiny_
         echo=lambda _m: None,
     )
     assert _epochs(run_dir) == [0]
+
+
+def test_resuming_a_run_killed_before_config_yaml_says_to_start_it_again(tmp_path):
+    from click.testing import CliRunner
+
+    from wbc.cli import cli
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run_dir)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"start it again with the same command: wbc train --run-dir {run_dir}" in result.output

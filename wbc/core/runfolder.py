@@ -161,8 +161,13 @@ def write_run_config(config: Config, run_dir: Path) -> None:
 
 
 def read_run_config(run_dir: Path) -> Config:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
+        if (Path(run_dir) / RUN_INFO_NAME).is_file():  # run.json comes first: killed between
+            raise DataError(
+                f"{run_dir}: not a run folder yet (killed before it wrote config.yaml; nothing "
+                f"was trained); start it again with the same command: wbc train --run-dir {run_dir}"
+            )
         raise DataError(f"{run_dir}: not a run folder (no config.yaml); cannot resume it")
     return config_from_dict(read_yaml(path), str(path))
 
