@@ -155,6 +155,18 @@ def tiny_raw(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_lab() -> Path:
+    """Another lab's class folders at $WBC_LAB (tecom-crops); required when CI is set."""
+    value = os.environ.get("WBC_LAB")
+    path = Path(value) if value else None
+    if path is None or not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but WBC_LAB={value!r} is not a folder of class folders")
+        pytest.skip("set WBC_LAB to a lab's class folders (tecom-crops) to run this test")
+    return path
+
+
+@pytest.fixture(scope="session")
 def real_raw() -> Path:
     """The real dataset-master at $WBC_RAW; required (never skipped) when CI is set."""
     value = os.environ.get("WBC_RAW")

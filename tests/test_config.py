@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wbc.core.config import CLASSES, load_config, parse_override, read_yaml
+from wbc.core.config import load_config, parse_override, read_yaml
 from wbc.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +19,7 @@ def test_defaults_match_the_study():
     assert (config.subsets.small, config.subsets.medium, config.subsets.full) == (300, 900, 3000)
     assert config.split.protocol == "grouped"
     assert config.train.image_size == (120, 160)
-    assert config.rename.classes == CLASSES
+    assert config.rename.classes == ()
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 
 from wbc.cli import cli
 from wbc.core.config import load_config
@@ -521,3 +522,33 @@ def test_repeats_deal_the_folds_again_with_other_seeds(data_dir, tmp_path, monke
             echo=lambda _: None,
             repeats=2,
         )
+
+
+def test_data_of_a_lab_is_read_as_prepare_reads_it_smears_cropped_crops_whole(
+    tmp_path, monkeypatch
+):
+    lab = tmp_path / "lab"
+    make_class_folders(lab, {"NEUTROPHIL": 4, "MONOCYTE": 4}, size=(48, 64), seed=4)  # smears
+    make_class_folders(tmp_path / "crops", {"MONOCYTE": 2}, size=(40, 40), seed=6)  # square
+    for path in (tmp_path / "crops" / "MONOCYTE").iterdir():
+        path.rename(lab / "MONOCYTE" / f"crop-{path.name}")
+    for cls in ("NEUTROPHIL", "MONOCYTE"):  # lab file names, not wbc's
+        for path in (lab / cls).iterdir():
+            path.rename(path.with_name(path.name.replace(".", "_", 1)))
+    calls: list = []
+    monkeypatch.setattr("wbc.workflows.train.train", _stub_train(calls))
+    report = cross_validate(
+        _config("crop.mode=detect", "crop.size=32"),
+        folds=2,
+        epochs=1,
+        data=lab,
+        out=tmp_path / "cv",
+        echo=lambda _: None,
+    )
+    assert report["mode"] == "folder" and len(calls) == 2
+    crops = json.loads((tmp_path / "cv/lab-data/cropped/manifest.json").read_text())
+    assert crops["summary"]["kept_whole"] == 2
+    assert crops["summary"]["images"] == 10
+    for call in calls:
+        for path in call["folders"][0].rglob("*.jpg"):
+            assert Image.open(path).size == (32, 32)  # cut by the crop stage, not as is

@@ -476,3 +476,39 @@ def test_tune_and_cv_read_a_one_step_run_as_its_final_model(features_run):
     summary = _history_summary(features_run)
     assert summary["val_acc_final"] == summary["val_acc_best"] == metrics["accuracy"]
     assert summary["val_loss_min"] is None
+
+
+def test_features_init_on_a_lab_with_other_classes_predicts_the_labs_classes(
+    features_run, crop_data, tmp_path
+):
+    from wbc.core.runfolder import read_classes
+    from wbc.models.features import read_training_features
+    from wbc.workflows.train import train
+
+    lab = tmp_path / "lab"
+    make_class_folders(lab, {"NEUTROPHIL": 2, "LYMPHOCYTE": 2, "EOSINOPHIL": 2}, size=(64, 64))
+    (lab / "BASOPHIL").mkdir()
+    for path in sorted((lab / "EOSINOPHIL").iterdir()):  # a class new to the model
+        path.rename(lab / "BASOPHIL" / path.name.replace("EOSINOPHIL", "BASOPHIL"))
+    (lab / "EOSINOPHIL").rmdir()
+    lines: list[str] = []
+    test = tmp_path / "labtest"
+    make_class_folders(test, {"NEUTROPHIL": 1, "LYMPHOCYTE": 1}, size=(64, 64), seed=3)
+    adapted = train(
+        load_config(overrides=["model.family=features"]),
+        run_dir=tmp_path / "run",
+        folders=(lab, test),
+        init_model=features_run / "model.skops",
+        echo=lines.append,
+    )
+    assert read_classes(adapted / "classes.json") == ["BASOPHIL", "LYMPHOCYTE", "NEUTROPHIL"]
+    said = "\n".join(lines)
+    assert "new to the model: BASOPHIL" in said
+    assert "left out: EOSINOPHIL, MONOCYTE" in said
+    # the earlier crops of the two classes the lab also has: 10 each of the 40
+    assert "refitting on its 20 training crops and these 6" in said
+    _, labels = read_training_features(adapted, "absolute")
+    assert sorted(set(labels.tolist())) == [0, 1, 2]
+    info = json.loads((adapted / "run.json").read_text())
+    assert info["adapted_from"]["run"] == str(features_run.resolve())
+    assert "**Adapted** from the run" in (adapted / "MODEL_CARD.md").read_text()

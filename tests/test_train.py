@@ -609,3 +609,30 @@ def test_a_run_folder_without_a_finished_epoch_can_be_reused(tmp_path):
     with open(run / "history.csv", "a") as handle:
         handle.write("0,1.4,0.25,1.4,0.25,0.001,3\n")
     assert has_progress(run)
+
+
+def test_init_on_other_classes_keeps_every_layer_and_the_shared_output_columns(trained):
+    from wbc.core.runfolder import read_classes
+    from wbc.models.keras_family import load_initial_weights
+    from wbc.models.study import build_model
+
+    run_dir, _ = trained
+    source_classes = read_classes(run_dir / "classes.json")
+    config = load_config(STUDY_CONFIG, LEARNABLE)
+    lab_classes = ["BASOPHIL", source_classes[2], source_classes[0]]
+    model = build_model(config.model, (48, 64), len(lab_classes))
+    fresh_head = [w.copy() for w in model.layers[-1].get_weights()]
+    lines: list[str] = []
+    load_initial_weights(model, run_dir / "model.keras", lab_classes, lines.append)
+    import keras
+
+    source = keras.saving.load_model(run_dir / "model.keras", safe_mode=True)
+    for a, b in zip(model.get_weights()[:-2], source.get_weights()[:-2]):
+        np.testing.assert_array_equal(a, b)
+    kernel, bias = model.layers[-1].get_weights()
+    old_kernel, old_bias = source.layers[-1].get_weights()
+    np.testing.assert_array_equal(kernel[:, 1], old_kernel[:, 2])
+    np.testing.assert_array_equal(kernel[:, 2], old_kernel[:, 0])
+    np.testing.assert_array_equal(bias[[1, 2]], old_bias[[2, 0]])
+    np.testing.assert_array_equal(kernel[:, 0], fresh_head[0][:, 0])  # new class: fresh
+    assert "new, started fresh: BASOPHIL" in lines[0]

@@ -18,7 +18,9 @@ STAGE_NAMES = ("rename", "crop", "augment", "split", "subsets")
     "--raw",
     type=click.Path(path_type=Path),
     default=None,
-    help="The dataset-master folder or the Kaggle zip (default: DATA_DIR/raw/dataset-master).",
+    help="The raw images: a lab's class folders (ROOT/CLASS/* or ROOT/train|val|test/CLASS/*), "
+    "a CSV of file and label (or a folder holding one), the dataset-master folder or the "
+    "Kaggle zip (default: DATA_DIR/raw/dataset-master). The layout found is named first.",
 )
 @click.option("--stage", type=click.Choice(STAGE_NAMES), default=None, help="Run only this stage.")
 @click.option("--force", is_flag=True, help="Redo stages even when their manifest matches.")
@@ -27,9 +29,11 @@ def prepare(config_path, overrides, data_dir, raw, stage, force):
     """Run the data stages: rename, crop, augment, split, subsets.
 
     Each stage reads the previous one's folder under DATA_DIR and writes its own, with a
-    manifest.json; a stage whose manifest matches its inputs and parameters is skipped.
+    manifest.json; a stage whose manifest matches its inputs and parameters is skipped. A lab's
+    classes come from its data (rename.classes filters and orders them); files that cannot be
+    used are listed with their reason in DATA_DIR/interim/renamed/skipped.csv.
 
-    Example: wbc prepare --raw ../shared/data/dataset-master --set augment.per_class=300
+    Example: wbc prepare --raw ../shared/data/tecom-crops --data-dir lab
     """
     from wbc.data.pipeline import prepare as run_prepare
 

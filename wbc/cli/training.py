@@ -192,10 +192,11 @@ def plot(run_dir, output):
 @click.option(
     "--data",
     "data",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
-    help="Cross-validate this plain folder of class folders (DATA/CLASS/*.jpg, no "
-    "augmentation) instead of the prepared data; folds are stratified over files.",
+    help="Cross-validate a lab's own data instead of the prepared data: class folders, a CSV "
+    "of file and label, read as wbc prepare reads them (smears cropped, crops kept whole; no "
+    "augmentation); folds are stratified over images, groups kept together.",
 )
 @click.option(
     "--init",

@@ -40,9 +40,19 @@ class FrozenMap(dict):
 
 @dataclass(frozen=True)
 class RenameConfig:
-    classes: tuple[str, ...] = CLASSES  # which single-class labels to keep (basophil is too rare)
+    # Which classes to keep, in this order; empty = the data's own: every class found in a
+    # lab's folders or CSV, the study's four for dataset-master (basophil is too rare there).
+    classes: tuple[str, ...] = ()
     find_duplicates: bool = True  # detect same-field image pairs (needs OpenCV matching)
     duplicate_min_inliers: int = 5  # RANSAC inliers (with the overlap-correlation check)
+    # A lab's CSV: the columns naming the file, its label and (optional) its patient, slide or
+    # smear; '' = the usual names (file/filename/path/image, label/class/category, group/...).
+    file_column: str = ""
+    label_column: str = ""
+    group_column: str = ""
+    # Class folders: CLASS/SUBFOLDER/*.jpg, the sub-folder is the image's group (a patient or a
+    # slide), so that the split never puts one patient's cells on both sides.
+    group_by_subfolder: bool = False
 
 
 @dataclass(frozen=True)
@@ -372,7 +382,7 @@ def _validate(config: Config) -> None:
         ),
     ]
     for name in config.augment.per_class_targets:
-        if name not in config.rename.classes:
+        if config.rename.classes and name not in config.rename.classes:
             raise ConfigError(
                 f"augment.per_class_targets: unknown class '{name}'"
                 + close_match_hint(name, list(config.rename.classes))

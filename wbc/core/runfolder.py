@@ -182,7 +182,21 @@ def recorded_data_dir(run_dir: Path) -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def write_run_info(run_dir: Path, data_dir: Path, strategy: str, resuming: bool) -> None:
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json``, or {} when the run has none (made by hand, or an older wbc)."""
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_run_info(
+    run_dir: Path,
+    data_dir: Path,
+    strategy: str,
+    resuming: bool,
+    extra: dict[str, Any] | None = None,
+) -> None:
     from wbc import __version__
 
     path = Path(run_dir) / "run.json"
@@ -194,6 +208,8 @@ def write_run_info(run_dir: Path, data_dir: Path, strategy: str, resuming: bool)
             info = {}
     info.setdefault("started", datetime.now().isoformat(timespec="seconds"))
     info.update(data_dir=str(Path(data_dir).resolve()), strategy=strategy, wbc=__version__)
+    if extra and not resuming:
+        info.update(extra)
     if resuming:
         info["resumed"] = info.get("resumed", 0) + 1
     write_json(path, info)

@@ -55,6 +55,11 @@ from wbc.core.errors import DataError
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), 0-based, x1/y1 exclusive
 
 MODES = ("none", "boxes", "detect")
+# An image whose sides are within this ratio is already a single-cell crop: it is kept whole
+# (crop stage, wbc cv --data) and not searched for a WBC (predict --input auto). Other labs'
+# crops are often a few pixels off square (tecom-crops: 104x120, ratio 1.15); smears are 4:3,
+# 5:4 or wider.
+CROP_ASPECT = 1.2
 # Bump when the detector's rules change: the crop stage records it, so cached crops are redone.
 DETECTOR_VERSION = 1
 
@@ -69,6 +74,12 @@ _MIN_AREA_FRAC = 0.002  # nucleus area floor (fraction of the frame): removes pl
 _REL_AREA = 0.3  # a candidate under this fraction of the biggest nucleus is dropped (debris)
 _CELL_MIN, _CELL_MAX = 1.2, 1.7  # cell box side between these multiples of the nucleus box
 _MERGE_GROW = 1.4  # a piece whose centre is inside this multiple of a nucleus box joins it
+
+
+def is_cell_crop(shape: Sequence[int]) -> bool:
+    """Whether an image of this shape is a single-cell crop already (see CROP_ASPECT)."""
+    height, width = int(shape[0]), int(shape[1])
+    return max(height, width) <= CROP_ASPECT * min(height, width)
 
 
 @dataclass(frozen=True)

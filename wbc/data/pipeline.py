@@ -85,6 +85,20 @@ def prepared_crop(data_dir: Path) -> dict | None:
     return None
 
 
+def data_origin(data_dir: Path) -> dict | None:
+    """Where prepared data came from: the rename stage's layout, raw path and classes."""
+    try:
+        summary = Manifest.load(DataPaths(Path(data_dir)).renamed).summary
+    except DataError:
+        return None
+    return {
+        "layout": summary.get("layout", "dataset-master"),
+        "raw": summary.get("raw"),
+        "classes": summary.get("classes") or list(summary.get("counts", {})),
+        "source_images": summary.get("kept"),
+    }
+
+
 def _describe(manifest: Manifest) -> str:
     summary = manifest.summary
     counts = summary.get("counts")
@@ -160,16 +174,22 @@ def _prepare(
         return only is None or only == name
 
     if wanted("rename"):
+        from wbc.data.layouts import detect_layout
         from wbc.data.raw import locate_raw
 
         source = Path(raw) if raw is not None else paths.default_raw
         if raw is None and not source.exists():
             raise DataError(
-                f"{source}: no raw data; pass --raw PATH (the dataset-master folder or its zip) "
-                "or run `wbc fetch`"
+                f"{source}: no raw data; pass --raw PATH (class folders, a CSV of file and "
+                "label, the dataset-master folder or its zip) or run `wbc fetch`"
             )
-        located = locate_raw(source, raw_dir=paths.raw)
-        results["rename"] = rename(located.root, paths.renamed, config, force=force, echo=echo)
+        if not source.exists():
+            raise DataError(f"{source}: not found")
+        layout = detect_layout(source)
+        if layout == "dataset-master":
+            source = locate_raw(source, raw_dir=paths.raw).root
+        echo(f"layout: {layout} ({source})")
+        results["rename"] = rename(source, paths.renamed, config, force=force, echo=echo)
         _report(echo, "rename", results["rename"], paths.renamed)
         summary = results["rename"].summary
         echo(
@@ -177,6 +197,8 @@ def _prepare(
             f"(see {paths.renamed / 'skipped.csv'}); same-field groups: "
             f"{summary['duplicate_groups']}"
         )
+        for cls, why in summary.get("dropped_classes", {}).items():
+            echo(f"  rename: class {cls} dropped: {why}")
 
     if wanted("crop"):
         if cropping:
@@ -205,8 +227,11 @@ def _prepare(
             config,
             groups_csv=paths.renamed / "groups.csv",
             force=force,
+            given_csv=paths.renamed / "given_split.csv",
         )
         _report(echo, "split", results["split"], paths.split)
+        if results["split"].summary.get("protocol") == "given":
+            echo("  split: the raw folder's own train/val/test split is kept (val and test: test)")
 
     if wanted("subsets"):
         for name, manifest in subsets(paths.split, paths.processed, config, force=force).items():

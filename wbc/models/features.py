@@ -306,6 +306,25 @@ def draw_training_files(
 TRAINING_FEATURES = "train_features.npz"
 
 
+def _prior_for(prior, origin_classes: list[str], classes: list[str], echo):
+    """The adapted model's earlier crops: those of the classes the lab also has, relabelled to
+    the lab's class order (the run predicts the lab's classes, no more, no fewer)."""
+    features, labels = prior
+    mapping = {i: classes.index(c) for i, c in enumerate(origin_classes) if c in classes}
+    keep = np.isin(labels, list(mapping))
+    new = [c for c in classes if c not in origin_classes]
+    gone = [c for c in origin_classes if c not in classes]
+    if new or gone:
+        echo(
+            "classes: the lab's own"
+            + (f"; new to the model: {', '.join(new)}" if new else "")
+            + (f"; not in the lab's data, left out: {', '.join(gone)}" if gone else "")
+        )
+    if not keep.any():
+        return None
+    return features[keep], np.array([mapping[int(y)] for y in labels[keep]], dtype=np.int64)
+
+
 def write_training_features(run_dir: Path, features: np.ndarray, labels: np.ndarray) -> None:
     """The training crops' features and labels, kept so that ``--init RUN`` can refit with them
     (plain float and int arrays: read back without pickle)."""
@@ -364,9 +383,13 @@ class FeaturesFamily(Family):
             raise DataError(f"{job.train_dir}: no images in the class folders")
         prior = None
         if job.init_model is not None:  # adapting to a lab: refit with the earlier crops too
-            classes = list(runfolder.read_classes(Path(job.init_model).parent / "classes.json"))
-            classes, files, labels = list_class_files(job.train_dir, classes)
-            prior = read_training_features(Path(job.init_model).parent, fc.colour)
+            origin = Path(job.init_model).parent
+            prior = _prior_for(
+                read_training_features(origin, fc.colour),
+                list(runfolder.read_classes(origin / "classes.json")),
+                classes,
+                job.echo,
+            )
         picked = draw_training_files(files, labels, fc.max_train, self.config.seed)
         files, labels = [files[i] for i in picked], labels[picked]
         job.echo(f"measuring {len(files)} training crops of {job.train_dir}")

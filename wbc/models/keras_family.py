@@ -92,16 +92,56 @@ def load_model_file(path: Path | str):
         raise ModelError(f"{path}: cannot load model ({reason})") from None
 
 
-def load_initial_weights(model, path: Path) -> None:
+def load_initial_weights(
+    model, path: Path, classes: Optional[Sequence[str]] = None, echo=None
+) -> None:
+    """Start ``model`` from the trained model at ``path``.
+
+    When the lab's ``classes`` differ from the model's (a class more, a class fewer, another
+    order), every layer but the output starts from the trained weights, and the output layer
+    keeps the trained column of each class both share: a class new to the model starts fresh.
+    """
+    from wbc.core.runfolder import read_classes
+
     source = load_model_file(path)
-    try:
-        model.set_weights(source.get_weights())
-    except ValueError as exc:
-        reason = str(exc).split("\n")[0][:200]
-        raise ModelError(
-            f"{path}: its weights do not fit this model's architecture "
-            f"(model.* or train.image_size differ?): {reason}"
-        ) from None
+    names_file = Path(path).parent / "classes.json"
+    source_classes = list(read_classes(names_file)) if names_file.is_file() else None
+    if classes is None or source_classes is None or list(classes) == source_classes:
+        try:
+            model.set_weights(source.get_weights())
+        except ValueError as exc:
+            reason = str(exc).split("\n")[0][:200]
+            raise ModelError(
+                f"{path}: its weights do not fit this model's architecture "
+                f"(model.* or train.image_size differ?): {reason}"
+            ) from None
+        return
+    with_weights = [layer for layer in model.layers if layer.get_weights()]
+    trained = [layer for layer in source.layers if layer.get_weights()]
+    if len(with_weights) != len(trained):
+        raise ModelError(f"{path}: its layers do not fit this model's architecture")
+    for layer, old in zip(with_weights[:-1], trained[:-1]):
+        try:
+            layer.set_weights(old.get_weights())
+        except ValueError:
+            raise ModelError(
+                f"{path}: layer {old.name} does not fit this model's architecture "
+                "(model.* or train.image_size differ?)"
+            ) from None
+    head, old_head = with_weights[-1].get_weights(), trained[-1].get_weights()
+    shared = [c for c in classes if c in source_classes]
+    for new_index, cls in enumerate(classes):
+        if cls in source_classes:
+            old_index = source_classes.index(cls)
+            head[0][..., new_index] = old_head[0][..., old_index]
+            head[1][new_index] = old_head[1][old_index]
+    with_weights[-1].set_weights(head)
+    if echo is not None:
+        fresh = [c for c in classes if c not in source_classes]
+        echo(
+            f"output layer: {len(shared)} class(es) kept from {path}"
+            + (f"; new, started fresh: {', '.join(fresh)}" if fresh else "")
+        )
 
 
 # --------------------------------------------------------------------------- engines
@@ -436,7 +476,7 @@ class KerasFamily(Family):
             generation = checkpoint.restore(model, out_dir, echo) if job.resuming else None
             done = generation.epochs if generation else 0
             if job.init_model is not None and not done:
-                load_initial_weights(model, Path(job.init_model))
+                load_initial_weights(model, Path(job.init_model), classes, echo)
                 echo(f"initial weights from {job.init_model}")
         checkpoint.discard_after(out_dir, done)
         prior = generation.rows if generation else []

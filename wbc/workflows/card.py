@@ -112,6 +112,35 @@ def _cv_section(cv: Optional[dict], run_dir: Path) -> str:
     return text
 
 
+DATASET_MASTER = (
+    "the public BCCD-derived `dataset-master` folder (Kaggle 'Blood Cell Images'): 640x480 "
+    "Giemsa/Wright-stained smear photographs from one laboratory, one labelled WBC each"
+)
+
+
+def _describe_data(data: Optional[dict]) -> str:
+    if not data or data.get("layout", "dataset-master") == "dataset-master":
+        return DATASET_MASTER
+    return (
+        f"a laboratory's own images, `{data.get('raw')}` ({data.get('layout')} layout): "
+        f"{data.get('source_images')} source images of {', '.join(data.get('classes') or [])}"
+    )
+
+
+def _data_lines(info: dict) -> list[str]:
+    """Where the model's training images came from, and what it was adapted from (run.json)."""
+    lines = [f"- Trained on {_describe_data(info.get('data'))}."]
+    origin = info.get("adapted_from")
+    if origin:
+        lines.append(
+            f"- **Adapted** from the run `{origin.get('run')}` (`{origin.get('model')}`), "
+            f"trained on {_describe_data(origin.get('data'))}: it started from that model "
+            "(the features family refits with that model's training crops as well, weighted "
+            "to equal the lab's)."
+        )
+    return lines
+
+
 def render_card(
     run_dir: Path,
     *,
@@ -119,8 +148,10 @@ def render_card(
     metrics: Optional[dict] = None,
     cv: Optional[dict] = None,
     title: Optional[str] = None,
+    info: Optional[dict] = None,
 ) -> str:
-    """The card's markdown for a run (``metrics``: its metrics.json) or a cv folder (``cv``)."""
+    """The card's markdown for a run (``metrics``: its metrics.json, ``info``: its run.json) or
+    a cv folder (``cv``)."""
     model = config.get("model") or {}
     family = "ensemble" if model.get("ensemble") else model.get("family", "?")
     crop, color, split = (
@@ -146,8 +177,12 @@ def render_card(
         "",
         f"- **Family:** `{family}`: {describe(family)}."
         + (f" Members: {', '.join(model['ensemble'])}." if model.get("ensemble") else ""),
-        f"- **Classes** (output order): {', '.join(classes)}. Basophils are absent: too rare in "
-        "the source data to learn.",
+        f"- **Classes** (output order): {', '.join(classes)}."
+        + (
+            " Basophils are absent: too rare in the source data to learn."
+            if "BASOPHIL" not in classes
+            else ""
+        ),
         f"- **Input:** a cell crop ({crop.get('mode', 'none')} crop of the smear, padding "
         f"{crop.get('padding')}), colour `{color.get('input', 'rgb')}`, stain normalisation "
         f"`{color.get('normalize', 'none')}`"
@@ -168,8 +203,7 @@ def render_card(
         "",
         "## Training data",
         "",
-        "- The public BCCD-derived `dataset-master` folder (Kaggle 'Blood Cell Images'): 640x480 "
-        "Giemsa/Wright-stained smear photographs from one laboratory, one labelled WBC each.",
+        *_data_lines(info or {}),
         f"- Protocol: `{split.get('protocol', 'grouped')}` split"
         + (
             " (leak-free: source images, and same-field duplicates, are split before "
@@ -241,7 +275,10 @@ def write_run_card(
     if metrics is None and metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     path = run_dir / CARD_NAME
-    write_atomic(path, render_card(run_dir, config=config, metrics=metrics, cv=cv))
+    from wbc.core.runfolder import read_run_info
+
+    info = read_run_info(run_dir)
+    write_atomic(path, render_card(run_dir, config=config, metrics=metrics, cv=cv, info=info))
     return path
 
 

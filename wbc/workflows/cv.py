@@ -25,9 +25,12 @@ The augmented images come from ``DATA/interim/augmented`` when its manifest matc
 augment settings; otherwise (e.g. ``--set augment.per_class_targets=...``) the augment stage is run
 once into ``<cache>/augmented-<key>`` and reused by later runs.
 
-``data=`` (``--data DIR``) cross-validates a plain folder of class folders instead (e.g. another
-lab's crops, for fine-tuning from ``init_model``): folds are stratified over its files (files
-named ``CLASS.ID[.aNNNN].jpg`` are grouped by source id), with no augmentation.
+``data=`` (``--data PATH``) cross-validates a lab's own data instead (e.g. for fine-tuning from
+``init_model``): class folders, a CSV or dataset-master, read as ``wbc prepare`` reads them (the
+rename stage's groups and skipped files, the crop stage's per-image rule: smears cropped to the
+WBC, crops kept whole), with no augmentation; folds are stratified over its images, groups kept
+together. A folder of wbc's own prepared class folders (``CLASS.ID[.aNNNN].jpg``) is read as it
+is, grouped by source id.
 
 Resumable: a fold whose run folder has ``metrics.json`` is not retrained, a fold killed during
 training continues from its last finished epoch, and ``OUT/plan.json`` refuses to mix the folds of
@@ -63,7 +66,7 @@ from wbc.workflows.cv_report import (
     make_report,
     model_scores,
 )
-from wbc.workflows.folds import build_fold_data, deal_folds, folder_source, prepared_source
+from wbc.workflows.folds import build_fold_data, data_source, deal_folds, prepared_source
 
 Echo = Callable[[str], None]
 
@@ -205,7 +208,7 @@ def cross_validate(
         raise DataError(f"{init_model}: model file not found")
 
     if data is not None:
-        source = folder_source(Path(data))
+        source = data_source(Path(data), config, cache_dir, echo)
     else:
         source = prepared_source(config, Path(data_dir), cache_dir, echo)
     units = source.units()

@@ -246,6 +246,55 @@ def folder_source(folder: Path) -> FoldSource:
     )
 
 
+def is_wbc_folder(folder: Path) -> bool:
+    """Whether ``folder``'s class folders hold wbc's own image names only (a prepared side)."""
+    from wbc.imaging.feeds import list_class_files
+
+    try:
+        _, files, _ = list_class_files(Path(folder))
+    except DataError:
+        return False
+    return bool(files) and all(parse_name(path.name) is not None for path in files)
+
+
+def data_source(data: Path, config: Config, cache_dir: Path, echo: Echo = no_echo) -> FoldSource:
+    """What ``wbc cv --data`` reads: a folder of wbc's prepared class folders as it is, else a
+    lab's layout (class folders, a CSV, dataset-master) read as ``wbc prepare`` reads it: the
+    rename stage (groups, duplicates, bad files skipped) and the crop stage's per-image rule
+    (smears cropped to their WBC, crops kept whole), cached in ``cache_dir/lab-data``."""
+    if Path(data).is_dir() and is_wbc_folder(Path(data)):
+        return folder_source(Path(data))
+    return lab_source(Path(data), config, Path(cache_dir) / "lab-data", echo)
+
+
+def lab_source(raw: Path, config: Config, work: Path, echo: Echo = no_echo) -> FoldSource:
+    from wbc.data.stages.crop import crop
+    from wbc.data.stages.rename import rename
+    from wbc.data.stages.split import read_groups
+
+    renamed = rename(raw, work / "renamed", config)
+    echo(
+        f"--data {raw}: {renamed.summary.get('layout')}, {renamed.summary['kept']} images kept, "
+        f"{renamed.summary['skipped']} skipped (see {work / 'renamed' / 'skipped.csv'})"
+    )
+    folder, identity = work / "renamed", renamed.digest
+    if config.crop.mode != "none":
+        cropped = crop(work / "renamed", work / "cropped", config)
+        folder, identity = work / "cropped", cropped.digest
+    groups = read_groups(work / "renamed" / "groups.csv")
+    by_class: dict[str, dict[Hashable, list[Path]]] = defaultdict(dict)
+    members: dict[Hashable, Hashable] = {}
+    for path in sorted(folder.iterdir()):
+        name = parse_name(path.name)
+        if name is None or name.copy is not None:
+            continue
+        member = f"{name.cls}/{path.name}"
+        by_class[name.cls][member] = [path]
+        if name.source_id in groups:
+            members[member] = f"group-{groups[name.source_id]}"
+    return FoldSource("folder", str(raw), identity, dict(by_class), dict(by_class), members)
+
+
 def build_fold_data(
     source: FoldSource,
     members: dict[str, list],

@@ -37,9 +37,6 @@ from wbc.core.imageio import IMAGE_EXTENSIONS, decode_threads, is_image_name, re
 from wbc.imaging.preprocess import InputSpec, to_input
 
 INPUT_KINDS = ("auto", "smear", "crop")
-# input_kind auto: sides within this ratio = already a cell crop. Other labs' crops are often a
-# few pixels off square (tecom-crops: 104x120, ratio 1.15); smears are 4:3, 5:4 or wider.
-CROP_ASPECT = 1.2
 FORMATS = ("table", "csv", "json")
 DEFAULT_BATCH = 64
 Box = tuple[int, int, int, int]
@@ -114,7 +111,8 @@ def takes_crop(rgb: np.ndarray, spec: InputSpec, input_kind: str = "auto") -> bo
 
     ``input_kind``: ``smear`` (a whole-field photo: crop it), ``crop`` (already a cell crop) or
     ``auto``: a square or nearly square image (longer side at most ``CROP_ASPECT`` times the
-    shorter) is taken to be a crop already (crops are about square; smears are not).
+    shorter) is taken to be a crop already (crops are about square; smears are not): the
+    crop stage's rule, ``wbc.data.cells.is_cell_crop``.
     """
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, not {input_kind!r}")
@@ -122,8 +120,7 @@ def takes_crop(rgb: np.ndarray, spec: InputSpec, input_kind: str = "auto") -> bo
         return False
     if input_kind == "smear":
         return True
-    height, width = rgb.shape[:2]
-    return max(height, width) > CROP_ASPECT * min(height, width)
+    return not _crop_module().is_cell_crop(rgb.shape)
 
 
 def model_inputs(

@@ -200,7 +200,9 @@ def train(
     if chief:  # first, so that a run killed while loading its data can still be resumed
         # run.json (where the data is) before config.yaml, which makes the folder a run:
         # a kill between the two leaves no run that --resume cannot find the data of.
-        write_run_info(out_dir, data_dir, strategy, resuming)
+        write_run_info(
+            out_dir, data_dir, strategy, resuming, _origin(data_dir, folders, init_model)
+        )
         write_run_config(config, out_dir)
 
     # Colour: color.normalize's stain reference comes from the training images and goes into
@@ -275,6 +277,25 @@ def train(
         f"on {metrics['n_images']} images; run folder {run_dir}"
     )
     return run_dir
+
+
+def _origin(data_dir: Path, folders, init_model: Optional[Path]) -> dict:
+    """What run.json and the model card say the run learnt from: the prepared data's raw
+    layout, and for an adapted run the run it started from."""
+    from wbc.core.runfolder import read_run_info
+    from wbc.data.pipeline import data_origin
+
+    origin: dict = {}
+    if folders is None:
+        origin["data"] = data_origin(data_dir)
+    if init_model is not None:
+        start = Path(init_model).resolve()
+        origin["adapted_from"] = {
+            "run": str(start.parent),
+            "model": start.name,
+            "data": read_run_info(start.parent).get("data"),
+        }
+    return origin
 
 
 def _inherit_stain_reference(

@@ -23,13 +23,13 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
-from wbc.core.config import AugmentConfig, Config
-from wbc.core.errors import BadImage, DataError
+from wbc.core.config import CLASSES, AugmentConfig, Config
+from wbc.core.errors import BadImage, ConfigError, DataError
 from wbc.core.imageio import read_rgb, write_jpeg
 from wbc.core.manifest import Manifest, run_stage, upstream
 from wbc.core.progress import bar
 from wbc.core.seeding import derived_seed
-from wbc.data.stages.naming import copy_name, original_name, parse_name
+from wbc.data.stages.naming import copy_name, parse_name
 
 STAGE = "augment"
 MAX_CHUNK = 64  # images per worker task: enough to amortise the hand-off, small enough to balance
@@ -100,13 +100,19 @@ def augment(
 
     def build(tmp: Path) -> dict:
         sources = list_sources(src)
-        classes = _class_order(sources, config.rename.classes)
+        classes = _class_order(sources, config.rename.classes or CLASSES)
+        unknown = sorted(set(config.augment.per_class_targets) - set(classes))
+        if unknown:
+            raise ConfigError(
+                f"augment.per_class_targets: no class {', '.join(unknown)} in {src} "
+                f"(its classes: {', '.join(classes)})"
+            )
         jobs: list[SourceJob] = []
         counts, over = {}, {}
         for cls in classes:
             (tmp / cls).mkdir()
-            for source_id, path in sources[cls]:
-                shutil.copyfile(path, tmp / cls / original_name(cls, source_id))
+            for _, path in sources[cls]:
+                shutil.copyfile(path, tmp / cls / path.name)
             target = class_target(config.augment, cls)
             class_jobs = plan_copies(cls, sources[cls], target)
             jobs.extend(class_jobs)
@@ -214,7 +220,8 @@ def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed:
             raise DataError(str(exc)) from None  # BadImage(path, reason) does not unpickle
         for copy in job.copies:
             params = augmenter.random_params(image.shape, copy_seed(seed, job.cls, copy))
-            target = Path(out) / job.cls / copy_name(job.cls, job.source_id, copy)
+            stem = parse_name(job.path.name).stem
+            target = Path(out) / job.cls / copy_name(job.cls, job.source_id, copy, stem)
             write_jpeg(augmenter.apply(image, params), target, quality=config.jpeg_quality)
             written += 1
     return written

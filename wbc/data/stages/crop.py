@@ -15,6 +15,10 @@ pixels square, and ``crops.csv`` saying for each id which box was used and where
   is what predict sees on new images);
 * mode ``none``: the images are copied unchanged (the pipeline normally skips the stage then).
 
+Whatever the mode, an image that is already a single-cell crop (about square:
+``wbc.data.cells.is_cell_crop``, the rule ``predict --input auto`` applies) is kept whole, resized
+to the crop size: a lab's folder may mix whole-field smears and crops, decided image by image.
+
 The summary counts each source, so a detector that silently fails shows up as many 'centre'.
 """
 
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import csv
 import shutil
+
+import cv2
 from collections import Counter
 from pathlib import Path
 
 from wbc.core.config import Config
-from wbc.data.cells import DETECTOR_VERSION, MODES, Box, crop_cells
+from wbc.data.cells import CROP_ASPECT, DETECTOR_VERSION, MODES, Box, crop_cells, is_cell_crop
 from wbc.core.errors import BadImage, ConfigError, DataError
 from wbc.core.imageio import read_rgb, write_jpeg
 from wbc.core.manifest import Manifest, run_stage, sha256_file, upstream
@@ -93,6 +99,7 @@ def crop(
         "size": settings.size,
         "detector": DETECTOR_VERSION,
         "jpeg_quality": JPEG_QUALITY,
+        "whole_if_aspect_within": CROP_ASPECT,
     }
     inputs: dict[str, str] = {"renamed": renamed.digest}
     boxes_path = Path(boxes_csv) if boxes_csv is not None else src / BOXES_NAME
@@ -122,6 +129,16 @@ def crop(
                 except BadImage as exc:
                     unreadable.append(f"{name}: {exc.reason}")
                     continue
+                if is_cell_crop(rgb.shape):
+                    height, width = rgb.shape[:2]
+                    whole = cv2.resize(
+                        rgb, (settings.size, settings.size), interpolation=cv2.INTER_AREA
+                        if min(height, width) > settings.size else cv2.INTER_LINEAR
+                    )
+                    write_jpeg(whole, tmp / name, quality=JPEG_QUALITY)
+                    counts["whole"] += 1
+                    rows.append([image_id, "whole", 0, 0, width, height])
+                    continue
                 (cell,) = crop_cells(
                     rgb, settings.mode, settings.padding, settings.size, boxes.get(image_id)
                 )
@@ -138,6 +155,7 @@ def crop(
             "from_boxes": counts["boxes"],
             "detected": counts["detect"],
             "fallback_centre": counts["centre"],
+            "kept_whole": counts["whole"],
             "unreadable": unreadable,
         }
 

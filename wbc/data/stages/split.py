@@ -112,18 +112,81 @@ def assign_report(
     return chosen
 
 
+def read_given_split(path: Path | None) -> dict[int, str]:
+    """``given_split.csv`` (id, side): a lab's own train/test folders, from the rename stage."""
+    if path is None or not Path(path).is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {int(row["id"]): row["side"] for row in csv.DictReader(handle)}
+
+
+def assign_given(
+    files: dict[str, list[Path]], sides: dict[int, str]
+) -> tuple[dict[str, dict[str, list[Path]]], dict[str, dict[str, list[int]]]]:
+    """The lab's split as it is; its test side keeps the originals only."""
+    chosen, ids_by_side = {}, {}
+    for cls, paths in files.items():
+        by_side: dict[str, list[Path]] = {"train": [], "test": []}
+        for path in paths:
+            name = parse_name(path.name)
+            side = sides.get(name.source_id, "train")
+            if side == "train" or name.copy is None:
+                by_side[side].append(path)
+        chosen[cls] = by_side
+        ids_by_side[cls] = {
+            side: sorted({parse_name(p.name).source_id for p in by_side[side]}) for side in SIDES
+        }
+    return chosen, ids_by_side
+
+
+def assign_across_classes(
+    files: dict[str, list[Path]], groups: dict[int, int], fraction: float, seed: int
+) -> tuple[dict[str, dict[str, list[Path]]], dict[str, dict[str, list[int]]]]:
+    """Groups that hold several classes (a patient's or a slide's cells): whole groups go to
+    one side for every class at once, stratified by class as far as the groups allow
+    (scikit-learn's StratifiedGroupKFold; its first fold is the test side)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    members = [(cls, path, parse_name(path.name)) for cls, paths in files.items() for path in paths]
+    originals = [(cls, name.source_id) for cls, _, name in members if name.copy is None]
+    labels = np.array([cls for cls, _ in originals])
+    ids = [source_id for _, source_id in originals]
+    group_of = np.array([groups.get(i, -i - 1) for i in ids])
+    n_splits = max(2, min(int(round(1 / fraction)), len(set(group_of.tolist()))))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a class with fewer groups than folds: said by the counts
+        warnings.simplefilter("ignore", UserWarning)
+        _, test_index = next(splitter.split(np.zeros(len(ids)), labels, group_of))
+    test_ids = {ids[i] for i in test_index}
+    sides = {i: ("test" if i in test_ids else "train") for i in ids}
+    return assign_given(files, sides)
+
+
 def split(
-    src: Path, dst: Path, config: Config, groups_csv: Path | None = None, force: bool = False
+    src: Path,
+    dst: Path,
+    config: Config,
+    groups_csv: Path | None = None,
+    force: bool = False,
+    given_csv: Path | None = None,
 ) -> Manifest:
-    """Split the augmented class folders in ``src`` into ``dst/{train,test}/CLASS``."""
+    """Split the augmented class folders in ``src`` into ``dst/{train,test}/CLASS``.
+
+    A lab's own split (``given_csv``, from ``ROOT/{train,val,test}/CLASS``) is kept as it is."""
     augmented = upstream(src, "augment")
-    protocol = config.split.protocol
+    given = read_given_split(given_csv)
+    protocol = "given" if given else config.split.protocol
     params = {
         "protocol": protocol,
         "test_fraction": config.split.test_fraction,
         "seed": config.seed,
     }
     inputs = {"augmented": augmented.digest}
+    if given:
+        inputs["given"] = sha256_file(given_csv)
     groups: dict[int, int] = {}
     if protocol == "grouped":
         groups = read_groups(groups_csv)
@@ -134,7 +197,13 @@ def split(
         files = class_files(src)
         if not files:
             raise DataError(f"{src}: no class folders with images")
-        if protocol == "grouped":
+        if protocol == "given":
+            chosen, ids_by_side = assign_given(files, given)
+        elif protocol == "grouped" and _spans_classes(files, groups):
+            chosen, ids_by_side = assign_across_classes(
+                files, groups, config.split.test_fraction, config.seed
+            )
+        elif protocol == "grouped":
             chosen, ids_by_side = assign_grouped(
                 files, groups, config.split.test_fraction, config.seed
             )
@@ -157,6 +226,17 @@ def split(
         }
 
     return run_stage(STAGE, dst, params, inputs, build, force=force)
+
+
+def _spans_classes(files: dict[str, list[Path]], groups: dict[int, int]) -> bool:
+    """Whether some group holds images of two classes (a patient), not just duplicates."""
+    class_of: dict[int, str] = {}
+    for cls, paths in files.items():
+        for path in paths:
+            group = groups.get(parse_name(path.name).source_id)
+            if group is not None and class_of.setdefault(group, cls) != cls:
+                return True
+    return False
 
 
 def _sources_on_both_sides(chosen: dict[str, dict[str, list[Path]]]) -> set[int]:
