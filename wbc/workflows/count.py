@@ -176,6 +176,7 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
 
 def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
     """A bar chart (PNG) of the differential: percent per class, counts on the bars."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -186,8 +187,8 @@ def plot_counts(result: dict[str, Any], path: Path | str) -> Path:
     figure = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
-    palette = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
-    bars = axes.bar(classes, percent, color=palette[: len(classes)] if len(classes) <= 4 else None)
+    palette = colormaps["tab10"].colors  # one colour per class, up to ten classes
+    bars = axes.bar(classes, percent, color=[palette[i % 10] for i in range(len(classes))])
     for bar, count, pct in zip(bars, counts, percent):
         axes.annotate(
             f"{count} ({pct:.1f}%)",

@@ -319,7 +319,19 @@ def count_report(result: dict[str, Any], output: Path) -> Path:
     from wbc.core.imageio import read_rgb
 
     classes = result["classes"]
-    palette = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+    # matplotlib's tab10, in RGB: ten classes apart before a colour repeats (PBC has eight)
+    palette = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ]
     figures = []
     for item in result.get("files", []):
         rgb = read_rgb(Path(item["file"])).copy()
