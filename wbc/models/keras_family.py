@@ -22,7 +22,7 @@ import numpy as np
 
 from wbc.core.errors import ConfigError, DataError, ModelError
 from wbc.models import checkpoint
-from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, TtaEngine
+from wbc.models.base import Classifier, Echo, Engine, Family, FitJob, FitResult, TtaEngine
 
 # Layers whose config carries Python code (bytecode or a function reference).
 CODE_LAYERS = ("Lambda",)
@@ -108,6 +108,7 @@ def load_initial_weights(model, path: Path) -> None:
 
 
 ENGINES = ("auto", "litert", "tensorflow")
+ADAPT_BATCH = 64  # cells per forward pass while re-estimating BatchNorm statistics
 
 
 class KerasEngine(Engine):
@@ -188,6 +189,43 @@ class KerasClassifier(Classifier):
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         heat, probs = grad_cam(self.model, np.asarray(pixels, np.uint8)[None])
         return {"heat": heat, "probabilities": probs, "method": "grad-cam"}
+
+    def adapt_to(self, pixels: np.ndarray, echo: Echo = print) -> list[dict[str, Any]]:
+        """AdaBN (``wbc.models.adaptation.adapt_batchnorm``) on ``pixels``; a network without
+        BatchNorm (the study's CNN) has nothing to re-estimate, and says so."""
+        from wbc.imaging.preprocess import scale
+        from wbc.models.adaptation import adapt_batchnorm, batchnorm_layers
+
+        if not batchnorm_layers(self.model):
+            return [
+                {
+                    "part": "batchnorm",
+                    "method": "skipped",
+                    "reason": "the network has no BatchNormalization layer",
+                }
+            ]
+        pixels = np.asarray(pixels, np.uint8)
+
+        def batches():
+            for start in range(0, len(pixels), ADAPT_BATCH):
+                yield scale(pixels[start : start + ADAPT_BATCH])
+
+        layers = adapt_batchnorm(self.model, batches, echo)
+        return [
+            {
+                "part": "batchnorm",
+                "method": "AdaBN (Li et al. 2016): moving mean and variance of every "
+                "BatchNorm layer re-estimated on the lab's cells, layer by layer",
+                "layers": len(layers),
+                "mean_shift_sd": layers,
+            }
+        ]
+
+    def save(self, path: Path) -> None:
+        from wbc.core.manifest import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            self.model.save(tmp)
 
     export_formats = ("onnx", "tflite", "savedmodel")
 
