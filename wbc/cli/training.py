@@ -128,11 +128,12 @@ def train(
     "(default: the test side of RUN's subset, from its run.json).",
 )
 @click.option(
-    "--priors/--no-priors",
-    default=True,
+    "--priors",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
     show_default=True,
-    help="Also re-estimate the lab's class priors (EM, kept only if it gains on held-out "
-    "source data).",
+    help="Re-estimate the lab's class priors by EM: auto = only if EM gains on held-out source "
+    "data under simulated class mixes, always = even if not (to measure it), never = skip.",
 )
 @input_option
 @handle_errors

@@ -299,7 +299,8 @@ def adapt_batchnorm(
     report = []
     for layer in layers:
         try:
-            probe = keras.Model(model.inputs, layer.input)
+            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            probe = keras.Model(inputs, layer.input)
         except Exception as exc:  # noqa: BLE001 - a layer inside a nested model
             raise ModelError(
                 f"AdaBN: cannot reach the inputs of BatchNorm layer {layer.name} "

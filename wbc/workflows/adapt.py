@@ -42,6 +42,7 @@ from wbc.core.errors import BadImage, DataError, ModelError
 from wbc.core.progress import no_echo
 
 # Files of the source run the adapted run keeps as they are (the model file is written anew).
+PRIOR_MODES = ("auto", "always", "never")  # auto: EM only if it gains on held-out source data
 KEPT_FILES = ("config.yaml", "classes.json", "stain_reference.json", "train_features.npz")
 
 
@@ -117,6 +118,7 @@ def prior_part(
     lab_probs: np.ndarray,
     calibration: Optional[Path],
     echo: Callable[[str], None],
+    force: bool = False,
 ):
     """The class-prior part: ``(PriorCorrection or None, its record for run.json)``."""
     from wbc.imaging.feeds import list_class_files
@@ -164,11 +166,13 @@ def prior_part(
         estimated_prior=target.round(4).tolist(),
     )
     gain = check.get("gain")
-    if gain is None or gain <= 0:
+    if (gain is None or gain <= 0) and not force:
         record.update(kept=False, reason="EM did not gain on held-out source data")
         echo(f"priors: EM not kept (held-out gain {gain}); the model's own priors stay")
         return None, record
     record["kept"] = True
+    if gain is None or gain <= 0:
+        record["forced"] = "--priors always: kept although it did not gain on held-out data"
     echo(
         f"priors: temperature {temperature:.3f}, EM in {iterations} iterations -> "
         + " ".join(f"{c} {p:.3f}" for c, p in zip(source_run.classes, target))
@@ -184,7 +188,7 @@ def adapt(
     *,
     input_kind: str = "auto",
     calibration: Optional[Path] = None,
-    priors: bool = True,
+    priors: str = "auto",
     echo: Callable[[str], None] = no_echo,
 ) -> dict[str, Any]:
     """Write ``out``: the run at ``model`` adapted to the cells under ``unlabelled``. Returns
@@ -212,14 +216,16 @@ def adapt(
         raise ModelError(f"{run.run_dir}: wbc adapt does not adapt ensembles yet")
     cells, facts = load_cells(run, unlabelled, input_kind, echo)
     echo(f"adapting {run.model_path} on {facts['cells']} cells")
-    calib = calibration_folder(run, calibration) if priors else None
+    if priors not in PRIOR_MODES:
+        raise ValueError(f"priors must be one of {PRIOR_MODES}, not {priors!r}")
+    calib = calibration_folder(run, calibration) if priors != "never" else None
     # A second copy of the run: the source model is needed unchanged for calibration.
     adapted = load_run(source_path)
     parts = adapted.model.adapt_to(cells, echo)
     correction = None
-    if priors:
+    if priors != "never":
         lab_probs = Predictor(adapted.model, engine="tensorflow", cache=False)(cells)
-        correction, record = prior_part(run, lab_probs, calib, echo)
+        correction, record = prior_part(run, lab_probs, calib, echo, force=priors == "always")
         record["predicted_shares_before"] = (
             (np.bincount(lab_probs.argmax(axis=1), minlength=len(run.classes)) / len(lab_probs))
             .round(4)
@@ -227,7 +233,9 @@ def adapt(
         )
         parts.append(record)
     else:
-        parts.append({"part": "priors", "method": "none", "kept": False, "reason": "--no-priors"})
+        parts.append(
+            {"part": "priors", "method": "none", "kept": False, "reason": "--priors never"}
+        )
 
     source_info: dict[str, Any] = {}
     try:
