@@ -296,3 +296,22 @@ def test_temperature_fits_overconfident_posteriors():
     honest = tempered(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1.0)
     overconfident = tempered(honest, 0.25)  # four times too sharp
     assert 3.0 < fit_temperature(overconfident, labels) < 5.5
+
+
+def test_predict_advises_adaptation_for_a_folder_of_another_stain(features_run, tmp_path):
+    run_dir, root = features_run
+    lab = lab_images(tmp_path / "lab", n=24)
+    result = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    advice = f"wbc adapt {run_dir} --unlabelled {lab} --out {run_dir}-adapted"
+    assert "adaptation advised: 24 of 24 cells" in result.stderr and advice in result.stderr
+    assert "adaptation advised" not in result.stdout  # the table stays clean for other programs
+    # the held-out cells of the training lab: nothing to advise
+    same = CliRunner().invoke(cli, ["predict", str(root / "test"), "--model", str(run_dir)])
+    assert "adaptation advised" not in same.stderr
+    # the adapted run's domain is the lab's: no advice there any more
+    invoke(
+        "adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "adapted", "--priors", "never"
+    )
+    again = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(tmp_path / "adapted")])
+    assert again.exit_code == 0 and "adaptation advised" not in again.stderr
