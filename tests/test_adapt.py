@@ -100,7 +100,9 @@ def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path
 
     source = cnn_run(tmp_path / "run")
     flat = lab_images(tmp_path / "lab")
-    result = invoke("adapt", source, "--unlabelled", flat, "--out", tmp_path / "adapted")
+    result = invoke(
+        "adapt", source, "--unlabelled", flat, "--out", tmp_path / "adapted", "--pooled"
+    )
     assert result.exit_code == 0, result.output
     assert "batchnorm: AdaBN" in result.output
     assert "priors: EM - not applied: no held-out source data" in result.output
@@ -116,20 +118,25 @@ def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path
     np.testing.assert_allclose(after["stem_norm"][1], values.var(axis=0), rtol=1e-3, atol=1e-6)
     assert not np.allclose(before["stem_norm"][0], after["stem_norm"][0])
 
-    # Wrongly named class folders, nested, give exactly the same adaptation as the flat folder.
+    # Class-balanced (the default): wrongly named class folders, nested, give exactly the same
+    # adaptation as the flat folder; it differs from the pooled one.
     folders = relabelled(flat, tmp_path / "labelled")
+    flat_run = invoke("adapt", source, "--unlabelled", flat, "--out", tmp_path / "balanced")
     again = invoke("adapt", source, "--unlabelled", folders, "--out", tmp_path / "adapted2")
-    assert again.exit_code == 0, again.output
+    assert again.exit_code == 0 and flat_run.exit_code == 0, again.output
+    balanced = batchnorm(tmp_path / "balanced")
+    assert not np.allclose(balanced["stem_norm"][0], after["stem_norm"][0])
     for name, (mean, variance) in batchnorm(tmp_path / "adapted2").items():
-        np.testing.assert_array_equal(mean, after[name][0])
-        np.testing.assert_array_equal(variance, after[name][1])
-    info = json.loads((tmp_path / "adapted" / "run.json").read_text())["adaptation"]
+        np.testing.assert_array_equal(mean, balanced[name][0])
+        np.testing.assert_array_equal(variance, balanced[name][1])
+    info = json.loads((tmp_path / "balanced" / "run.json").read_text())["adaptation"]
     info2 = json.loads((tmp_path / "adapted2" / "run.json").read_text())["adaptation"]
     assert info["digest"] == info2["digest"] and info["digest"].startswith("sha256:")
     assert info["images"] == 12 and info["cells"] == 12 and info["labels_used"] is False
     assert info["folder"] == str(flat.resolve())
     assert [p["part"] for p in info["parts"]] == ["batchnorm", "priors"]
     assert info["parts"][0]["method"].startswith("AdaBN")
+    assert info["parts"][0]["weighting"] == "class-balanced" and info["parts"][0]["rounds"] > 0
 
 
 def test_a_network_without_batchnorm_says_so_and_is_copied(tmp_path):

@@ -135,10 +135,17 @@ def train(
     help="Re-estimate the lab's class priors by EM: auto = only if EM gains on held-out source "
     "data under simulated class mixes, always = even if not (to measure it), never = skip.",
 )
+@click.option(
+    "--balanced/--pooled",
+    default=True,
+    show_default=True,
+    help="Weight the lab's cells so that each predicted class weighs the same when its "
+    "statistics are re-estimated (balanced), or weigh every cell equally (pooled).",
+)
 @input_option
 @handle_errors
 @needs_tensorflow
-def adapt(run, unlabelled, out, calibration, priors, input_kind):
+def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
     """Adapt a trained run to a lab from the lab's unlabelled cells.
 
     Writes a new run folder: RUN's model with its input statistics re-estimated on the lab's
@@ -160,6 +167,7 @@ def adapt(run, unlabelled, out, calibration, priors, input_kind):
         input_kind=input_kind,
         calibration=calibration,
         priors=priors,
+        balanced=balanced,
         echo=echo_err,
     )
     for part in adaptation["parts"]:

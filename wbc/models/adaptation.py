@@ -40,7 +40,7 @@ PRIOR_PSEUDO_CELLS = 20.0  # Dirichlet pseudo-counts toward the training prior, 
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-6
 SHIFT_TRIALS = 50  # simulated class mixes of the held-out source side (the keep-EM check)
-SCALER_ITERATIONS = 5  # predict -> reweight -> re-standardise rounds (features family)
+SCALER_ITERATIONS = 5  # predict -> reweight -> re-estimate rounds (scaler; BatchNorm too)
 SCALER_MIN_MASS = 0.02  # a class predicted for fewer cells is weighted as if it had this share
 EPS = 1e-12
 
@@ -287,19 +287,20 @@ def batchnorm_layers(model) -> list[Any]:
 
 
 def adapt_batchnorm(
-    model, batches: Callable[[], Any], echo: Callable[[str], None] = lambda _m: None
-) -> list[dict[str, Any]]:
+    model,
+    batches: Callable[[], Any],
+    weights: Optional[np.ndarray] = None,
+) -> None:
     """AdaBN: each BatchNorm layer's moving mean and variance set to the statistics of its
-    inputs over every batch of ``batches()`` (an iterable of float inputs the model takes),
-    layer by layer so that each sees the earlier layers already adapted. Returns one dict per
-    layer: its name and how far its mean moved (in units of the old standard deviation)."""
+    inputs over every batch of ``batches()`` (an iterable of float inputs the model takes, the
+    same cells in the same order on every call), layer by layer so that each sees the earlier
+    layers already adapted. ``weights``: one per cell (summing to 1; None: equal), for
+    statistics in which each predicted class weighs the same (``class_balanced_weights``)."""
     import keras
 
-    layers = batchnorm_layers(model)
-    report = []
-    for layer in layers:
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    for layer in batchnorm_layers(model):
         try:
-            inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
             probe = keras.Model(inputs, layer.input)
         except Exception as exc:  # noqa: BLE001 - a layer inside a nested model
             raise ModelError(
@@ -307,33 +308,70 @@ def adapt_batchnorm(
                 f"({type(exc).__name__})"
             ) from None
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-        count, total, squares = 0, None, None
+        seen, total, squares = 0, 0.0, 0.0
         for batch in batches():
             values = np.asarray(probe(batch, training=False), np.float64)
-            values = np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
-            count += len(values)
-            total = values.sum(axis=0) if total is None else total + values.sum(axis=0)
-            part = (values**2).sum(axis=0)
-            squares = part if squares is None else squares + part
-        if not count:
+            values = np.moveaxis(values, axis, -1).reshape(len(values), -1, values.shape[axis])
+            # each cell's spatial mean and mean square, then the (weighted) mean over cells
+            cell_w = (
+                np.full(len(values), 1.0)
+                if weights is None
+                else np.asarray(weights[seen : seen + len(values)], np.float64)
+            )
+            total = total + cell_w @ values.mean(axis=1)
+            squares = squares + cell_w @ (values**2).mean(axis=1)
+            seen += len(values)
+        if not seen:
             raise ModelError("AdaBN: no input to estimate the BatchNorm statistics from")
-        mean = total / count
-        variance = np.maximum(squares / count - mean**2, 0.0)
-        old_mean = np.asarray(layer.moving_mean)
-        old_std = np.sqrt(np.asarray(layer.moving_variance) + layer.epsilon)
-        layer.moving_mean.assign(mean.astype(old_mean.dtype))
-        layer.moving_variance.assign(variance.astype(old_mean.dtype))
-        shift = float(np.abs((mean - old_mean) / old_std).mean())
-        report.append({"layer": layer.name, "mean_shift_sd": round(shift, 4)})
-        echo(f"AdaBN: {layer.name}: mean moved {shift:.3f} sd on average")
-    return report
+        norm = float(seen) if weights is None else 1.0
+        mean = total / norm
+        variance = np.maximum(squares / norm - mean**2, 0.0)
+        dtype = np.asarray(layer.moving_mean).dtype
+        layer.moving_mean.assign(mean.astype(dtype))
+        layer.moving_variance.assign(variance.astype(dtype))
+
+
+def batchnorm_statistics(model) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Each BatchNorm layer's (moving mean, moving variance, epsilon), copied."""
+    return {
+        layer.name: (
+            np.array(layer.moving_mean),
+            np.array(layer.moving_variance),
+            float(layer.epsilon),
+        )
+        for layer in batchnorm_layers(model)
+    }
+
+
+def batchnorm_shifts(before: dict, model) -> dict[str, float]:
+    """How far each layer's mean moved from ``before``, in units of the old standard deviation
+    (averaged over channels)."""
+    shifts = {}
+    for name, (mean, _, _) in batchnorm_statistics(model).items():
+        old_mean, old_var, eps = before[name]
+        shifts[name] = round(float(np.abs((mean - old_mean) / np.sqrt(old_var + eps)).mean()), 4)
+    return shifts
+
+
+def class_balanced_weights(posterior: np.ndarray) -> np.ndarray:
+    """One weight per cell, summing to 1, so that every predicted class weighs the same:
+    sum_c p(c|x) / mass_c, where mass_c (the class's summed posterior) is at least
+    ``SCALER_MIN_MASS`` of the cells, so that a class predicted for one or two cells does not
+    put all its weight on them."""
+    posterior = np.asarray(posterior, np.float64)
+    masses = np.maximum(posterior.sum(axis=0), SCALER_MIN_MASS * len(posterior))
+    weights = (posterior / masses[None]).sum(axis=1)
+    return weights / weights.sum()
 
 
 # --------------------------------------------------------------------------- standardisation
 
 
 def class_balanced_scaler(
-    pipeline, features: np.ndarray, echo: Callable[[str], None] = lambda _m: None
+    pipeline,
+    features: np.ndarray,
+    echo: Callable[[str], None] = lambda _m: None,
+    balanced: bool = True,
 ) -> dict[str, Any]:
     """Re-estimate ``pipeline``'s StandardScaler (its first step, changed in place) on a lab's
     ``features`` weighted so that every predicted class weighs the same: the lab's class mix
@@ -343,20 +381,18 @@ def class_balanced_scaler(
     class), weights each cell by sum_c p(c|x) / mass_c (mass_c = the class's summed posterior,
     at least ``SCALER_MIN_MASS`` of the cells, so that a class predicted for one or two cells
     does not put all its weight on them) and sets the scaler's mean and scale to the weighted
-    statistics. ``SCALER_ITERATIONS`` rounds."""
+    statistics. ``SCALER_ITERATIONS`` rounds. ``balanced`` False: the pooled mean and standard
+    deviation of all cells, equally weighted (one round; for comparison)."""
     scaler = pipeline[0]
     if not hasattr(scaler, "mean_") or not hasattr(scaler, "scale_"):
         raise ModelError("the features model has no standardisation step to adapt")
     features = np.asarray(features, np.float64)
     source_mean, source_scale = scaler.mean_.copy(), scaler.scale_.copy()
     n = len(features)
-    masses = None
-    for round_ in range(1, SCALER_ITERATIONS + 1):
-        posterior = np.zeros((n, len(pipeline.classes_)))
-        posterior[:] = pipeline.predict_proba(features)
-        masses = np.maximum(posterior.sum(axis=0), SCALER_MIN_MASS * n)
-        weights = (posterior / masses[None]).sum(axis=1)
-        weights /= weights.sum()
+    rounds = SCALER_ITERATIONS if balanced else 1
+    for round_ in range(1, rounds + 1):
+        posterior = pipeline.predict_proba(features)
+        weights = class_balanced_weights(posterior) if balanced else np.full(n, 1.0 / n)
         mean = weights @ features
         variance = weights @ (features - mean) ** 2
         scale = np.sqrt(variance)
@@ -369,7 +405,8 @@ def class_balanced_scaler(
         )
     moved = np.abs(scaler.mean_ - source_mean) / source_scale
     return {
-        "rounds": SCALER_ITERATIONS,
+        "weighting": "class-balanced" if balanced else "pooled",
+        "rounds": rounds,
         "mean_shift_sd": round(float(moved.mean()), 4),
         "largest_shift_sd": round(float(moved.max()), 4),
         "predicted_shares": [round(float(m / n), 4) for m in posterior.sum(axis=0)],

@@ -117,10 +117,13 @@ class Classifier:
         return batch
 
     # Adaptation to a lab (``wbc adapt``): what this family re-estimates from unlabelled cells.
-    def adapt_to(self, pixels: np.ndarray, echo: Echo = print) -> list[dict[str, Any]]:
+    def adapt_to(
+        self, pixels: np.ndarray, echo: Echo = print, balanced: bool = True
+    ) -> list[dict[str, Any]]:
         """Re-estimate the parts of the model that describe the input statistics on ``pixels``
-        (uint8 model inputs of one lab's cells, no labels), in place. Returns one dict per part:
-        ``part``, ``method`` and what it measured. The default: nothing to adapt."""
+        (uint8 model inputs of one lab's cells, no labels), in place. ``balanced``: weight the
+        cells so that each predicted class weighs the same (else pooled). Returns one dict per
+        part: ``part``, ``method`` and what it measured. The default: nothing to adapt."""
         return [{"part": "model", "method": "none", "reason": "this family has no such part"}]
 
     def save(self, path: Path) -> None:

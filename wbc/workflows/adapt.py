@@ -189,6 +189,7 @@ def adapt(
     input_kind: str = "auto",
     calibration: Optional[Path] = None,
     priors: str = "auto",
+    balanced: bool = True,
     echo: Callable[[str], None] = no_echo,
 ) -> dict[str, Any]:
     """Write ``out``: the run at ``model`` adapted to the cells under ``unlabelled``. Returns
@@ -221,7 +222,7 @@ def adapt(
     calib = calibration_folder(run, calibration) if priors != "never" else None
     # A second copy of the run: the source model is needed unchanged for calibration.
     adapted = load_run(source_path)
-    parts = adapted.model.adapt_to(cells, echo)
+    parts = adapted.model.adapt_to(cells, echo, balanced)
     correction = None
     if priors != "never":
         lab_probs = Predictor(adapted.model, engine="tensorflow", cache=False)(cells)
