@@ -322,3 +322,28 @@ def test_predict_advises_adaptation_for_a_folder_of_another_stain(features_run, 
     )
     again = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(tmp_path / "adapted")])
     assert again.exit_code == 0 and "adaptation advised" not in again.stderr
+
+
+def test_whole_smears_are_cut_to_their_cell_as_predict_does(features_run, tmp_path, monkeypatch):
+    """A 4:3 smear goes through predict's crop rule (``takes_crop``), a square crop does not."""
+    from wbc.workflows import predict
+
+    run_dir, _ = features_run
+    lab = make_class_folders(tmp_path / "lab", {"NEUTROPHIL": 3}, size=(48, 64), seed=9)
+    shutil.copy(next((tmp_path / "lab").rglob("*.jpg")), lab / "extra.jpg")
+    Image.new("RGB", (40, 40), (230, 215, 120)).save(lab / "square.png")
+    decisions = []
+    real = predict.takes_crop
+
+    def spy(rgb, spec, input_kind="auto"):
+        decisions.append((rgb.shape[:2], real(rgb, spec, input_kind)))
+        return decisions[-1][1]
+
+    monkeypatch.setattr(predict, "takes_crop", spy)
+    result = invoke(
+        "adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "a", "--priors", "never"
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(decisions) == [((40, 40), False)] + [((48, 64), True)] * 4
+    info = json.loads((tmp_path / "a" / "run.json").read_text())["adaptation"]
+    assert info["images"] == 5 and info["cells"] == 5
