@@ -281,6 +281,12 @@ def test_predict_and_evaluate_apply_the_runs_prior_correction(features_run, tmp_
     metrics = json.loads(scored.stdout)
     matrix = dict(zip(metrics["classes"], metrics["confusion_matrix"]))
     assert matrix["NEUTROPHIL"][metrics["classes"].index("MONOCYTE")] == moved
+    # an exported graph would lack the correction: refused in one line, nothing written
+    exported = CliRunner().invoke(
+        cli, ["export", str(adapted), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    )
+    assert exported.exit_code == 1 and "prior correction" in exported.output
+    assert not (tmp_path / "m.onnx").exists()
 
 
 # --------------------------------------------------------------------------- the maths
