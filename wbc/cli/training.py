@@ -1,4 +1,5 @@
-"""``wbc train``, ``plot``, ``cv`` and ``tune``: fitting and comparing models."""
+"""``wbc train``, ``adapt``, ``plot``, ``cv`` and ``tune``: fitting, adapting and comparing
+models."""
 
 from __future__ import annotations
 

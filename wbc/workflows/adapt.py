@@ -15,7 +15,8 @@ What it does:
    ``--input auto``); the cells are put in the order of their content digests, so the result
    does not depend on file names or folders;
 2. the family re-estimates its input statistics on them (``Classifier.adapt_to``: AdaBN for the
-   Keras families, class-balanced re-standardisation for the features family);
+   Keras families, re-standardisation for the features family), each cell weighted by 1 / its
+   predicted class's mass (``balanced``, the default) or all equally (``--pooled``);
 3. class priors: a temperature is fitted on the run's own held-out side (the test side of its
    subset, or ``calibration``), EM with bounded priors is checked there under simulated class
    mixes, and only if it gains there are the lab's priors estimated and written to
