@@ -101,6 +101,16 @@ def predict(
         )
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     write_output(text, output)
+    if run.domain is not None:
+        from wbc.imaging.domain import adaptation_advice
+
+        judged = [row for row in rows if row.get("out_of_domain") is not None]
+        folder = paths[0] if len(paths) == 1 and Path(paths[0]).is_dir() else None
+        advice = adaptation_advice(
+            sum(bool(row["out_of_domain"]) for row in judged), len(judged), run.run_dir, folder
+        )
+        if advice:
+            echo_err(advice)
     exit_if_failed(sum(1 for row in rows if row["error"]), len(rows), "classified")
 
 

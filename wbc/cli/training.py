@@ -1,4 +1,5 @@
-"""``wbc train``, ``plot``, ``cv`` and ``tune``: fitting and comparing models."""
+"""``wbc train``, ``adapt``, ``plot``, ``cv`` and ``tune``: fitting, adapting and comparing
+models."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from wbc.cli.common import (
     echo_err,
     executor_options,
     handle_errors,
+    input_option,
     load,
     needs_tensorflow,
     ray_options_from,
@@ -101,6 +103,82 @@ def train(
         strategy=strategy,
         init_model=init_model,
         echo=click.echo,
+    )
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path), metavar="RUN")
+@click.option(
+    "--unlabelled",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder of one lab's images (cell crops or whole smears, any nesting); folder names "
+    "are never read as labels.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The adapted run folder to write (must not exist yet).",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Held-out source images in class folders, to calibrate the class-prior part on "
+    "(default: the test side of RUN's subset, from its run.json).",
+)
+@click.option(
+    "--priors",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="Re-estimate the lab's class priors by EM: auto = only if EM gains on held-out source "
+    "data under simulated class mixes, always = even if not (to measure it), never = skip.",
+)
+@click.option(
+    "--balanced/--pooled",
+    default=True,
+    show_default=True,
+    help="Weight the lab's cells so that each predicted class weighs the same when its "
+    "statistics are re-estimated (balanced), or weigh every cell equally (pooled).",
+)
+@input_option
+@handle_errors
+@needs_tensorflow
+def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
+    """Adapt a trained run to a lab from the lab's unlabelled cells.
+
+    Writes a new run folder: RUN's model with its input statistics re-estimated on the lab's
+    cells (the CNN: every BatchNorm layer's statistics, AdaBN; the features model: its feature
+    standardisation, weighted so the lab's class mix does not move it) and, when it measures
+    better on held-out source data, the lab's class priors (EM) as prior_correction.json, which
+    predict, count, evaluate and compare apply. run.json records the folder, the number of
+    images, their content digest and the method of each part. No label is read. Smears are cut
+    to their main WBC as wbc predict --input auto does.
+
+    Example: wbc adapt runs/20250101-120000-full --unlabelled lab_b/ --out runs/lab_b-adapted
+    """
+    from wbc.workflows.adapt import adapt as run_adapt
+
+    adaptation = run_adapt(
+        run,
+        unlabelled,
+        out,
+        input_kind=input_kind,
+        calibration=calibration,
+        priors=priors,
+        balanced=balanced,
+        echo=echo_err,
+    )
+    for part in adaptation["parts"]:
+        line = f"{part['part']}: {part['method'].split(':')[0].split(' (')[0]}"
+        if part.get("kept") is False or part["method"] in ("none", "skipped"):
+            line += f" - not applied: {part.get('reason', 'not kept')}"
+        click.echo(line)
+    click.echo(
+        f"adapted on {adaptation['cells']} cells of {adaptation['images']} images in "
+        f"{adaptation['folder']}; run folder {out}"
     )
 
 

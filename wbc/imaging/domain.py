@@ -10,7 +10,9 @@ the training images' own Mahalanobis distances, so about 1% of cells like the tr
 flagged. Nothing here is fitted to another lab's data.
 
 A prediction row then carries ``stain_distance`` and ``out_of_domain`` (distance above the
-threshold), beside ``confidence`` (the top probability).
+threshold), beside ``confidence`` (the top probability). When many cells of one batch are
+flagged, the folder is likely another lab's, and ``adaptation_advice`` says to adapt the run to
+it from its unlabelled cells (``wbc adapt``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ QUANTILE = 0.99  # of the training images' distances: the out-of-domain threshol
 SAMPLE = 800  # training images measured at most (a seeded draw)
 RIDGE = 1e-3  # added to the covariance's diagonal, relative to its mean variance
 STAIN_SIDE = 32  # pixels: the input is shrunk to this square before its stain is measured
+# Adaptation is advised when at least this share of at least ADVISE_CELLS cells is flagged:
+# ten times the flag rate of cells like the training ones (1 - QUANTILE). Fixed a priori.
+ADVISE_SHARE = 0.10
+ADVISE_CELLS = 20
 
 
 def stain_vector(rgb: np.ndarray) -> np.ndarray:
@@ -133,3 +139,18 @@ def read_reference(run_dir: Path) -> Optional[DomainReference]:
         )
     except (OSError, ValueError, KeyError, TypeError):
         raise ModelError(f"{path}: not a valid domain reference") from None
+
+
+def adaptation_advice(flagged: int, total: int, run_dir, folder=None) -> Optional[str]:
+    """One line advising ``wbc adapt`` when ``flagged`` of ``total`` cells are out of domain
+    (at least ``ADVISE_SHARE`` of at least ``ADVISE_CELLS``); None otherwise. ``folder``: the
+    folder the cells came from (None: a placeholder in the command)."""
+    if total < ADVISE_CELLS or flagged < ADVISE_SHARE * total:
+        return None
+    run_dir = Path(run_dir)
+    where = folder if folder is not None else "FOLDER"
+    return (
+        f"adaptation advised: {flagged} of {total} cells ({flagged / total:.0%}) have a stain "
+        f"unlike the training images; wbc adapt {run_dir} --unlabelled {where} "
+        f"--out {run_dir.parent / (run_dir.name + '-adapted')}"
+    )

@@ -116,6 +116,20 @@ class Classifier:
         """What the exported file takes for a uint8 batch of model-size, recoloured inputs."""
         return batch
 
+    # Adaptation to a lab (``wbc adapt``): what this family re-estimates from unlabelled cells.
+    def adapt_to(
+        self, pixels: np.ndarray, echo: Echo = print, balanced: bool = True
+    ) -> list[dict[str, Any]]:
+        """Re-estimate the parts of the model that describe the input statistics on ``pixels``
+        (uint8 model inputs of one lab's cells, no labels), in place. ``balanced``: weight the
+        cells so that each predicted class weighs the same (else pooled). Returns one dict per
+        part: ``part``, ``method`` and what it measured. The default: nothing to adapt."""
+        return [{"part": "model", "method": "none", "reason": "this family has no such part"}]
+
+    def save(self, path: Path) -> None:
+        """Write the (adapted) model to ``path``, atomically, in the family's model format."""
+        raise NotImplementedError
+
 
 class Family:
     """A kind of model: how to size its inputs, train it and load it back."""

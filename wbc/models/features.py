@@ -143,6 +143,36 @@ class FeatureClassifier(Classifier):
             ],
         }
 
+    def adapt_to(
+        self, pixels: np.ndarray, echo=print, balanced: bool = True
+    ) -> list[dict[str, Any]]:
+        """The scaler re-estimated on the lab's measurements with class-balanced weights
+        (``wbc.models.adaptation.class_balanced_scaler``); the SVM is untouched."""
+        from wbc.models.adaptation import class_balanced_scaler
+
+        echo(f"measuring {len(pixels)} cells")
+        features = _measure(
+            resize_batch(np.asarray(pixels, np.uint8), self.image_size), self.colour
+        )
+        facts = class_balanced_scaler(self.pipeline, features, echo, balanced)
+        return [
+            {
+                "part": "standardisation",
+                "method": (
+                    "class-balanced re-standardisation: the scaler's mean and scale "
+                    "re-estimated on the lab's measurements, each cell weighted by 1 / its "
+                    "predicted class's mass, predictions redone with the new scaler"
+                    if balanced
+                    else "pooled re-standardisation: the scaler's mean and scale re-estimated "
+                    "on the lab's measurements, every cell weighted equally"
+                ),
+                **facts,
+            }
+        ]
+
+    def save(self, path: Path) -> None:
+        save_pipeline(self.pipeline, path)
+
     uses_tta = False
     export_formats = ("onnx",)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from wbc.core.errors import ConfigError, DataError, ModelError
 from wbc.models import checkpoint
-from wbc.models.base import Classifier, Engine, Family, FitJob, FitResult, TtaEngine
+from wbc.models.base import Classifier, Echo, Engine, Family, FitJob, FitResult, TtaEngine
 
 # Layers whose config carries Python code (bytecode or a function reference).
 CODE_LAYERS = ("Lambda",)
@@ -148,6 +148,7 @@ def load_initial_weights(
 
 
 ENGINES = ("auto", "litert", "tensorflow")
+ADAPT_BATCH = 64  # cells per forward pass while re-estimating BatchNorm statistics
 
 
 class KerasEngine(Engine):
@@ -228,6 +229,83 @@ class KerasClassifier(Classifier):
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         heat, probs = grad_cam(self.model, np.asarray(pixels, np.uint8)[None])
         return {"heat": heat, "probabilities": probs, "method": "grad-cam"}
+
+    def adapt_to(
+        self, pixels: np.ndarray, echo: Echo = print, balanced: bool = True
+    ) -> list[dict[str, Any]]:
+        """AdaBN (``wbc.models.adaptation.adapt_batchnorm``) on ``pixels``; a network without
+        BatchNorm (the study's CNN) has nothing to re-estimate, and says so.
+
+        ``balanced``: after the pooled statistics, ``SCALER_ITERATIONS`` rounds re-estimate them
+        with each cell weighted by 1 / its predicted class's mass (as the features family's
+        scaler), so that a lab's class mix does not move them. It starts from the pooled
+        statistics, not the source's: under another stain the unadapted network tends to call
+        nearly every cell one class, and weights from that would carry no class information."""
+        from wbc.imaging.preprocess import scale
+        from wbc.models.adaptation import (
+            SCALER_ITERATIONS,
+            adapt_batchnorm,
+            batchnorm_layers,
+            batchnorm_shifts,
+            batchnorm_statistics,
+            class_balanced_weights,
+        )
+
+        if not batchnorm_layers(self.model):
+            return [
+                {
+                    "part": "batchnorm",
+                    "method": "skipped",
+                    "reason": "the network has no BatchNormalization layer",
+                }
+            ]
+        pixels = np.asarray(pixels, np.uint8)
+
+        def batches():
+            for start in range(0, len(pixels), ADAPT_BATCH):
+                yield scale(pixels[start : start + ADAPT_BATCH])
+
+        def shares(posterior):
+            return " ".join(f"{v:.2f}" for v in posterior.mean(axis=0))
+
+        before = batchnorm_statistics(self.model)
+        adapt_batchnorm(self.model, batches)
+        rounds = SCALER_ITERATIONS if balanced else 0
+        posterior = None
+        for round_ in range(1, rounds + 1):
+            posterior = np.concatenate(
+                [np.asarray(self.model(b, training=False), np.float64) for b in batches()]
+            )
+            echo(f"AdaBN round {round_}: predicted class shares {shares(posterior)}")
+            adapt_batchnorm(self.model, batches, class_balanced_weights(posterior))
+        shifts = batchnorm_shifts(before, self.model)
+        echo(
+            f"AdaBN: {len(shifts)} BatchNorm layers; means moved "
+            f"{np.mean(list(shifts.values())):.3f} sd on average"
+        )
+        weighting = "class-balanced" if balanced else "pooled"
+        return [
+            {
+                "part": "batchnorm",
+                "method": "AdaBN (Li et al. 2016): moving mean and variance of every "
+                f"BatchNorm layer re-estimated on the lab's cells, layer by layer, {weighting}",
+                "weighting": weighting,
+                "rounds": rounds,
+                "layers": len(shifts),
+                "mean_shift_sd": shifts,
+                **(
+                    {}
+                    if posterior is None
+                    else {"predicted_shares": posterior.mean(axis=0).round(4).tolist()}
+                ),
+            }
+        ]
+
+    def save(self, path: Path) -> None:
+        from wbc.core.manifest import atomic_path
+
+        with atomic_path(Path(path)) as tmp:
+            self.model.save(tmp)
 
     export_formats = ("onnx", "tflite", "savedmodel")
 

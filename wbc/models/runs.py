@@ -130,6 +130,11 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
 
         reference = read_reference(path.parent, config.color.normalize)
     classifier = family.load(path, classes)
+    from wbc.models.adaptation import AdaptedClassifier, read_correction
+
+    correction = read_correction(path.parent, len(classes))
+    if correction is not None:  # an adapted run (wbc adapt): every output is corrected
+        classifier = AdaptedClassifier(classifier, correction)
     spec = InputSpec.from_config(config, reference, image_size=family.input_size())
     from wbc.imaging.domain import read_reference as read_domain
 

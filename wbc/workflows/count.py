@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 
 from wbc.core.errors import DataError
+from wbc.imaging.domain import adaptation_advice
 from wbc.workflows.predict import (
     DEFAULT_BATCH,
     Predictor,
@@ -152,6 +153,9 @@ def _differential(run, folder: Path, results, per_cell: bool, details: bool) -> 
         "no_cells": no_cells,
         # cells whose stain lies beyond the run's out-of-domain threshold (None: no domain.json)
         "out_of_domain": flagged if run.domain is not None else None,
+        "adaptation_advised": None
+        if run.domain is None
+        else adaptation_advice(flagged, sum(counts), run.run_dir, folder),
         **extra,
     }
 
@@ -171,6 +175,8 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
             f"{result['out_of_domain']} of {result['cells']} cells are out of domain "
             "(stain unlike the training images): check them before trusting the counts\n"
         )
+    if result.get("adaptation_advised"):
+        table += result["adaptation_advised"] + "\n"
     return table
 
 

@@ -1,0 +1,355 @@
+"""``wbc adapt``: a run adapted to a lab from its unlabelled cells. AdaBN moves the BatchNorm
+statistics to the lab's, the features scaler is re-estimated, no folder name is read as a
+label, run.json says what was adapted on, and every command applies the prior correction."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from wbc.cli import cli
+from wbc.core.config import dump_config, load_config
+from wbc.models.adaptation import (
+    PRIOR_FLOOR,
+    PriorCorrection,
+    em_priors,
+    fit_temperature,
+    tempered,
+)
+
+from conftest import CLASSES, make_class_folders, make_run
+
+SIDE = 32
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def cnn_run(run_dir):
+    """An untrained residual CNN run (BatchNorm statistics at their initial 0 and 1)."""
+    import keras
+
+    from wbc.models import family_for
+
+    run_dir.mkdir(parents=True)
+    config = load_config(
+        overrides=[
+            "model.family=cnn",
+            f"model.cnn.image_size={SIDE}",
+            "model.cnn.widths=[4, 8]",
+            "crop.mode=none",
+            "color.normalize=none",
+        ]
+    )
+    keras.utils.set_random_seed(0)
+    family_for(config).build(len(CLASSES)).save(run_dir / "model.keras")
+    dump_config(config, run_dir / "config.yaml")
+    (run_dir / "classes.json").write_text(json.dumps(list(CLASSES)))
+    return run_dir
+
+
+def lab_images(root, n=12, seed=3):
+    """A lab's cells: square images with another stain (a yellow background)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        image = np.empty((40, 40, 3), np.uint8)
+        image[:] = (230, 215, 120)
+        r = 6 + i % 8
+        yy, xx = np.mgrid[:40, :40]
+        image[(yy - 20) ** 2 + (xx - 20) ** 2 <= r * r] = (120, 50, 90)
+        image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"cell{i:02d}.png")
+    return root
+
+
+def relabelled(flat, root):
+    """The same files in class folders named wrongly (and one nested level deeper)."""
+    for i, path in enumerate(sorted(flat.iterdir())):
+        folder = root / CLASSES[i % len(CLASSES)] / ("deep" if i % 3 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / f"renamed{i}.png")
+    return root
+
+
+def batchnorm(run_dir):
+    from wbc.models.adaptation import batchnorm_layers
+    from wbc.models.runs import load_run
+
+    model = load_run(run_dir).model.model
+    return {
+        layer.name: (np.asarray(layer.moving_mean), np.asarray(layer.moving_variance))
+        for layer in batchnorm_layers(model)
+    }
+
+
+# --------------------------------------------------------------------------- Keras: AdaBN
+
+
+def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path):
+    import keras
+
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import load_input
+
+    source = cnn_run(tmp_path / "run")
+    flat = lab_images(tmp_path / "lab")
+    result = invoke(
+        "adapt", source, "--unlabelled", flat, "--out", tmp_path / "adapted", "--pooled"
+    )
+    assert result.exit_code == 0, result.output
+    assert "batchnorm: AdaBN" in result.output
+    assert "priors: EM - not applied: no held-out source data" in result.output
+
+    before, after = batchnorm(source), batchnorm(tmp_path / "adapted")
+    assert set(before) == set(after) and len(after) >= 5
+    # The first BatchNorm now holds the mean and variance of its inputs on the lab's cells.
+    run = load_run(source)
+    pixels = np.stack([load_input(p, run.spec) for p in sorted(flat.iterdir())])
+    stem = keras.Model(run.model.model.inputs[0], run.model.model.get_layer("stem_conv").output)
+    values = np.asarray(stem(pixels.astype(np.float32) / 255.0)).reshape(-1, 4)
+    np.testing.assert_allclose(after["stem_norm"][0], values.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(after["stem_norm"][1], values.var(axis=0), rtol=1e-3, atol=1e-6)
+    assert not np.allclose(before["stem_norm"][0], after["stem_norm"][0])
+
+    # Class-balanced (the default): wrongly named class folders, nested, give exactly the same
+    # adaptation as the flat folder; it differs from the pooled one.
+    folders = relabelled(flat, tmp_path / "labelled")
+    flat_run = invoke("adapt", source, "--unlabelled", flat, "--out", tmp_path / "balanced")
+    again = invoke("adapt", source, "--unlabelled", folders, "--out", tmp_path / "adapted2")
+    assert again.exit_code == 0 and flat_run.exit_code == 0, again.output
+    balanced = batchnorm(tmp_path / "balanced")
+    assert not np.allclose(balanced["stem_norm"][0], after["stem_norm"][0])
+    for name, (mean, variance) in batchnorm(tmp_path / "adapted2").items():
+        np.testing.assert_array_equal(mean, balanced[name][0])
+        np.testing.assert_array_equal(variance, balanced[name][1])
+    info = json.loads((tmp_path / "balanced" / "run.json").read_text())["adaptation"]
+    info2 = json.loads((tmp_path / "adapted2" / "run.json").read_text())["adaptation"]
+    assert info["digest"] == info2["digest"] and info["digest"].startswith("sha256:")
+    assert info["images"] == 12 and info["cells"] == 12 and info["labels_used"] is False
+    assert info["folder"] == str(flat.resolve())
+    assert [p["part"] for p in info["parts"]] == ["batchnorm", "priors"]
+    assert info["parts"][0]["method"].startswith("AdaBN")
+    assert info["parts"][0]["weighting"] == "class-balanced" and info["parts"][0]["rounds"] > 0
+
+
+def test_a_network_without_batchnorm_says_so_and_is_copied(tmp_path):
+    make_run(tmp_path / "study")  # the study's CNN: no BatchNorm layer
+    lab = lab_images(tmp_path / "lab", n=4)
+    result = invoke(
+        "adapt",
+        tmp_path / "study",
+        "--unlabelled",
+        lab,
+        "--out",
+        tmp_path / "out",
+        "--input",
+        "crop",
+    )
+    assert result.exit_code == 0, result.output
+    assert "batchnorm: skipped - not applied: the network has no BatchNormalization layer" in (
+        result.output
+    )
+    assert (tmp_path / "out" / "model.keras").is_file()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root / "missing", "folder not found"),
+        (lambda root: (root / "empty").mkdir() or root / "empty", "no images found"),
+    ],
+)
+def test_a_bad_folder_is_one_clear_line(tmp_path, make, message):
+    make_run(tmp_path / "run")
+    result = CliRunner().invoke(
+        cli, ["adapt", str(tmp_path / "run"), "--unlabelled", str(make(tmp_path)), "--out", "x"]
+    )
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_existing_out_folder_is_refused(tmp_path):
+    make_run(tmp_path / "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "file").write_text("x")
+    result = invoke(
+        "adapt",
+        tmp_path / "run",
+        "--unlabelled",
+        lab_images(tmp_path / "lab", 2),
+        "--out",
+        tmp_path / "out",
+    )
+    assert result.exit_code == 1 and "already exists" in result.output
+
+
+# --------------------------------------------------------------------------- features family
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory):
+    from wbc.workflows.train import train
+
+    root = tmp_path_factory.mktemp("crops")
+    make_class_folders(root / "train", {c: 8 for c in CLASSES}, size=(64, 64), seed=1)
+    make_class_folders(root / "test", {c: 4 for c in CLASSES}, size=(64, 64), seed=2)
+    run = train(
+        load_config(overrides=["model.family=features"]),
+        run_dir=root / "run",
+        folders=(root / "train", root / "test"),
+        echo=lambda _m: None,
+    )
+    return run, root
+
+
+def test_features_scaler_is_reestimated_and_priors_recorded(features_run, tmp_path):
+    from wbc.models.runs import load_run
+
+    run_dir, root = features_run
+    # the lab: the held-out cells with a yellowish cast, and mostly one class
+    lab = tmp_path / "lab"
+    make_class_folders(lab, {"NEUTROPHIL": 9, "MONOCYTE": 3}, size=(64, 64), seed=5)
+    for path in lab.rglob("*.jpg"):
+        pixels = np.asarray(Image.open(path), np.int16) + np.array([10, 5, -40])
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    args = ["--calibration", root / "test", "--priors", "always"]
+    result = invoke("adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "a", *args)
+    assert result.exit_code == 0, result.output
+    before, after = load_run(run_dir).model, load_run(tmp_path / "a").model
+    assert not np.allclose(before.pipeline[0].mean_, after.pipeline[0].mean_)
+    # the SVM itself is untouched
+    np.testing.assert_array_equal(
+        before.pipeline[1].support_vectors_, after.pipeline[1].support_vectors_
+    )
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert info["adapted_from"] == str(run_dir.resolve())
+    parts = {p["part"]: p for p in info["adaptation"]["parts"]}
+    assert parts["standardisation"]["rounds"] >= 1
+    assert parts["priors"]["kept"] is True and parts["priors"]["calibration"]["images"] == 16
+    assert (tmp_path / "a" / "prior_correction.json").is_file()
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["n_images"] == 16
+
+    # the same files in wrongly named class folders: the same scaler and priors
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, path in enumerate(sorted(lab.rglob("*.jpg"))):
+        shutil.copy(path, flat / f"x{i}.jpg")
+    again = invoke("adapt", run_dir, "--unlabelled", flat, "--out", tmp_path / "b", *args)
+    assert again.exit_code == 0, again.output
+    np.testing.assert_array_equal(
+        after.pipeline[0].mean_, load_run(tmp_path / "b").model.pipeline[0].mean_
+    )
+    assert (tmp_path / "a" / "prior_correction.json").read_text() == (
+        tmp_path / "b" / "prior_correction.json"
+    ).read_text()
+
+
+def test_predict_and_evaluate_apply_the_runs_prior_correction(features_run, tmp_path):
+    from wbc.models.adaptation import write_correction
+
+    run_dir, root = features_run
+    adapted = tmp_path / "adapted"
+    shutil.copytree(run_dir, adapted)
+    order = json.loads((run_dir / "classes.json").read_text())
+    target = tuple(0.97 if name == "MONOCYTE" else 0.01 for name in order)
+    correction = PriorCorrection(0.5, (0.25,) * 4, target)
+    write_correction(correction, adapted)
+    images = root / "test" / "NEUTROPHIL"
+
+    def probabilities(run):
+        out = invoke("predict", images, "--model", run, "--format", "json")
+        assert out.exit_code == 0, out.output
+        document = json.loads(out.output)
+        rows, order = document["predictions"], document["classes"]
+        return np.array([[row["probabilities"][c] for c in order] for row in rows]), rows
+
+    plain, _ = probabilities(run_dir)
+    corrected, rows = probabilities(adapted)
+    np.testing.assert_allclose(corrected, correction(plain), atol=1e-5)
+    moved = sum(row["class"] == "MONOCYTE" for row in rows)
+    assert moved > int((plain.argmax(axis=1) == order.index("MONOCYTE")).sum())
+    scored = invoke("evaluate", "--model", adapted, "--data", root / "test", "--format", "json")
+    metrics = json.loads(scored.stdout)
+    matrix = dict(zip(metrics["classes"], metrics["confusion_matrix"]))
+    assert matrix["NEUTROPHIL"][metrics["classes"].index("MONOCYTE")] == moved
+    # an exported graph would lack the correction: refused in one line, nothing written
+    exported = CliRunner().invoke(
+        cli, ["export", str(adapted), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]
+    )
+    assert exported.exit_code == 1 and "prior correction" in exported.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --------------------------------------------------------------------------- the maths
+
+
+def test_bounded_em_keeps_every_class_above_the_floor():
+    rng = np.random.default_rng(0)
+    # posteriors of 200 cells that all look like class 0: naive EM would drive the rest to 0
+    probs = rng.dirichlet([20, 1, 1, 1], size=200)
+    prior, _ = em_priors(probs, np.full(4, 0.25))
+    assert prior.min() >= PRIOR_FLOOR - 1e-12 and abs(prior.sum() - 1) < 1e-9
+    assert prior[0] > 0.8
+
+
+def test_temperature_fits_overconfident_posteriors():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 400)
+    logits = rng.normal(0, 1, (400, 4))
+    logits[np.arange(400), labels] += 1.0
+    honest = tempered(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1.0)
+    overconfident = tempered(honest, 0.25)  # four times too sharp
+    assert 3.0 < fit_temperature(overconfident, labels) < 5.5
+
+
+def test_predict_advises_adaptation_for_a_folder_of_another_stain(features_run, tmp_path):
+    run_dir, root = features_run
+    lab = lab_images(tmp_path / "lab", n=24)
+    result = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    advice = f"wbc adapt {run_dir} --unlabelled {lab} --out {run_dir}-adapted"
+    assert "adaptation advised: 24 of 24 cells" in result.stderr and advice in result.stderr
+    assert "adaptation advised" not in result.stdout  # the table stays clean for other programs
+    # the held-out cells of the training lab: nothing to advise
+    same = CliRunner().invoke(cli, ["predict", str(root / "test"), "--model", str(run_dir)])
+    assert "adaptation advised" not in same.stderr
+    # the adapted run's domain is the lab's: no advice there any more
+    invoke(
+        "adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "adapted", "--priors", "never"
+    )
+    again = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(tmp_path / "adapted")])
+    assert again.exit_code == 0 and "adaptation advised" not in again.stderr
+
+
+def test_whole_smears_are_cut_to_their_cell_as_predict_does(features_run, tmp_path, monkeypatch):
+    """A 4:3 smear goes through predict's crop rule (``takes_crop``), a square crop does not."""
+    from wbc.workflows import predict
+
+    run_dir, _ = features_run
+    lab = make_class_folders(tmp_path / "lab", {"NEUTROPHIL": 3}, size=(48, 64), seed=9)
+    shutil.copy(next((tmp_path / "lab").rglob("*.jpg")), lab / "extra.jpg")
+    Image.new("RGB", (40, 40), (230, 215, 120)).save(lab / "square.png")
+    decisions = []
+    real = predict.takes_crop
+
+    def spy(rgb, spec, input_kind="auto"):
+        decisions.append((rgb.shape[:2], real(rgb, spec, input_kind)))
+        return decisions[-1][1]
+
+    monkeypatch.setattr(predict, "takes_crop", spy)
+    result = invoke(
+        "adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "a", "--priors", "never"
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(decisions) == [((40, 40), False)] + [((48, 64), True)] * 4
+    info = json.loads((tmp_path / "a" / "run.json").read_text())["adaptation"]
+    assert info["images"] == 5 and info["cells"] == 5
