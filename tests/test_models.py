@@ -96,6 +96,114 @@ def test_features_survive_a_yellow_illuminant():
         assert yellow[name] == pytest.approx(plain[name], rel=0.05, abs=0.01)
 
 
+def _old_shape_features(seg) -> list[float]:
+    """wbc's hand-written shape measures before regionprops: the reference."""
+    import cv2
+
+    from wbc.models.nucleus import SHAPE_FEATURES, _perimeter
+
+    if not seg.found:
+        return [0.0] * len(SHAPE_FEATURES)
+    inverse = (~seg.nucleus).astype(np.uint8)
+    n, labels = cv2.connectedComponents(inverse, connectivity=4)
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    holes = sum(1 for i in range(1, n) if i not in border)
+    total, side = float(seg.nucleus.size), float(seg.nucleus.shape[0])
+    area, hull_area = float(seg.nucleus.sum()), float(seg.hull.sum())
+    ys, xs = np.nonzero(seg.nucleus)
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64)) if len(xs) > 1 else np.zeros((2, 2))
+    eig = np.sort(np.clip(np.linalg.eigvalsh(cov), 0.0, None))[::-1]
+    major, minor = np.sqrt(eig[0]), np.sqrt(eig[1])
+    perimeter, hull_perimeter = _perimeter(seg.nucleus), _perimeter(seg.hull)
+    centre = (side - 1) / 2
+    return [
+        1.0,
+        area / total,
+        hull_area / total,
+        area / hull_area,
+        area / float(hull_area + seg.ring.sum()),
+        float(seg.lobes),
+        float(seg.pieces),
+        float(seg.pieces - holes),
+        float(np.sqrt(1 - (minor / major) ** 2)) if major > 0 else 0.0,
+        float(minor / major) if major > 0 else 1.0,
+        area / float((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)),
+        float(4 * np.pi * area / perimeter**2) if perimeter > 0 else 0.0,
+        perimeter / hull_perimeter if hull_perimeter > 0 else 0.0,
+        float(np.hypot(xs.mean() - centre, ys.mean() - centre) / side),
+    ]
+
+
+def _mask_segmentation(nucleus: np.ndarray):
+    """A Segmentation of any mask, its hull made as ``segment`` makes it (for odd masks:
+    pieces at the border, holes, single pixels, lines, that no stained crop gives)."""
+    import cv2
+
+    from wbc.models.nucleus import Segmentation, _count_pieces
+
+    hull = np.zeros(nucleus.shape, np.uint8)
+    cv2.fillPoly(hull, [cv2.convexHull(cv2.findNonZero(nucleus.astype(np.uint8)))], 1)
+    hull = hull.astype(bool) | nucleus
+    ring = cv2.dilate(hull.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~hull
+    return Segmentation(
+        np.zeros((*nucleus.shape, 3), np.uint8), nucleus, hull, ring, _count_pieces(nucleus), 1
+    )
+
+
+def test_regionprops_shape_measures_equal_the_old_ones():
+    """Area, Euler number, eccentricity, axis ratio, extent and centroid now come from
+    skimage's regionprops: the same definitions (second moments, 8-connected pieces minus
+    4-connected holes), so the values trained models were fitted on stay, to float rounding
+    (1e-9 relative, 1e-12 absolute, of float64 before the float32 of cell_features)."""
+    from scipy import ndimage
+
+    from wbc.models.nucleus import shape_features
+
+    rng = np.random.default_rng(7)
+    segs = [
+        segment(disk(canvas(), (64, 64), 20)),
+        segment(disk(disk(canvas(), (46, 64), 13), (82, 64), 13)),
+        segment(disk(disk(canvas(), (64, 64), 24), (64, 64), 12, colour=BACKGROUND)),
+    ]
+    yy, xx = np.mgrid[:WORK_SIDE, :WORK_SIDE]
+    ellipse = ((xx - 60) * 0.8 + (yy - 70) * 0.6) ** 2 / 30**2 + (
+        (yy - 70) * 0.8 - (xx - 60) * 0.6
+    ) ** 2 / 12**2 <= 1
+    masks = [ellipse, yy == 5, (yy == 3) & (xx == 9), (yy < 20) & (xx < 30)]  # line, pixel, corner
+    for _ in range(12):  # blobs with holes and pieces, some cut by the border
+        noise = ndimage.gaussian_filter(rng.normal(size=(WORK_SIDE, WORK_SIDE)), 4)
+        masks.append(noise > np.quantile(noise, rng.uniform(0.5, 0.9)))
+    segs += [_mask_segmentation(mask) for mask in masks]
+    holes = [s.pieces - _old_shape_features(s)[7] for s in segs]
+    assert max(holes) >= 2 and max(s.pieces for s in segs) >= 3  # the blobs test holes, pieces
+    for seg in segs:
+        np.testing.assert_allclose(
+            shape_features(seg), _old_shape_features(seg), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_regionprops_perimeter_and_hull_are_not_wbcs():
+    """Where regionprops defines a measure otherwise, wbc keeps its own (OpenCV): this shows
+    the difference that would have shifted the trained models' inputs."""
+    from skimage.measure import regionprops
+
+    from wbc.models.nucleus import _perimeter
+
+    ring = disk(disk(canvas(), (64, 64), 24), (64, 64), 12, colour=BACKGROUND)
+    seg = segment(ring)
+    region = regionprops(seg.nucleus.astype(np.uint8))[0]
+    # wbc: the outer contour only (~2 pi 24 = 151); skimage adds the hole's edge (~2 pi 13).
+    assert _perimeter(seg.nucleus) == pytest.approx(2 * math.pi * 24, rel=0.05)
+    assert region.perimeter - _perimeter(seg.nucleus) == pytest.approx(2 * math.pi * 13, rel=0.1)
+    # On a solid disk the two agree (to 1e-6 here).
+    solid = segment(disk(canvas(), (64, 64), 20))
+    region = regionprops(solid.nucleus.astype(np.uint8))[0]
+    assert region.perimeter == pytest.approx(_perimeter(solid.nucleus), rel=1e-6)
+    # skimage's hull goes through the pixels' corners: more pixels than the centres' hull
+    # (1305 against 1289 here), so its solidity would be ~1% lower.
+    assert region.area_convex > solid.hull.sum() * 1.005 and solid.hull.sum() >= solid.nucleus.sum()
+
+
 # --------------------------------------------------------------------------- interface
 
 
