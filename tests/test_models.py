@@ -15,7 +15,7 @@ from PIL import Image
 
 from wbc.cli import cli
 from wbc.core.config import load_config
-from wbc.core.errors import ConfigError, ModelError
+from wbc.core.errors import ConfigError, DataError, ModelError
 from wbc.models import family_for
 from wbc.models.base import dihedral_views
 from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
@@ -358,6 +358,43 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
     save_pipeline(small, run / "model.skops")
     with pytest.raises(ModelError, match="takes 3 features"):
         load_run(run)
+
+
+def test_the_svm_is_platt_calibrated_without_svc_probability(features_run):
+    """scikit-learn 1.11 removes SVC(probability=True): the SVM's probabilities come from
+    CalibratedClassifierCV (sigmoid, seeded out-of-fold decision values, one SVM on all crops),
+    and the saved model loads with wbc's trusted types only."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from wbc.models.features import load_pipeline
+
+    pipeline = load_pipeline(features_run / "model.skops")
+    calibrated = pipeline[-1]
+    assert isinstance(calibrated, CalibratedClassifierCV) and calibrated.method == "sigmoid"
+    assert not calibrated.ensemble and len(calibrated.calibrated_classifiers_) == 1
+    svm = calibrated.calibrated_classifiers_[0].estimator
+    assert type(svm).__name__ == "SVC" and svm.get_params().get("probability") is not True
+    rows = np.random.default_rng(0).normal(size=(6, pipeline.n_features_in_))
+    probs = pipeline.predict_proba(rows)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_calibration_folds_follow_the_smallest_class():
+    from wbc.models.features import CALIBRATION_FOLDS, fit_pipeline, make_pipeline
+
+    fc = load_config().model.features
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.repeat([0, 1, 2], [30, 27, 3])
+    x[:, 0] += 3 * y
+    fitted = fit_pipeline(make_pipeline(fc, 42), x, y)
+    assert CALIBRATION_FOLDS > 3 and fitted[-1].cv.n_splits == 3  # the 3-crop class
+    assert fitted.predict_proba(x).argmax(axis=1).tolist() == y.tolist()
+    again = fit_pipeline(make_pipeline(fc, 42), x, y)
+    np.testing.assert_array_equal(again.predict_proba(x), fitted.predict_proba(x))  # seeded
+    y[-2:] = 0  # a class of one crop cannot be calibrated out of fold
+    with pytest.raises(DataError, match="at least 2 training crops"):
+        fit_pipeline(make_pipeline(fc, 42), x, y)
 
 
 def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(
