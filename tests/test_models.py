@@ -362,18 +362,19 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
 
 def test_the_svm_is_platt_calibrated_without_svc_probability(features_run):
     """scikit-learn 1.11 removes SVC(probability=True): the SVM's probabilities come from
-    CalibratedClassifierCV (sigmoid, seeded out-of-fold decision values, one SVM on all crops),
-    and the saved model loads with wbc's trusted types only."""
+    CalibratedClassifierCV (sigmoid, the mean of the seeded folds' calibrated SVMs), and the
+    saved model loads with wbc's trusted types only."""
     from sklearn.calibration import CalibratedClassifierCV
 
-    from wbc.models.features import load_pipeline
+    from wbc.models.features import CALIBRATION_FOLDS, load_pipeline
 
     pipeline = load_pipeline(features_run / "model.skops")
     calibrated = pipeline[-1]
     assert isinstance(calibrated, CalibratedClassifierCV) and calibrated.method == "sigmoid"
-    assert not calibrated.ensemble and len(calibrated.calibrated_classifiers_) == 1
-    svm = calibrated.calibrated_classifiers_[0].estimator
-    assert type(svm).__name__ == "SVC" and svm.get_params().get("probability") is not True
+    assert len(calibrated.calibrated_classifiers_) == CALIBRATION_FOLDS
+    for member in calibrated.calibrated_classifiers_:
+        svm = member.estimator
+        assert type(svm).__name__ == "SVC" and svm.get_params().get("probability") is not True
     rows = np.random.default_rng(0).normal(size=(6, pipeline.n_features_in_))
     probs = pipeline.predict_proba(rows)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
