@@ -128,6 +128,45 @@ def test_hed_deconvolution_matches_hand_computed_values():
     assert hema[0, 1, 0] >= 250 and hema[0, 2, 0] == 255
 
 
+def _old_rgb2hed(rgb: np.ndarray) -> np.ndarray:
+    """wbc's hand-written deconvolution before it called scikit-image: the reference."""
+    rgb = np.asarray(rgb)
+    values = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+    stains = (np.log(np.maximum(values, 1e-6)) / math.log(1e-6)) @ np.linalg.inv(
+        np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+    )
+    return np.maximum(stains, 0.0)
+
+
+def test_skimage_deconvolution_gives_the_old_numbers():
+    # Same formula, same matrix: only float rounding may differ (1e-12 of values up to ~1).
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)
+    image[:3] = 0  # black: the 1e-6 floor
+    image[3:6] = 255  # white: zero stain
+    for rgb in (image, image / 255.0, (image / 255.0).astype(np.float32), image[0, 0] / 255.0):
+        new = color.rgb2hed(rgb)
+        assert new.dtype == np.float64 and new.shape == np.shape(rgb)
+        np.testing.assert_allclose(new, _old_rgb2hed(rgb), rtol=0, atol=1e-12)
+    assert color.rgb2hed(image)[:3].max() > 0.5  # black is strongly stained, not clipped away
+    # The haematoxylin input is a grey rendering of H's own OD, unchanged (uint8, exact).
+    balanced = color.white_balance(image)
+    density = _old_rgb2hed(balanced)[..., 0] * LN_1E6
+    old = np.clip(255.0 * np.exp(-density) + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(color.to_hematoxylin(image)[..., 1], old)
+
+
+def test_skimage_hed2rgb_inverts_the_deconvolution_where_nothing_is_clipped():
+    from skimage.color import hed2rgb
+
+    # Pixels made by Beer-Lambert from non-negative H, E, DAB amounts (in rgb2hed's units).
+    rng = np.random.default_rng(4)
+    hed = rng.uniform(0, 0.15, size=(20, 3))
+    rgb = np.exp(-(hed * LN_1E6) @ color.RGB_FROM_HED)
+    np.testing.assert_allclose(color.rgb2hed(rgb), hed, atol=1e-12)
+    np.testing.assert_allclose(hed2rgb(color.rgb2hed(rgb)), rgb, atol=1e-12)
+
+
 def test_gray_input_keeps_three_equal_channels():
     image = cells_image((230, 225, 220), (200, 150, 190), (90, 40, 140))
     gray = color.apply_color(image, "gray")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from wbc.cli import cli
 from wbc.core.config import load_config
-from wbc.core.errors import ConfigError, ModelError
+from wbc.core.errors import ConfigError, DataError, ModelError
 from wbc.models import family_for
 from wbc.models.base import dihedral_views
 from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
@@ -94,6 +94,114 @@ def test_features_survive_a_yellow_illuminant():
     plain, yellow = values(image), values(tinted)
     for name in ("nucleus_area", "lobe_count", "nucleus_hull_ratio", "eccentricity"):
         assert yellow[name] == pytest.approx(plain[name], rel=0.05, abs=0.01)
+
+
+def _old_shape_features(seg) -> list[float]:
+    """wbc's hand-written shape measures before regionprops: the reference."""
+    import cv2
+
+    from wbc.models.nucleus import SHAPE_FEATURES, _perimeter
+
+    if not seg.found:
+        return [0.0] * len(SHAPE_FEATURES)
+    inverse = (~seg.nucleus).astype(np.uint8)
+    n, labels = cv2.connectedComponents(inverse, connectivity=4)
+    border = set(np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])))
+    holes = sum(1 for i in range(1, n) if i not in border)
+    total, side = float(seg.nucleus.size), float(seg.nucleus.shape[0])
+    area, hull_area = float(seg.nucleus.sum()), float(seg.hull.sum())
+    ys, xs = np.nonzero(seg.nucleus)
+    cov = np.cov(np.stack([xs, ys]).astype(np.float64)) if len(xs) > 1 else np.zeros((2, 2))
+    eig = np.sort(np.clip(np.linalg.eigvalsh(cov), 0.0, None))[::-1]
+    major, minor = np.sqrt(eig[0]), np.sqrt(eig[1])
+    perimeter, hull_perimeter = _perimeter(seg.nucleus), _perimeter(seg.hull)
+    centre = (side - 1) / 2
+    return [
+        1.0,
+        area / total,
+        hull_area / total,
+        area / hull_area,
+        area / float(hull_area + seg.ring.sum()),
+        float(seg.lobes),
+        float(seg.pieces),
+        float(seg.pieces - holes),
+        float(np.sqrt(1 - (minor / major) ** 2)) if major > 0 else 0.0,
+        float(minor / major) if major > 0 else 1.0,
+        area / float((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)),
+        float(4 * np.pi * area / perimeter**2) if perimeter > 0 else 0.0,
+        perimeter / hull_perimeter if hull_perimeter > 0 else 0.0,
+        float(np.hypot(xs.mean() - centre, ys.mean() - centre) / side),
+    ]
+
+
+def _mask_segmentation(nucleus: np.ndarray):
+    """A Segmentation of any mask, its hull made as ``segment`` makes it (for odd masks:
+    pieces at the border, holes, single pixels, lines, that no stained crop gives)."""
+    import cv2
+
+    from wbc.models.nucleus import Segmentation, _count_pieces
+
+    hull = np.zeros(nucleus.shape, np.uint8)
+    cv2.fillPoly(hull, [cv2.convexHull(cv2.findNonZero(nucleus.astype(np.uint8)))], 1)
+    hull = hull.astype(bool) | nucleus
+    ring = cv2.dilate(hull.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~hull
+    return Segmentation(
+        np.zeros((*nucleus.shape, 3), np.uint8), nucleus, hull, ring, _count_pieces(nucleus), 1
+    )
+
+
+def test_regionprops_shape_measures_equal_the_old_ones():
+    """Area, Euler number, eccentricity, axis ratio, extent and centroid now come from
+    skimage's regionprops: the same definitions (second moments, 8-connected pieces minus
+    4-connected holes), so the values trained models were fitted on stay, to float rounding
+    (1e-9 relative, 1e-12 absolute, of float64 before the float32 of cell_features)."""
+    from scipy import ndimage
+
+    from wbc.models.nucleus import shape_features
+
+    rng = np.random.default_rng(7)
+    segs = [
+        segment(disk(canvas(), (64, 64), 20)),
+        segment(disk(disk(canvas(), (46, 64), 13), (82, 64), 13)),
+        segment(disk(disk(canvas(), (64, 64), 24), (64, 64), 12, colour=BACKGROUND)),
+    ]
+    yy, xx = np.mgrid[:WORK_SIDE, :WORK_SIDE]
+    ellipse = ((xx - 60) * 0.8 + (yy - 70) * 0.6) ** 2 / 30**2 + (
+        (yy - 70) * 0.8 - (xx - 60) * 0.6
+    ) ** 2 / 12**2 <= 1
+    masks = [ellipse, yy == 5, (yy == 3) & (xx == 9), (yy < 20) & (xx < 30)]  # line, pixel, corner
+    for _ in range(12):  # blobs with holes and pieces, some cut by the border
+        noise = ndimage.gaussian_filter(rng.normal(size=(WORK_SIDE, WORK_SIDE)), 4)
+        masks.append(noise > np.quantile(noise, rng.uniform(0.5, 0.9)))
+    segs += [_mask_segmentation(mask) for mask in masks]
+    holes = [s.pieces - _old_shape_features(s)[7] for s in segs]
+    assert max(holes) >= 2 and max(s.pieces for s in segs) >= 3  # the blobs test holes, pieces
+    for seg in segs:
+        np.testing.assert_allclose(
+            shape_features(seg), _old_shape_features(seg), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_regionprops_perimeter_and_hull_are_not_wbcs():
+    """Where regionprops defines a measure otherwise, wbc keeps its own (OpenCV): this shows
+    the difference that would have shifted the trained models' inputs."""
+    from skimage.measure import regionprops
+
+    from wbc.models.nucleus import _perimeter
+
+    ring = disk(disk(canvas(), (64, 64), 24), (64, 64), 12, colour=BACKGROUND)
+    seg = segment(ring)
+    region = regionprops(seg.nucleus.astype(np.uint8))[0]
+    # wbc: the outer contour only (~2 pi 24 = 151); skimage adds the hole's edge (~2 pi 13).
+    assert _perimeter(seg.nucleus) == pytest.approx(2 * math.pi * 24, rel=0.05)
+    assert region.perimeter - _perimeter(seg.nucleus) == pytest.approx(2 * math.pi * 13, rel=0.1)
+    # On a solid disk the two agree (to 1e-6 here).
+    solid = segment(disk(canvas(), (64, 64), 20))
+    region = regionprops(solid.nucleus.astype(np.uint8))[0]
+    assert region.perimeter == pytest.approx(_perimeter(solid.nucleus), rel=1e-6)
+    # skimage's hull goes through the pixels' corners: more pixels than the centres' hull
+    # (1305 against 1289 here), so its solidity would be ~1% lower.
+    assert region.area_convex > solid.hull.sum() * 1.005 and solid.hull.sum() >= solid.nucleus.sum()
 
 
 # --------------------------------------------------------------------------- interface
@@ -250,6 +358,44 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
     save_pipeline(small, run / "model.skops")
     with pytest.raises(ModelError, match="takes 3 features"):
         load_run(run)
+
+
+def test_the_svm_is_platt_calibrated_without_svc_probability(features_run):
+    """scikit-learn 1.11 removes SVC(probability=True): the SVM's probabilities come from
+    CalibratedClassifierCV (sigmoid, the mean of the seeded folds' calibrated SVMs), and the
+    saved model loads with wbc's trusted types only."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from wbc.models.features import CALIBRATION_FOLDS, load_pipeline
+
+    pipeline = load_pipeline(features_run / "model.skops")
+    calibrated = pipeline[-1]
+    assert isinstance(calibrated, CalibratedClassifierCV) and calibrated.method == "sigmoid"
+    assert len(calibrated.calibrated_classifiers_) == CALIBRATION_FOLDS
+    for member in calibrated.calibrated_classifiers_:
+        svm = member.estimator
+        assert type(svm).__name__ == "SVC" and svm.get_params().get("probability") is not True
+    rows = np.random.default_rng(0).normal(size=(6, pipeline.n_features_in_))
+    probs = pipeline.predict_proba(rows)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_calibration_folds_follow_the_smallest_class():
+    from wbc.models.features import CALIBRATION_FOLDS, fit_pipeline, make_pipeline
+
+    fc = load_config().model.features
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    y = np.repeat([0, 1, 2], [30, 27, 3])
+    x[:, 0] += 8 * y  # well apart: even the 3-crop class is learnt by every fold
+    fitted = fit_pipeline(make_pipeline(fc, 42), x, y)
+    assert CALIBRATION_FOLDS > 3 and fitted[-1].cv.n_splits == 3  # the 3-crop class
+    assert fitted.predict_proba(x).argmax(axis=1).tolist() == y.tolist()
+    again = fit_pipeline(make_pipeline(fc, 42), x, y)
+    np.testing.assert_array_equal(again.predict_proba(x), fitted.predict_proba(x))  # seeded
+    y[-2:] = 0  # a class of one crop cannot be calibrated out of fold
+    with pytest.raises(DataError, match="at least 2 training crops"):
+        fit_pipeline(make_pipeline(fc, 42), x, y)
 
 
 def test_tta_averages_the_views_for_cnns_and_leaves_features_alone(

@@ -25,7 +25,8 @@ taken over stained (foreground) pixels only, so they do not depend on how much b
 frame holds (a smear vs a single-cell crop).
 
 Order of the colour steps on a resized uint8 image: normalize -> input. Jitter then acts on the
-model's scaled training batch. Everything here except the jitter is numpy/OpenCV.
+model's scaled training batch. Everything here except the jitter is numpy/OpenCV, with
+scikit-image's colour deconvolution (``separate_stains`` with Ruifrok-Johnston's ``hed_from_rgb``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from typing import Any, Optional
 
 import cv2
 import numpy as np
+from skimage.color import hed_from_rgb, rgb_from_hed, separate_stains
 
 from wbc.core.errors import ModelError
 
@@ -47,10 +49,11 @@ NORMALIZERS = ("none", "reinhard", "macenko")
 REFERENCE_NAME = "stain_reference.json"
 REFERENCE_IMAGES = 100  # training images sampled (seeded) to compute the stain reference
 
-# Ruifrok & Johnston (2001) stain OD vectors, rows H, E, DAB, as in skimage.color.rgb2hed.
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
-_LOG_ADJUST = math.log(1e-6)  # skimage's scaling: stains = log(rgb) / log(1e-6) @ HED_FROM_RGB
+# Ruifrok & Johnston (2001) stain OD vectors (rows H, E, DAB) and their inverse: scikit-image's.
+RGB_FROM_HED = rgb_from_hed
+HED_FROM_RGB = hed_from_rgb
+# separate_stains divides ln(rgb) by ln(1e-6) (its floor): its units are OD / ln(1e6)
+_LOG_ADJUST = math.log(1e-6)
 
 BETA = 0.15  # OD threshold: a pixel is stained when its OD passes this (Macenko: in all channels)
 ALPHA = 1.0  # Macenko: percentiles (alpha, 100 - alpha) of the stain angles
@@ -83,7 +86,12 @@ def white_balance(rgb: np.ndarray, bg: Optional[np.ndarray] = None) -> np.ndarra
 
 
 def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Beer-Lambert optical density ``-ln(I / 255)`` per channel, float32 >= 0 (white = 0)."""
+    """Beer-Lambert optical density ``-ln(I / 255)`` per channel, float32 >= 0 (white = 0).
+
+    Not ``skimage.color.separate_stains``: that one floors intensity at 1e-6 (OD up to 13.8 for
+    a black pixel) and divides by ln(1e6); Macenko's BETA threshold and percentiles are in plain
+    natural-log OD with a floor of one grey level (OD at most ln 255 = 5.5).
+    """
     intensity = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
     return np.maximum(-np.log(intensity), 0.0)
 
@@ -97,17 +105,17 @@ def foreground(rgb: np.ndarray) -> np.ndarray:
 
 
 def rgb2hed(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin-Eosin-DAB stain concentrations, like ``skimage.color.rgb2hed``.
+    """Haematoxylin-Eosin-DAB stain concentrations: ``skimage.color.rgb2hed``.
 
     ``rgb``: uint8 (0..255) or float (0..1), (..., 3). Returns float64 (..., 3) >= 0 in
     skimage's units: optical density divided by ln(1e6) (pure haematoxylin of OD ``c`` gives
     ``H = c / 13.8``).
     """
     rgb = np.asarray(rgb)
-    values = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
-    values = np.maximum(values, 1e-6)
-    stains = (np.log(values) / _LOG_ADJUST) @ HED_FROM_RGB
-    return np.maximum(stains, 0.0)
+    # skimage scales any integer type by its own maximum (an int64 image would be ~0) and keeps
+    # float32 as float32: every non-uint8 input is taken as 0..1 float64, as before.
+    values = rgb if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+    return separate_stains(values, HED_FROM_RGB)
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -123,6 +131,8 @@ def to_hematoxylin(rgb: np.ndarray) -> np.ndarray:
     stain), deconvolved with ``rgb2hed``, and the haematoxylin optical density ``c`` drawn as
     ``255 * exp(-c)`` (white background, dark nuclei), replicated to 3 channels.
     """
+    # Not skimage's hed2rgb of (H, 0, 0): that draws the stain in its own colour (OD c times
+    # (0.65, 0.70, 0.29) per channel), a tinted image, where the models see one grey level.
     density = rgb2hed(white_balance(rgb))[..., 0] * -_LOG_ADJUST
     gray = np.clip(255.0 * np.exp(-density) + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(gray[..., None], 3, axis=2)
@@ -264,6 +274,9 @@ def reinhard(rgb: np.ndarray, reference: StainReference) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Macenko
+
+
+# scikit-image (0.26) has no Macenko estimation or normalisation: these stay numpy.
 
 
 def macenko_stains(od: np.ndarray) -> Optional[np.ndarray]:
