@@ -56,15 +56,20 @@ Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), 0-based, x1/y1 exclusive
 
 MODES = ("none", "boxes", "detect")
 # Bump when the detector's rules change: the crop stage records it, so cached crops are redone.
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2
 
 # Detector constants. The image is resized so that its longer side is _WORK_SIDE pixels; every
 # size below is in those working pixels, i.e. a fixed fraction of the frame.
 _WORK_SIDE = 320
-_NUCLEUS_OFFSET = 40.0  # blue-red above the image's typical level that marks nucleus stain
-_REF_RANGE = (-25.0, 5.0)  # typical (median) blue-red level is clipped into this range
-_CYTO_OFFSET = 12.0  # weaker blue-red excess of cytoplasm, grown from the nucleus
-_MIN_CONTRAST = 15.0  # below this spread of blue-red the image holds no stained object
+_BACKGROUND_TOP = 90  # percentile of brightness above which pixels are background
+_STAIN_WEIGHTS = (1.0, 1.0, -2.0)  # OD red + green - 2 x blue: zero on grey, high on nuclei
+_PEAK_Q = 99.5  # percentile of the stain map taken as the image's nucleus level
+_NUCLEUS_LEVEL = 0.4  # nucleus: above this fraction of the way from typical level to peak
+_CYTO_LEVEL = 0.25  # cytoplasm: this fraction of the nucleus threshold's excess
+_MIN_CONTRAST = 0.25  # below this stain excess (OD) the image holds no stained object
+_RING = 2.2  # the cell's surroundings: between _CELL_MAX and this multiple of the nucleus box
+_RING_Q = 90  # percentile of the surroundings' stain taken as their background (not red cells)
+_MAX_FRAC = 0.5  # no box over this fraction of the frame: such a "cell" is background
 _MIN_AREA_FRAC = 0.002  # nucleus area floor (fraction of the frame): removes platelets
 _REL_AREA = 0.3  # a candidate under this fraction of the biggest nucleus is dropped (debris)
 _CELL_MIN, _CELL_MAX = 1.2, 1.7  # cell box side between these multiples of the nucleus box
@@ -222,10 +227,25 @@ def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(array)
 
 
+def background(rgb: np.ndarray) -> np.ndarray:
+    """The image's background (illuminant) colour, float32 (3,): median of its brightest pixels."""
+    # Every other pixel in each direction: a background is large, and this is 4x cheaper.
+    pixels = rgb[::2, ::2].reshape(-1, 3).astype(np.float32)
+    brightness = pixels.sum(axis=1)
+    top = pixels[brightness >= np.percentile(brightness, _BACKGROUND_TOP)]
+    return np.clip(np.median(top, axis=0), 1.0, 255.0)
+
+
+_LOG = np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0))
+
+
 def stain_map(rgb: np.ndarray) -> np.ndarray:
-    """Blue minus red as float32: high on nuclei, negative on red cells, ~0 on background."""
-    channels = rgb.astype(np.float32)
-    return channels[..., 2] - channels[..., 0]
+    """Nuclear stain as float32: optical density against the image's own background, red and
+    green minus blue. High on nuclei, negative on red cells, ~0 on background and on anything
+    grey or black (a printed scale bar or label absorbs every channel alike)."""
+    weights = np.asarray(_STAIN_WEIGHTS, np.float32)
+    density = cv2.transform(_LOG[rgb], -weights.reshape(1, 3))
+    return density + float(np.log(background(rgb)) @ weights)
 
 
 def _ellipse(size: int) -> np.ndarray:
@@ -257,10 +277,13 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
     small = cv2.resize(image, (work_w, work_h), interpolation=interpolation)
 
     stain = cv2.GaussianBlur(stain_map(small), (5, 5), 0)
-    if float(stain.max() - stain.min()) < _MIN_CONTRAST:
+    # Levels from every other pixel in each direction (a nucleus spans many): 4x cheaper.
+    reference, peak = (float(v) for v in np.percentile(stain[::2, ::2], (50, _PEAK_Q)))
+    excess = peak - reference
+    if excess < _MIN_CONTRAST:
         return []
-    reference = float(np.clip(np.median(stain), *_REF_RANGE))
-    nucleus = (stain > reference + _NUCLEUS_OFFSET).astype(np.uint8)
+    level = reference + _NUCLEUS_LEVEL * excess
+    nucleus = (stain > level).astype(np.uint8)
     nucleus = cv2.morphologyEx(nucleus, cv2.MORPH_OPEN, _ellipse(3))
     nucleus = cv2.morphologyEx(nucleus, cv2.MORPH_CLOSE, _ellipse(15))
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(nucleus, connectivity=8)
@@ -298,19 +321,26 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
     cells = [cell for cell in cells if cell["area"] >= _REL_AREA * biggest]
     cells.sort(key=lambda cell: -cell["area"])
 
-    # Grow each nucleus to its cell: the faint blue region connected to it, within bounds.
+    # Grow each nucleus to its cell: the faintly stained region connected to it, within bounds.
+    # Cytoplasm is measured against the cell's own surroundings (a ring just outside the
+    # largest cell box), so a tinted background next to the cell is not taken for cytoplasm.
     smooth = cv2.GaussianBlur(stain, (0, 0), 3)
-    cyto = (smooth > reference + _CYTO_OFFSET).astype(np.uint8)
-    cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _ellipse(5)) | nucleus
-    _, cyto_labels = cv2.connectedComponents(cyto, connectivity=8)
-
+    frame = _MAX_FRAC * height * width
     boxes: list[Box] = []
     for cell in cells:
         nb = cell["box"]
+        outer, inner = _grow(nb, _CELL_MAX), _grow(nb, _CELL_MIN)
+        ring = np.zeros(smooth.shape, bool)
+        _fill(ring, _grow(nb, _RING), work_w, work_h, True)
+        _fill(ring, outer, work_w, work_h, False)
+        local = float(np.percentile(smooth[ring], _RING_Q)) if ring.any() else reference
+        local = max(local, reference)
+        cyto = (smooth > local + _CYTO_LEVEL * (level - local)).astype(np.uint8)
+        cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _ellipse(5)) | nucleus
+        _, cyto_labels = cv2.connectedComponents(cyto, connectivity=8)
         ids = np.unique(cyto_labels[np.isin(labels, cell["labels"])])
         ids = ids[ids > 0]
         ys, xs = np.nonzero(np.isin(cyto_labels, ids))
-        outer, inner = _grow(nb, _CELL_MAX), _grow(nb, _CELL_MIN)
         if len(xs):
             grown = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
         else:
@@ -322,9 +352,35 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
             max(min(grown[3], outer[3]), inner[3]),
         )
         full = clip_box([v / scale for v in cb], (height, width))
-        if full is not None:
-            boxes.append(full)
+        if full is None:
+            continue
+        if box_area(full) > frame:
+            # A box over half the frame boxes the background, not a cell: keep the nucleus'
+            # neighbourhood, shrunk about its centre to the largest box that is not frame-sized;
+            # a "nucleus" that is itself that big is no nucleus.
+            nucleus_box = clip_box([v / scale for v in nb], (height, width))
+            if nucleus_box is None or box_area(nucleus_box) > frame:
+                continue
+            full = _shrink(full, nucleus_box, frame)
+        boxes.append(full)
     return boxes
+
+
+def _fill(mask: np.ndarray, box: Sequence[float], width: int, height: int, value: bool) -> None:
+    x0, y0 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
+    x1, y1 = min(int(np.ceil(box[2])), width), min(int(np.ceil(box[3])), height)
+    if x1 > x0 and y1 > y0:
+        mask[y0:y1, x0:x1] = value
+
+
+def _shrink(box: Box, keep: Box, limit: float) -> Box:
+    """``box`` scaled about its centre to at most ``limit`` pixels, still holding ``keep``."""
+    factor = np.sqrt(limit / box_area(box)) * 0.99
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    hw, hh = (box[2] - box[0]) * factor / 2.0, (box[3] - box[1]) * factor / 2.0
+    x0, y0 = int(np.ceil(cx - hw)), int(np.ceil(cy - hh))
+    x1, y1 = int(np.floor(cx + hw)), int(np.floor(cy + hh))
+    return (min(x0, keep[0]), min(y0, keep[1]), max(x1, keep[2]), max(y1, keep[3]))
 
 
 # ----------------------------------------------------------------------------- choosing boxes
