@@ -210,12 +210,14 @@ def _text(rgb, box, rng):
     return out, box
 
 
-# In the order a pair applies them: stain and optics, then magnification, print, blur, encoding.
+# In the order a pair applies them: the slide's stain, then the background and the optics,
+# magnification, print, blur, encoding. (HED jitter after a tint would re-stain the tinted
+# background itself: a cyan plasma deconvolves into haematoxylin and turns as purple as a nucleus.)
 SHIFTS: dict[str, Callable] = {
+    "hed": _hed,
     "bg-cyan": _tint((0.7, 1.0, 1.0)),
     "bg-yellow": _tint((1.0, 1.0, 0.7)),
     "bg-green": _tint((0.8, 1.0, 0.8)),
-    "hed": _hed,
     "bright+30": _gain(1.3),
     "bright-30": _gain(0.7),
     "gamma0.6": _gamma(0.6),

@@ -61,7 +61,6 @@ DETECTOR_VERSION = 2
 # Detector constants. The image is resized so that its longer side is _WORK_SIDE pixels; every
 # size below is in those working pixels, i.e. a fixed fraction of the frame.
 _WORK_SIDE = 320
-_BACKGROUND_TOP = 90  # percentile of brightness above which pixels are background
 _STAIN_WEIGHTS = (1.0, 1.0, -2.0)  # OD red + green - 2 x blue: zero on grey, high on nuclei
 _PEAK_Q = 99.5  # percentile of the stain map taken as the image's nucleus level
 _NUCLEUS_LEVEL = 0.4  # nucleus: above this fraction of the way from typical level to peak
@@ -227,25 +226,20 @@ def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray | None:
     return np.ascontiguousarray(array)
 
 
-def background(rgb: np.ndarray) -> np.ndarray:
-    """The image's background (illuminant) colour, float32 (3,): median of its brightest pixels."""
-    # Every other pixel in each direction: a background is large, and this is 4x cheaper.
-    pixels = rgb[::2, ::2].reshape(-1, 3).astype(np.float32)
-    brightness = pixels.sum(axis=1)
-    top = pixels[brightness >= np.percentile(brightness, _BACKGROUND_TOP)]
-    return np.clip(np.median(top, axis=0), 1.0, 255.0)
-
-
+# Natural log of every 8-bit level (0 read as 1): optical density up to a per-channel constant.
 _LOG = np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0))
 
 
 def stain_map(rgb: np.ndarray) -> np.ndarray:
-    """Nuclear stain as float32: optical density against the image's own background, red and
-    green minus blue. High on nuclei, negative on red cells, ~0 on background and on anything
-    grey or black (a printed scale bar or label absorbs every channel alike)."""
-    weights = np.asarray(_STAIN_WEIGHTS, np.float32)
-    density = cv2.transform(_LOG[rgb], -weights.reshape(1, 3))
-    return density + float(np.log(background(rgb)) @ weights)
+    """Nuclear stain as float32: optical density of red plus green minus twice blue.
+
+    High on nuclei (they absorb red and green, pass blue), negative on red cells, and the same
+    on the background and on anything grey or black (a printed scale bar or label absorbs every
+    channel alike). The weights sum to zero, so a brightness change or a tinted background
+    (a gain per channel) only adds a constant, which the detector's levels, all measured from
+    the image's own median and peak, cancel.
+    """
+    return cv2.transform(_LOG[rgb], np.asarray([_STAIN_WEIGHTS], np.float32) * -1.0)
 
 
 def _ellipse(size: int) -> np.ndarray:
@@ -361,7 +355,7 @@ def detect_cells(rgb: np.ndarray) -> list[Box]:
             nucleus_box = clip_box([v / scale for v in nb], (height, width))
             if nucleus_box is None or box_area(nucleus_box) > frame:
                 continue
-            full = _shrink(full, nucleus_box, frame)
+            full = _shrink(full, nucleus_box, frame, (height, width))
         boxes.append(full)
     return boxes
 
@@ -373,14 +367,20 @@ def _fill(mask: np.ndarray, box: Sequence[float], width: int, height: int, value
         mask[y0:y1, x0:x1] = value
 
 
-def _shrink(box: Box, keep: Box, limit: float) -> Box:
-    """``box`` scaled about its centre to at most ``limit`` pixels, still holding ``keep``."""
-    factor = np.sqrt(limit / box_area(box)) * 0.99
+def _shrink(box: Box, keep: Box, limit: float, image_shape: Sequence[int]) -> Box:
+    """``box`` cut to at most ``limit`` pixels of area about its centre, still holding ``keep``
+    (whose area is at most ``limit``), and inside the image."""
+    height, width = int(image_shape[0]), int(image_shape[1])
+    factor = np.sqrt(limit / box_area(box))
+    kw, kh = keep[2] - keep[0], keep[3] - keep[1]
+    w = max(int((box[2] - box[0]) * factor), kw)
+    h = max(int((box[3] - box[1]) * factor), kh)
+    if w * h > limit:  # one side is at the nucleus' size: the other one gives way
+        w, h = (w, max(int(limit // w), kh)) if w == kw else (max(int(limit // h), kw), h)
     cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    hw, hh = (box[2] - box[0]) * factor / 2.0, (box[3] - box[1]) * factor / 2.0
-    x0, y0 = int(np.ceil(cx - hw)), int(np.ceil(cy - hh))
-    x1, y1 = int(np.floor(cx + hw)), int(np.floor(cy + hh))
-    return (min(x0, keep[0]), min(y0, keep[1]), max(x1, keep[2]), max(y1, keep[3]))
+    x0 = int(np.clip(round(cx - w / 2.0), max(keep[2] - w, 0), min(keep[0], width - w)))
+    y0 = int(np.clip(round(cy - h / 2.0), max(keep[3] - h, 0), min(keep[1], height - h)))
+    return (x0, y0, x0 + w, y0 + h)
 
 
 # ----------------------------------------------------------------------------- choosing boxes
