@@ -24,8 +24,9 @@ magnification, and the only annotated smears are one lab's. Shifts (every random
 * bright+30 / bright-30: every channel x 1.3 (clipped) or x 0.7;
 * gamma0.6 / gamma1.6: intensity ** gamma on the 0..1 scale;
 * blur: Gaussian, sigma 2 pixels; jpeg50: JPEG round trip at quality 50;
-* zoom0.5 / zoom2: the field at half magnification (the image shrunk onto a canvas of its own
-  background colour) or double (a half-size window around the WBC enlarged to the frame);
+* zoom0.5 / zoom2: the field at half magnification (the image and its three mirror images
+  shrunk into the frame, so the WBC appears four times and a box on any copy counts) or double
+  (a half-size window around the WBC enlarged to the frame);
 * bar / text: a printed black scale bar with its label, or a line of black text, placed off the
   WBC box.
 
@@ -70,29 +71,33 @@ FRAME_SIZED = 0.5  # a box over this fraction of the frame area boxes the frame,
 
 
 def _tint(gains: tuple[float, float, float]) -> Callable:
-    def shift(rgb: np.ndarray, box: Box, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+    def shift(
+        rgb: np.ndarray, boxes: tuple[Box, ...], rng: np.random.Generator
+    ) -> tuple[np.ndarray, tuple[Box, ...]]:
         image = rgb.astype(np.float32)
         luma = image.mean(axis=2)
         lo, hi = np.percentile(luma, (50, 90))
         # Background weight: 1 on the pale background, 0 on cells darker than the median.
         weight = np.clip((luma - lo) / max(hi - lo, 1.0), 0.0, 1.0)[..., None]
         out = image * (1.0 - weight + weight * np.asarray(gains, np.float32))
-        return np.clip(out, 0, 255).astype(np.uint8), box
+        return np.clip(out, 0, 255).astype(np.uint8), boxes
 
     return shift
 
 
-def _hed(rgb: np.ndarray, box: Box, rng: np.random.Generator) -> tuple[np.ndarray, Box]:
+def _hed(
+    rgb: np.ndarray, boxes: tuple[Box, ...], rng: np.random.Generator
+) -> tuple[np.ndarray, tuple[Box, ...]]:
     hed = rgb2hed(rgb)
     alpha = rng.uniform(0.7, 1.3, 3)
     beta = rng.uniform(-0.01, 0.01, 3)
     out = hed2rgb(hed * alpha + beta)
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), box
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8), boxes
 
 
 def _gain(factor: float) -> Callable:
-    def shift(rgb, box, rng):
-        return np.clip(rgb.astype(np.float32) * factor, 0, 255).astype(np.uint8), box
+    def shift(rgb, boxes, rng):
+        return np.clip(rgb.astype(np.float32) * factor, 0, 255).astype(np.uint8), boxes
 
     return shift
 
@@ -100,68 +105,72 @@ def _gain(factor: float) -> Callable:
 def _gamma(gamma: float) -> Callable:
     table = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma + 0.5, 0, 255).astype(np.uint8)
 
-    def shift(rgb, box, rng):
-        return cv2.LUT(rgb, table), box
+    def shift(rgb, boxes, rng):
+        return cv2.LUT(rgb, table), boxes
 
     return shift
 
 
-def _blur(rgb, box, rng):
-    return cv2.GaussianBlur(rgb, (0, 0), 2.0), box
+def _blur(rgb, boxes, rng):
+    return cv2.GaussianBlur(rgb, (0, 0), 2.0), boxes
 
 
-def _jpeg(rgb, box, rng):
+def _jpeg(rgb, boxes, rng):
     ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 50])
-    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]), box
+    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]), boxes
 
 
 def _zoom(factor: float) -> Callable:
-    def shift(rgb, box, rng):
+    def shift(rgb, boxes, rng):
         height, width = rgb.shape[:2]
         if factor >= 1:
             # A window 1/factor of the frame, around the WBC (centred on it, kept inside).
             win_w, win_h = int(round(width / factor)), int(round(height / factor))
+            box = boxes[0]
             cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
             x0 = int(np.clip(round(cx - win_w / 2), 0, width - win_w))
             y0 = int(np.clip(round(cy - win_h / 2), 0, height - win_h))
             window = rgb[y0 : y0 + win_h, x0 : x0 + win_w]
             out = cv2.resize(window, (width, height), interpolation=cv2.INTER_CUBIC)
             k = width / win_w
-            moved = (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)
-            new = tuple(
-                int(round(min(max(v * k, 0), lim))) for v, lim in zip(moved, (width, height) * 2)
-            )
-            return out, new
-        # Half magnification: the frame shrunk and laid on its own background colour (plus the
-        # sensor noise of a real field), at a seeded place.
-        small = cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        background = np.percentile(rgb.reshape(-1, 3), 90, axis=0)
-        canvas = background + rng.normal(0, 3, rgb.shape)
-        canvas = np.clip(canvas, 0, 255).astype(np.uint8)
-        sh, sw = small.shape[:2]
-        x0, y0 = int(rng.integers(0, width - sw + 1)), int(rng.integers(0, height - sh + 1))
-        canvas[y0 : y0 + sh, x0 : x0 + sw] = small
-        new = tuple(int(round(v * factor)) + o for v, o in zip(box, (x0, y0) * 2))
-        return canvas, new
+            moved = []
+            for box in boxes:
+                new = tuple(
+                    int(round(min(max((v - o) * k, 0), lim)))
+                    for v, o, lim in zip(box, (x0, y0) * 2, (width, height) * 2)
+                )
+                if new[2] > new[0] and new[3] > new[1]:
+                    moved.append(new)
+            return out, tuple(moved)
+        # Half magnification: the field and its three mirror images side by side, shrunk to
+        # the frame, so that the frame shows four times the area of a smear of the same stain
+        # and background. The WBC then appears four times; any of them is the right answer.
+        tiled = np.vstack([np.hstack([rgb, rgb[:, ::-1]]), np.hstack([rgb[::-1], rgb[::-1, ::-1]])])
+        out = cv2.resize(tiled, (width, height), interpolation=cv2.INTER_AREA)
+        copies = []
+        for x0, y0, x1, y1 in boxes:
+            for fx, fy in itertools.product((False, True), repeat=2):
+                cx0, cx1 = (2 * width - x1, 2 * width - x0) if fx else (x0, x1)
+                cy0, cy1 = (2 * height - y1, 2 * height - y0) if fy else (y0, y1)
+                copies.append(tuple(int(round(v * factor)) for v in (cx0, cy0, cx1, cy1)))
+        return out, tuple(copies)
 
     return shift
 
 
-def _free_spot(shape, size, box, rng) -> tuple[int, int] | None:
-    """A seeded top-left corner for a ``size`` (w, h) patch that stays off ``box``."""
+def _free_spot(shape, size, boxes, rng) -> tuple[int, int] | None:
+    """A seeded top-left corner for a ``size`` (w, h) patch that stays off every WBC box."""
     height, width = shape[:2]
     w, h = size
     for _ in range(200):
-        x, y = (
-            int(rng.integers(5, max(6, width - w - 5))),
-            int(rng.integers(5, max(6, height - h - 5))),
-        )
-        if x + w < box[0] - 5 or x > box[2] + 5 or y + h < box[1] - 5 or y > box[3] + 5:
+        x = int(rng.integers(5, max(6, width - w - 5)))
+        y = int(rng.integers(5, max(6, height - h - 5)))
+        if all(x + w < b[0] - 5 or x > b[2] + 5 or y + h < b[1] - 5 or y > b[3] + 5 for b in boxes):
             return x, y
     return None
 
 
-def _bar(rgb, box, rng):
+def _bar(rgb, boxes, rng):
     out = rgb.copy()
     height, width = rgb.shape[:2]
     bar_w, bar_h = (
@@ -170,7 +179,7 @@ def _bar(rgb, box, rng):
     )
     scale = width / 640
     (text_w, text_h), _ = cv2.getTextSize("10 um", cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, 2)
-    spot = _free_spot(rgb.shape, (max(bar_w, text_w), bar_h + text_h + 8), box, rng)
+    spot = _free_spot(rgb.shape, (max(bar_w, text_w), bar_h + text_h + 8), boxes, rng)
     if spot is not None:
         x, y = spot
         cv2.putText(
@@ -184,17 +193,17 @@ def _bar(rgb, box, rng):
             cv2.LINE_AA,
         )
         cv2.rectangle(out, (x, y + text_h + 8), (x + bar_w, y + text_h + 8 + bar_h), (0, 0, 0), -1)
-    return out, box
+    return out, boxes
 
 
-def _text(rgb, box, rng):
+def _text(rgb, boxes, rng):
     out = rgb.copy()
     width = rgb.shape[1]
     scale = width / 640
     label = f"Sample {int(rng.integers(100, 999))}  100x oil  2019-{int(rng.integers(1, 12)):02d}"
     font_scale = rng.uniform(0.6, 1.0) * scale
     (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 2)
-    spot = _free_spot(rgb.shape, (text_w, text_h + 6), box, rng)
+    spot = _free_spot(rgb.shape, (text_w, text_h + 6), boxes, rng)
     if spot is not None:
         x, y = spot
         cv2.putText(
@@ -207,7 +216,7 @@ def _text(rgb, box, rng):
             max(1, int(2 * scale)),
             cv2.LINE_AA,
         )
-    return out, box
+    return out, boxes
 
 
 # In the order a pair applies them: the slide's stain, then the background and the optics,
@@ -243,11 +252,11 @@ def _rng(seed: int, names: tuple[str, ...], stem: str) -> np.random.Generator:
     )
 
 
-def shifted(rgb, box, names, seed, stem):
+def shifted(rgb, boxes, names, seed, stem):
     rng = _rng(seed, names, stem)
     for name in names:
-        rgb, box = SHIFTS[name](rgb, box, rng)
-    return rgb, box
+        rgb, boxes = SHIFTS[name](rgb, boxes, rng)
+    return rgb, boxes
 
 
 def run_shifts(args) -> int:
@@ -255,7 +264,7 @@ def run_shifts(args) -> int:
     for path in sorted((args.raw / "JPEGImages").glob("*.jpg")):
         truth = read_voc_boxes(args.raw / "Annotations" / f"{path.stem}.xml")
         if truth:
-            samples.append((path.stem, read_rgb(path), max(truth, key=box_area)))
+            samples.append((path.stem, read_rgb(path), (max(truth, key=box_area),)))
     order = np.random.default_rng(args.seed).permutation(len(samples))
     singles = [samples[i] for i in order[: args.limit or len(samples)]]
     paired = [samples[i] for i in order[: args.pair_limit]]
@@ -266,12 +275,12 @@ def run_shifts(args) -> int:
     def score(names, chosen):
         nonlocal worst_pass, worst_frame
         ious, frames = [], 0
-        for stem, rgb, box in chosen:
-            image, truth = shifted(rgb, box, names, args.seed, stem) if names else (rgb, box)
+        for stem, rgb, boxes in chosen:
+            image, truth = shifted(rgb, boxes, names, args.seed, stem) if names else (rgb, boxes)
             started = time.perf_counter()
             found = detect_cells(image)
             seconds.append(time.perf_counter() - started)
-            ious.append(iou(found[0], truth) if found else 0.0)
+            ious.append(max(iou(found[0], t) for t in truth) if found else 0.0)
             limit = FRAME_SIZED * image.shape[0] * image.shape[1]
             frames += any(box_area(b) > limit for b in found)
         ious = np.array(ious)
