@@ -24,8 +24,8 @@ magnification, and the only annotated smears are one lab's. Shifts (every random
 * bright+30 / bright-30: every channel x 1.3 (clipped) or x 0.7;
 * gamma0.6 / gamma1.6: intensity ** gamma on the 0..1 scale;
 * blur: Gaussian, sigma 2 pixels; jpeg50: JPEG round trip at quality 50;
-* zoom0.5 / zoom2: the field at half magnification (the image and its three mirror images
-  shrunk into the frame, so the WBC appears four times and a box on any copy counts) or double
+* zoom0.5 / zoom2: the field at half magnification (four copies of the image, 2 x 2, shrunk
+  into the frame, so the WBC appears four times and a box on any copy counts) or double
   (a half-size window around the WBC enlarged to the frame);
 * bar / text: a printed black scale bar with its label, or a line of black text, placed off the
   WBC box.
@@ -142,17 +142,18 @@ def _zoom(factor: float) -> Callable:
                 if new[2] > new[0] and new[3] > new[1]:
                     moved.append(new)
             return out, tuple(moved)
-        # Half magnification: the field and its three mirror images side by side, shrunk to
-        # the frame, so that the frame shows four times the area of a smear of the same stain
-        # and background. The WBC then appears four times; any of them is the right answer.
-        tiled = np.vstack([np.hstack([rgb, rgb[:, ::-1]]), np.hstack([rgb[::-1], rgb[::-1, ::-1]])])
+        # Half magnification: four copies of the field side by side, shrunk to the frame, so
+        # that the frame shows four times the area of a smear of the same stain and background.
+        # The WBC then appears four times; any of them is the right answer. (Mirrored copies
+        # would put a WBC that touches an edge next to its own mirror image: one double cell.)
+        tiled = np.vstack([np.hstack([rgb, rgb])] * 2)
         out = cv2.resize(tiled, (width, height), interpolation=cv2.INTER_AREA)
-        copies = []
-        for x0, y0, x1, y1 in boxes:
-            for fx, fy in itertools.product((False, True), repeat=2):
-                cx0, cx1 = (2 * width - x1, 2 * width - x0) if fx else (x0, x1)
-                cy0, cy1 = (2 * height - y1, 2 * height - y0) if fy else (y0, y1)
-                copies.append(tuple(int(round(v * factor)) for v in (cx0, cy0, cx1, cy1)))
+        copies = [
+            tuple(int(round((v + o) * factor)) for v, o in zip(box, (dx, dy) * 2))
+            for box in boxes
+            for dx in (0, width)
+            for dy in (0, height)
+        ]
         return out, tuple(copies)
 
     return shift
