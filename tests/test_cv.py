@@ -453,7 +453,10 @@ def test_augment_honours_per_class_targets(data_dir, tmp_path):
 
 def test_per_class_targets_config_errors():
     with pytest.raises(ConfigError, match="did you mean 'MONOCYTE'"):
-        load_config(STUDY_CONFIG, ["augment.per_class_targets={MONOCYTES: 3}"])
+        load_config(
+            STUDY_CONFIG,
+            ["rename.classes=[NEUTROPHIL, MONOCYTE]", "augment.per_class_targets={MONOCYTES: 3}"],
+        )
     with pytest.raises(ConfigError, match="at least 1"):
         load_config(STUDY_CONFIG, ["augment.per_class_targets.MONOCYTE=0"])
     with pytest.raises(ConfigError, match="expected a mapping"):

@@ -19,7 +19,7 @@ from PIL import Image
 from wbc.cli import cli
 from wbc.core.config import load_config
 from wbc.core.errors import DataError
-from wbc.data.layouts import class_name, detect_layout, read_class_folders, read_csv_layout
+from wbc.data.layouts import class_name, detect_layout, read_csv_layout
 from wbc.data.stages.naming import parse_name
 from wbc.data.stages.rename import rename
 
@@ -249,6 +249,26 @@ def test_patients_never_straddle_the_split(tmp_path):
     assert test and not (train & test)
 
 
+def test_a_target_for_a_class_the_data_lacks_is_one_line(tmp_path):
+    root = write_classes(tmp_path / "lab", {"A": 3, "B": 3})
+    result = CliRunner().invoke(
+        cli,
+        [
+            "prepare",
+            "--raw",
+            str(root),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--set",
+            "rename.find_duplicates=false",
+            "--set",
+            "augment.per_class_targets={NOPE: 5}",
+        ],
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "augment.per_class_targets: no class NOPE" in result.output
+
+
 def test_bad_layouts_are_one_line_errors(tmp_path):
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "cells.csv").write_text("a,b\nx.png,A\n")
@@ -283,9 +303,6 @@ def test_a_folder_of_100000_files_is_listed_and_summarised(tmp_path):
     junk = root / "A"
     for k in range(100_000):
         (junk / f"export_{k}.xml").touch()
-    listing = read_class_folders(root)
-    assert len(listing.items) == 4
-    assert len(listing.problems) == 100_000
     manifest = rename(root, tmp_path / "renamed", load_config(None, FAST))
     assert manifest.summary["kept"] == 4
     assert manifest.summary["skipped_reasons"] == {"not an image file": 100_000}

@@ -220,7 +220,8 @@ def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed:
             raise DataError(str(exc)) from None  # BadImage(path, reason) does not unpickle
         for copy in job.copies:
             params = augmenter.random_params(image.shape, copy_seed(seed, job.cls, copy))
-            stem = parse_name(job.path.name).stem
+            parsed = parse_name(job.path.name)  # any file name: benchmarks pass their own
+            stem = parsed.stem if parsed else None
             target = Path(out) / job.cls / copy_name(job.cls, job.source_id, copy, stem)
             write_jpeg(augmenter.apply(image, params), target, quality=config.jpeg_quality)
             written += 1
