@@ -8,6 +8,9 @@ keeps its source id in its name (``CLASS.ID.aNNNN.jpg``) so the grouped split ca
 all its copies on one side. Copy k of a class comes from source k % n and from a seed derived from
 (seed, class, k) alone, so the output is byte-identical for any number of worker processes.
 Workers are spawned, never forked: forking a process that has imported TensorFlow can deadlock.
+
+The ``color.*`` stain augmentation (``wbc/data/stain.py``) runs here too, on the copies only, so
+that every family's training set gets it; its settings join the stage's parameters when on.
 """
 
 from __future__ import annotations
