@@ -13,8 +13,16 @@ Each feature is measured three ways on the other lab's cells: as they are, after
 normalisation to the shared crops' reference, and after Macenko normalisation. The shared side
 is normalised to its own reference too, so both sides go through the same steps.
 
+Stain augmentation (issue 23): ``--augmented NAME=FOLDER`` (repeatable) takes the augment
+stage's output (CLASS/ folders) made with some ``color.*`` stain setting, draws its augmented
+copies, and measures the other lab's shift in units of THEIR within-class spread, after Reinhard
+with a reference from those copies (as training would). An augmentation that covers the other
+lab's look for a feature widens the spread or moves the mean towards it, and its |d| shrinks;
+compare each row with the folder made without stain augmentation (geometric copies only).
+
 Usage: python research/feature_shift.py [--shared data/interim/cropped]
        [--other ../shared/data/tecom-crops] [--per-class 100] [--seed 42] [--json out.json]
+       [--augmented NAME=DATA/interim/augmented ...]
 --shared: a folder of CLASS.ID.jpg crops (the crop stage's output); --other: CLASS/ folders.
 Prints a markdown table (features sorted by their shift as they are) and a summary per group.
 """
@@ -72,6 +80,29 @@ def draw(files: dict[str, list[Path]], per_class: int, rng) -> dict[str, list[Pa
     }
 
 
+def augmented_files(folder: Path) -> dict[str, list[Path]]:
+    """The augmented copies (CLASS/CLASS.ID.aNNNN.jpg) of an augment stage's output."""
+    return {
+        cls: sorted((folder / cls).glob(f"{cls}.*.a*.jpg"))
+        for cls in CLASSES
+        if (folder / cls).is_dir()
+    }
+
+
+def augmented_shifts(
+    folder: Path, other_images: dict[str, list[np.ndarray]], per_class: int, seed: int
+) -> np.ndarray:
+    """Median-class |d| of the other lab against the copies in ``folder``, after Reinhard."""
+    rng = np.random.default_rng(seed)
+    images = {
+        c: [load(p) for p in ps] for c, ps in draw(augmented_files(folder), per_class, rng).items()
+    }
+    pooled = [im for ims in images.values() for im in ims]
+    reference = reference_from_images(pooled, "reinhard")
+    d = shifts(measure(images, "reinhard", reference), measure(other_images, "reinhard", reference))
+    return np.median(d, axis=0)
+
+
 def measure(
     images: dict[str, list[np.ndarray]], normalize: str, reference
 ) -> dict[str, np.ndarray]:
@@ -98,6 +129,13 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--augmented",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="an augment stage output (CLASS/ folders) to measure the other lab against",
+    )
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(args.seed)
@@ -112,6 +150,9 @@ def main(argv=None) -> int:
     if not shared_images or not other_images:
         sys.exit("feature_shift: no images found (check --shared and --other)")
     names = feature_names("absolute")
+    is_shape = np.array([name in SHAPE_FEATURES for name in names])
+    if args.augmented:
+        return augmented_report(args, other_images, names, is_shape)
     pooled = [im for ims in shared_images.values() for im in ims]
     table = {}
     for normalize in ("none", "reinhard", "macenko"):
@@ -122,7 +163,6 @@ def main(argv=None) -> int:
         )
         table[normalize] = np.median(d, axis=0)  # the median class: one outlier class aside
 
-    is_shape = np.array([name in SHAPE_FEATURES for name in names])
     order = np.argsort(-table["none"])
     print(
         f"shared: {sum(map(len, shared_images.values()))} crops from {args.shared}; "
@@ -144,6 +184,43 @@ def main(argv=None) -> int:
         cells = [f"{np.median(table[k][mask]):.2f}" for k in table]
         small = " / ".join(f"{np.mean(table[k][mask] < 0.5):.0%}" for k in table)
         print(f"| {label} | {int(mask.sum())} | {' | '.join(cells)} | {small} |")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "features": list(names),
+                    "is_shape": is_shape.tolist(),
+                    **{k: v.round(4).tolist() for k, v in table.items()},
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+def augmented_report(args, other_images, names, is_shape) -> int:
+    table = {}
+    for item in args.augmented:
+        name, _, folder = item.partition("=")
+        table[name] = augmented_shifts(Path(folder), other_images, args.per_class, args.seed)
+    rows = list(table)
+    print(f"other: {sum(map(len, other_images.values()))} crops; |d| after Reinhard, per row")
+    print("\n| feature | kind | " + " | ".join(rows) + " |")
+    print("|---|---|" + "---|" * len(rows))
+    for i in np.argsort(-table[rows[0]]):
+        cells = " | ".join(f"{table[r][i]:.2f}" for r in rows)
+        print(f"| {names[i]} | {'shape' if is_shape[i] else 'colour'} | {cells} |")
+    print(
+        "\n| row | shape: median \\|d\\| | shape: share < 0.5 | colour: median \\|d\\| "
+        "| colour: share < 0.5 |"
+    )
+    print("|---|---|---|---|---|")
+    for r in rows:
+        shape, colour = table[r][is_shape], table[r][~is_shape]
+        print(
+            f"| {r} | {np.median(shape):.2f} | {np.mean(shape < 0.5):.0%} "
+            f"| {np.median(colour):.2f} | {np.mean(colour < 0.5):.0%} |"
+        )
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -227,15 +227,19 @@ def test_features_scaler_is_reestimated_and_priors_recorded(features_run, tmp_pa
     before, after = load_run(run_dir).model, load_run(tmp_path / "a").model
     assert not np.allclose(before.pipeline[0].mean_, after.pipeline[0].mean_)
     # the SVM itself is untouched
-    np.testing.assert_array_equal(
-        before.pipeline[1].support_vectors_, after.pipeline[1].support_vectors_
-    )
+    for old, new in zip(
+        before.pipeline[1].calibrated_classifiers_, after.pipeline[1].calibrated_classifiers_
+    ):
+        np.testing.assert_array_equal(
+            old.estimator.support_vectors_, new.estimator.support_vectors_
+        )
     info = json.loads((tmp_path / "a" / "run.json").read_text())
-    assert info["adapted_from"] == str(run_dir.resolve())
+    assert info["adapted_from"]["run"] == str(run_dir.resolve())
     parts = {p["part"]: p for p in info["adaptation"]["parts"]}
     assert parts["standardisation"]["rounds"] >= 1
     assert parts["priors"]["kept"] is True and parts["priors"]["calibration"]["images"] == 16
     assert (tmp_path / "a" / "prior_correction.json").is_file()
+    assert "Adapted without labels" in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["n_images"] == 16
 
     # the same files in wrongly named class folders: the same scaler and priors

@@ -298,3 +298,51 @@ def test_keras_engine_workers_start_quietly(src, tmp_path):
     ]
     assert chatter == []
     assert len(list((tmp_path / "out").glob("*/*.jpg"))) == 3 * 8
+
+
+STAIN = ("color.hed_jitter=0.1", "color.hed_shift=0.02", "color.randstainna=true")
+
+
+def test_stain_settings_are_stage_params_and_change_only_the_copies(src, tmp_path):
+    dst = tmp_path / "aug"
+    plain = augment(src, dst, config("augment.engine=opencv"))
+    stained = augment(src, dst, config("augment.engine=opencv", *STAIN))
+    assert not stained.skipped and stained.key != plain.key  # cached copies are redone
+    assert stained.params["stain"]["randstainna"] is True
+    assert "lab_distribution" in stained.summary["stain"]
+    for name, digest in plain.outputs.items():
+        is_copy = parse_name(name.rsplit("/", 1)[-1]).copy is not None
+        assert (stained.outputs[name] != digest) == is_copy, name
+    assert augment(src, dst, config("augment.engine=opencv", *STAIN)).skipped
+
+
+def test_stain_off_keeps_the_earlier_key(src, tmp_path):
+    from wbc.data.stages.augment import augment_params
+
+    assert "stain" not in augment_params(config())
+    assert augment_params(config("color.hed_jitter=0.1")) != augment_params(config())
+
+
+def test_stained_copies_do_not_depend_on_the_number_of_workers(src, tmp_path):
+    cfg = ("augment.engine=opencv", "color.scale_jitter=0.2", *STAIN)
+    one = augment(src, tmp_path / "one", config(*cfg))
+    two = augment(src, tmp_path / "two", config(*cfg, "augment.workers=2"))
+    assert one.outputs == two.outputs
+
+
+def test_scale_jitter_keeps_the_rest_of_the_geometric_draw(src, tmp_path):
+    # The zoom is drawn apart from the engine's draw: the rotation etc. stay, so a zoomed copy
+    # differs from its plain twin less than from another copy of the same source.
+    plain = augment(src, tmp_path / "plain", config("augment.engine=opencv"))
+    zoomed = augment(
+        src, tmp_path / "zoom", config("augment.engine=opencv", "color.scale_jitter=0.1")
+    )
+
+    def read(folder, name):
+        return np.asarray(Image.open(folder / "EOSINOPHIL" / name), dtype=float)
+
+    a = read(tmp_path / "plain", "EOSINOPHIL.5.a0000.jpg")
+    b = read(tmp_path / "zoom", "EOSINOPHIL.5.a0000.jpg")
+    c = read(tmp_path / "plain", "EOSINOPHIL.5.a0003.jpg")  # the same source, another draw
+    assert plain.outputs != zoomed.outputs
+    assert 0 < np.abs(a - b).mean() < np.abs(a - c).mean()

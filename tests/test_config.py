@@ -133,3 +133,33 @@ def test_parse_override_nests_dotted_keys(parts, value):
     for part in parts[:-1]:
         nested = nested[part]
     assert nested[parts[-1]] == value
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("color.hed_jitter=1.0", "hed_jitter"),
+        ("color.hed_jitter=-0.1", "hed_jitter"),
+        ("color.hed_shift=1.5", "hed_shift"),
+        ("color.scale_jitter=0.6", "scale_jitter"),
+        ("color.scale_jitter=-0.1", "scale_jitter"),
+        ("color.randstainna=3", "expected true or false"),
+    ],
+)
+def test_stain_augmentation_keys_reject_out_of_range_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_stain_augmentation_is_off_by_default_and_accepts_its_range():
+    color = load_config().color
+    assert (color.hed_jitter, color.hed_shift, color.randstainna, color.scale_jitter) == (
+        0.0,
+        0.0,
+        False,
+        0.0,
+    )
+    on = load_config(
+        overrides=["color.hed_jitter=0.2", "color.hed_shift=0.2", "color.scale_jitter=0.5"]
+    ).color
+    assert (on.hed_jitter, on.hed_shift, on.scale_jitter) == (0.2, 0.2, 0.5)

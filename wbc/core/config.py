@@ -91,6 +91,11 @@ class ColorConfig:
     normalize: str = (
         "reinhard"  # none | reinhard | macenko: stain normalisation to the training set
     )
+    # Stain augmentation of the offline training copies (augment stage, every family; 0 = off):
+    hed_jitter: float = 0.0  # scale each stain concentration by U(1-s, 1+s) (Tellez 2019)
+    hed_shift: float = 0.0  # and shift it by U(-b, b) (skimage rgb2hed units)
+    randstainna: bool = False  # Reinhard-map each copy to a template drawn from the originals
+    scale_jitter: float = 0.0  # zoom each copy by U(1-z, 1+z), both axes alike
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,9 @@ def _validate(config: Config) -> None:
             "color.brightness, color.contrast and color.saturation must be in [0, 1]",
         ),
         (0 <= config.color.hue <= 0.5, "color.hue must be in [0, 0.5] (turns)"),
+        (0 <= config.color.hed_jitter < 1, "color.hed_jitter must be in [0, 1)"),
+        (0 <= config.color.hed_shift <= 1, "color.hed_shift must be in [0, 1]"),
+        (0 <= config.color.scale_jitter <= 0.5, "color.scale_jitter must be in [0, 0.5]"),
         (
             config.train.feed == "tfdata"
             or not any(

@@ -17,6 +17,10 @@ another lab's images (another stain, camera or background, e.g. the yellow-backg
   the training images when training starts; it is written to the run folder
   (``stain_reference.json``) and read back with the model, so train, evaluate and predict agree.
 
+Stain augmentation (``color.hed_jitter``, ``hed_shift``, ``randstainna``, ``scale_jitter``) is
+not here: it changes the augment stage's training copies (``wbc/data/stain.py``), which every
+family trains on, and that stage sits below this module.
+
 Backgrounds: a smear's background is pale grey, another lab's may be yellow. Before stain
 normalisation and deconvolution each image is divided by its own background colour (the median
 of its brightest 10 % of pixels, gain at most 2x per channel; ``background``), so the

@@ -259,7 +259,14 @@ def adapt(
             "wbc": __version__,
             "data_dir": source_info.get("data_dir"),
             "strategy": source_info.get("strategy", "default"),
-            "adapted_from": str(run.run_dir.resolve()),
+            "data": source_info.get("data"),
+            # the same record as wbc train --init writes, so the model card reads both alike
+            "adapted_from": {
+                "run": str(run.run_dir.resolve()),
+                "model": run.model_path.name,
+                "data": source_info.get("data"),
+                "labels_used": False,
+            },
             "adaptation": adaptation,
         }
         write_json(tmp / RUN_INFO_NAME, info)
@@ -273,5 +280,8 @@ def adapt(
             metrics = {"accuracy": None, "note": "no held-out source data to score on"}
         metrics.update(adapted_from=str(run.run_dir.resolve()), family=run.config.model.family)
         write_json(tmp / "metrics.json", metrics)
+    from wbc.workflows.card import write_run_card
+
+    write_run_card(out)  # says what it was adapted on, without labels
     echo(f"adapted run written to {out}")
     return adaptation

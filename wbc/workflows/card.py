@@ -131,7 +131,19 @@ def _data_lines(info: dict) -> list[str]:
     """Where the model's training images came from, and what it was adapted from (run.json)."""
     lines = [f"- Trained on {_describe_data(info.get('data'))}."]
     origin = info.get("adapted_from")
-    if origin:
+    adaptation = info.get("adaptation")
+    if isinstance(origin, dict) and adaptation:
+        methods = ", ".join(
+            f"{part.get('part')}: {part.get('method')}"
+            for part in adaptation.get("parts", [])
+            if part.get("kept", True)
+        )
+        lines.append(
+            f"- **Adapted without labels** (`wbc adapt`) from the run `{origin.get('run')}` to "
+            f"the {adaptation.get('cells')} cells of `{adaptation.get('folder')}` "
+            f"({methods}); trained on {_describe_data(origin.get('data'))}."
+        )
+    elif isinstance(origin, dict):
         lines.append(
             f"- **Adapted** from the run `{origin.get('run')}` (`{origin.get('model')}`), "
             f"trained on {_describe_data(origin.get('data'))}: it started from that model "
@@ -218,13 +230,15 @@ def render_card(
         f"{(config.get('augment') or {}).get('per_class')} "
         "images per class, on the training side only.",
     ]
-    if metrics:
+    if metrics and metrics.get("train_images") is not None:
         lines.append(
             f"- Trained on {metrics.get('train_images')} images of subset "
             f"`{metrics.get('subset')}`."
         )
     lines += ["", "## Evaluation", ""]
-    if metrics:
+    if metrics and metrics.get("accuracy") is None:
+        lines += [f"Not scored: {metrics.get('note', 'no test side')}.", ""]
+    elif metrics:
         lines += [
             f"On the run's held-out test side ({metrics.get('n_images')} images): accuracy "
             f"**{metrics['accuracy']:.3f}**, macro-F1 **{metrics['macro_f1']:.3f}**. With so few "

@@ -8,6 +8,9 @@ keeps its source id in its name (``CLASS.ID.aNNNN.jpg``) so the grouped split ca
 all its copies on one side. Copy k of a class comes from source k % n and from a seed derived from
 (seed, class, k) alone, so the output is byte-identical for any number of worker processes.
 Workers are spawned, never forked: forking a process that has imported TensorFlow can deadlock.
+
+The ``color.*`` stain augmentation (``wbc/data/stain.py``) runs here too, on the copies only, so
+that every family's training set gets it; its settings join the stage's parameters when on.
 """
 
 from __future__ import annotations
@@ -23,13 +26,23 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
-from wbc.core.config import CLASSES, AugmentConfig, Config
+import numpy as np
+
+from wbc.core.config import CLASSES, AugmentConfig, ColorConfig, Config
 from wbc.core.errors import BadImage, ConfigError, DataError
 from wbc.core.imageio import read_rgb, write_jpeg
 from wbc.core.manifest import Manifest, run_stage, upstream
 from wbc.core.progress import bar
 from wbc.core.seeding import derived_seed
 from wbc.data.stages.naming import copy_name, parse_name
+from wbc.data.stain import (
+    LabDistribution,
+    lab_distribution,
+    scale_factor,
+    stain_copy,
+    stain_enabled,
+    stain_params,
+)
 
 STAGE = "augment"
 MAX_CHUNK = 64  # images per worker task: enough to amortise the hand-off, small enough to balance
@@ -52,6 +65,8 @@ def augment_params(config: Config) -> dict:
     if targets:  # only when set, so that manifests made before the key existed stay current
         params["per_class_targets"] = dict(sorted(targets.items()))
     params["seed"] = config.seed
+    if stain_enabled(config.color):  # only when on: earlier manifests stay current
+        params["stain"] = stain_params(config.color)
     return params
 
 
@@ -63,6 +78,32 @@ def class_target(config: AugmentConfig, cls: str) -> int:
 def copy_seed(seed: int, cls: str, copy: int) -> int:
     """The seed of copy ``copy`` of class ``cls``: independent of which worker makes it."""
     return derived_seed(seed, STAGE, cls, copy)
+
+
+def stain_seed(seed: int, cls: str, copy: int) -> int:
+    """The seed of the copy's stain steps: apart from ``copy_seed``, so that they leave the
+    geometric draw as it was."""
+    return derived_seed(seed, STAGE, "stain", cls, copy)
+
+
+class StainJob(NamedTuple):
+    """What the workers need for the stain steps (``color`` settings, RandStainNA's fit)."""
+
+    color: ColorConfig
+    distribution: LabDistribution | None
+
+
+def stain_job(config: Config, sources: dict[str, list[tuple[int, Path]]]) -> StainJob | None:
+    """None when every stain step is off. RandStainNA's distribution is fitted to all the
+    originals read here (the split comes after this stage, so the test side's colours count
+    too: unlabelled, and the same lab's)."""
+    if not stain_enabled(config.color):
+        return None
+    distribution = None
+    if config.color.randstainna:
+        images = [read_rgb(path) for items in sources.values() for _, path in items]
+        distribution = lab_distribution(images)
+    return StainJob(config.color, distribution)
 
 
 def list_sources(src: Path) -> dict[str, list[tuple[int, Path]]]:
@@ -121,16 +162,25 @@ def augment(
             counts[cls] = {"originals": n, "copies": made, "total": n + made}
             if n > target:
                 over[cls] = n
-        run_jobs(jobs, tmp, config, echo=echo)
+        stain = stain_job(config, sources)
+        run_jobs(jobs, tmp, config, echo=echo, stain=stain)
         return {
             "counts": counts,
             "per_class": config.augment.per_class,
             "per_class_targets": dict(config.augment.per_class_targets),
             "engine": config.augment.engine,
             "over_per_class": over,  # classes that already had more originals: kept, no copies
+            **({"stain": _stain_facts(stain)} if stain else {}),
         }
 
     return run_stage(STAGE, dst, augment_params(config), inputs, build, force=force)
+
+
+def _stain_facts(stain: StainJob) -> dict:
+    facts: dict = {"params": stain_params(stain.color)}
+    if stain.distribution is not None:
+        facts["lab_distribution"] = stain.distribution._asdict()
+    return facts
 
 
 def _class_order(sources: dict[str, list], preferred: tuple[str, ...]) -> list[str]:
@@ -147,6 +197,7 @@ def run_jobs(
     out: Path,
     config: Config,
     echo: Callable[[str], None] | None = None,
+    stain: StainJob | None = None,
 ) -> int:
     """Make every copy of ``jobs`` under ``out/CLASS/``; returns how many were written."""
     total = sum(len(job.copies) for job in jobs)
@@ -158,12 +209,13 @@ def run_jobs(
     with bar(total, "augment", unit="copy") as progress:
         if workers == 1:
             for chunk in chunks:
-                progress.update(augment_chunk(chunk, out, config.augment, config.seed))
+                progress.update(augment_chunk(chunk, out, config.augment, config.seed, stain))
             return total
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool:
             futures = {
-                pool.submit(augment_chunk, c, out, config.augment, config.seed) for c in chunks
+                pool.submit(augment_chunk, c, out, config.augment, config.seed, stain)
+                for c in chunks
             }
             while futures:
                 done, futures = wait(futures, return_when=FIRST_EXCEPTION)
@@ -209,7 +261,13 @@ def _augmenter(config: AugmentConfig):
     return _AUGMENTERS[config]
 
 
-def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed: int) -> int:
+def augment_chunk(
+    jobs: list[SourceJob],
+    out: Path,
+    config: AugmentConfig,
+    seed: int,
+    stain: StainJob | None = None,
+) -> int:
     """Write the copies of ``jobs``; runs in a worker process (or in-process for one worker)."""
     augmenter = _augmenter(config)
     written = 0
@@ -220,9 +278,17 @@ def augment_chunk(jobs: list[SourceJob], out: Path, config: AugmentConfig, seed:
             raise DataError(str(exc)) from None  # BadImage(path, reason) does not unpickle
         for copy in job.copies:
             params = augmenter.random_params(image.shape, copy_seed(seed, job.cls, copy))
+            rng = None
+            if stain is not None:
+                rng = np.random.default_rng(stain_seed(seed, job.cls, copy))
+                zoom = scale_factor(stain.color.scale_jitter, rng)
+                params = {**params, "zx": params["zx"] * zoom, "zy": params["zy"] * zoom}
+            result = augmenter.apply(image, params)
+            if stain is not None:
+                result = stain_copy(result, stain.color, rng, stain.distribution)
             parsed = parse_name(job.path.name)  # any file name: benchmarks pass their own
             stem = parsed.stem if parsed else None
             target = Path(out) / job.cls / copy_name(job.cls, job.source_id, copy, stem)
-            write_jpeg(augmenter.apply(image, params), target, quality=config.jpeg_quality)
+            write_jpeg(result, target, quality=config.jpeg_quality)
             written += 1
     return written
