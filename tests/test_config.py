@@ -151,13 +151,13 @@ def test_stain_augmentation_keys_reject_out_of_range_values(override, message):
         load_config(overrides=[override])
 
 
-def test_stain_augmentation_is_off_by_default_and_accepts_its_range():
+def test_stain_augmentation_defaults_to_scale_jitter_only_and_accepts_its_range():
     color = load_config().color
     assert (color.hed_jitter, color.hed_shift, color.randstainna, color.scale_jitter) == (
         0.0,
         0.0,
         False,
-        0.0,
+        0.2,
     )
     on = load_config(
         overrides=["color.hed_jitter=0.2", "color.hed_shift=0.2", "color.scale_jitter=0.5"]
