@@ -163,6 +163,19 @@ def test_planted_copies_in_a_generated_class_folder_set(tmp_path):
     assert all(groups[a] == groups[b] for a, b in found)
 
 
+def test_many_copies_of_one_crop_are_one_group(tmp_path):
+    """More copies than a hash bucket holds: their descriptors cast no votes, the digest
+    still sends every copy to matching."""
+    images = crop_folder(tmp_path, 4)
+    for copy in range(20):
+        path = tmp_path / f"copy{copy:02d}.bmp"
+        shutil.copyfile(images["NEUTROPHIL/003.bmp"], path)
+        images[path.name] = path
+    groups = group_ids(sorted(images), find_duplicates(images))
+    copies = {i for i, g in groups.items() if g == groups["NEUTROPHIL/003.bmp"]}
+    assert copies == {"NEUTROPHIL/003.bmp", *(f"copy{c:02d}.bmp" for c in range(20))}
+
+
 def test_the_candidates_grow_with_the_images_not_with_the_pairs(tmp_path):
     images = crop_folder(tmp_path, 24)
     assert len(match_candidates(images)) <= len(images) * CANDIDATES  # all pairs: 276

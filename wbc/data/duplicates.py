@@ -348,15 +348,22 @@ def _match(a: _Image, b: _Image) -> PairMatch:
 
 
 def _load(path: Path) -> tuple[_Image, str] | None:
-    """The prepared image and a digest of its pixels (exact copies are always candidates)."""
+    """The prepared image and a digest of its pixels.
+
+    Why the digest: exact copies are always candidates, even when a set holds so many copies of
+    one image that its descriptors' buckets overflow ``_BUCKET_CAP`` and cast no votes. The
+    working grey is hashed (a twelfth of a smear's RGB bytes): images that differ only below
+    its resolution are near-copies, which matching then confirms or not.
+    """
     from wbc.core.imageio import read_rgb
 
     try:
         rgb = read_rgb(path)
     except BadImage:
         return None
-    digest = hashlib.blake2b(rgb.tobytes(), digest_size=16, key=repr(rgb.shape).encode())
-    return _prepare(rgb, highpass=False), digest.hexdigest()
+    image = _prepare(rgb, highpass=False)
+    digest = hashlib.blake2b(image.gray.tobytes(), digest_size=16, key=repr(rgb.shape).encode())
+    return image, digest.hexdigest()
 
 
 def _workers() -> int:
