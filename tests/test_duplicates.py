@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.crops import CLASSES, COPY_KINDS, crop_image, write_crop_folders
+from wbc.data import duplicates
 from wbc.data.duplicates import (
     CANDIDATES,
     PairMatch,
@@ -179,6 +180,16 @@ def test_many_copies_of_one_crop_are_one_group(tmp_path):
 def test_the_candidates_grow_with_the_images_not_with_the_pairs(tmp_path):
     images = crop_folder(tmp_path, 24)
     assert len(match_candidates(images)) <= len(images) * CANDIDATES  # all pairs: 276
+
+
+def test_votes_counted_on_disk_give_the_same_candidates(tmp_path, monkeypatch):
+    images = crop_folder(tmp_path, 12)
+    shutil.copyfile(images["EOSINOPHIL/004.bmp"], tmp_path / "copy.bmp")
+    images["copy.bmp"] = tmp_path / "copy.bmp"
+    in_memory = match_candidates(images)
+    monkeypatch.setattr(duplicates, "_VOTE_BYTES", 4096)  # a large set's votes: split by pair
+    on_disk = match_candidates(images)
+    assert set(on_disk) == set(in_memory) and ("EOSINOPHIL/004.bmp", "copy.bmp") in on_disk
 
 
 def test_the_hash_key_grows_one_bit_per_doubling():
