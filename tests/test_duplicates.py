@@ -99,6 +99,10 @@ def test_the_rule_needs_every_piece_of_evidence():
     assert not is_duplicate(PairMatch(50, 0.1, 0.6, True, None))  # dust-like chance transform
     assert not is_duplicate(PairMatch(3, 0.9, 0.6, True, None))
     assert not is_duplicate(PairMatch(50, 0.9, 0.6, True, None), min_inliers=60)
+    # Two crops: one cell fills both frames, so outlines alone correlate at up to 0.43.
+    assert is_duplicate(PairMatch(6, 0.87, 0.9, True, None, crops=True))
+    assert not is_duplicate(PairMatch(6, 0.43, 0.9, True, None, crops=True))
+    assert is_duplicate(PairMatch(6, 0.43, 0.9, True, None))  # the smears' rule
 
 
 @pytest.mark.parametrize(

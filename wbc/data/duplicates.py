@@ -52,9 +52,13 @@ Result on the public folder: 25 pairs in 23 groups (48 images: 21 pairs and two 
 MONOCYTE (the same cell; the rename stage drops both). About 6-13 s for 297 images on 2 shared
 cores; ``wbc bench --only duplicates`` measures the growth on 5,000 and 20,000 generated crops.
 
-Single-cell crops (a lab's class folders) go through the same steps (a crop is upscaled to the
-working size): a byte copy, a re-encoded or resized copy, or the same cell cropped a few pixels
-off is found; distinct cells are not paired (tests/test_duplicates.py).
+Single-cell crops (a lab's class folders; images under the working size, which are upscaled to
+it) go through the same steps, with one stricter threshold: the overlap correlation must reach
+``MIN_CROP_CORRELATION`` (0.6), because one cell fills the frame and two different cells of one
+class correlate at up to 0.43 on their outlines alone (5 such pairs passed 0.35 among 20,000
+generated crops). A byte copy, a re-encoded or resized copy, or the same cell cropped a few
+pixels off correlates at 0.87-1.0 and is found (tests/test_duplicates.py). The public
+tecom-crops folder holds 13 such same-cell pairs of its own, one across classes.
 """
 
 from __future__ import annotations
@@ -75,6 +79,11 @@ from wbc.core.errors import BadImage
 # Thresholds (see the module docstring for the measured distributions behind them).
 DEFAULT_MIN_INLIERS = 5
 MIN_CORRELATION = 0.35  # normalised cross-correlation of the overlapping high-passed pixels
+# The same for two single-cell crops (images under the working size): one cell fills the frame,
+# so two different cells of one class, outlines aligned, correlate at up to 0.43 (20,000
+# generated crops), while copies and re-crops of one cell are at 0.87-1.0 (generated, and the
+# tecom-crops folder's own same-cell crops).
+MIN_CROP_CORRELATION = 0.6
 MIN_OVERLAP = 0.1  # the overlap must cover this fraction of the frame
 SCALE_RANGE = (0.8, 1.25)  # same microscope, same magnification
 MAX_ROTATION = 15.0  # degrees; the camera does not turn between shots (true pairs: < 2)
@@ -106,6 +115,7 @@ class _Image:
     highpass: np.ndarray | None  # float32 grey, low frequencies removed
     cells: list  # detected WBC boxes (x0, y0, x1, y1)
     gray: np.ndarray  # uint8 working grey that ``highpass`` is made of (what gets spilled)
+    crop: bool = False  # smaller than the working size (upscaled): a single-cell crop
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,7 @@ class PairMatch:
     overlap: float
     same_cell: bool | None  # None when either image has no detected cell
     transform: np.ndarray | None
+    crops: bool = False  # both images are single-cell crops: MIN_CROP_CORRELATION applies
 
 
 def _highpass(gray: np.ndarray, sigma: float) -> np.ndarray:
@@ -139,7 +150,7 @@ def _prepare(rgb: np.ndarray, highpass: bool = True) -> _Image:
     keypoints, descriptors = orb.detectAndCompute(clahe.apply(gray), None)
     points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
     filtered = _highpass(gray, 8.0) if highpass else None
-    return _Image(points, descriptors, filtered, detect_cells(small), gray)
+    return _Image(points, descriptors, filtered, detect_cells(small), gray, scale > 1)
 
 
 class _Spill:
@@ -160,12 +171,18 @@ class _Spill:
         parts = [np.ascontiguousarray(image.gray), image.points, descriptors]
         blob = b"".join(part.tobytes() for part in parts)
         os.pwrite(self._file.fileno(), blob, self._end)
-        record = (self._end, image.gray.shape, len(image.points), image.descriptors is not None)
+        record = (
+            self._end,
+            image.gray.shape,
+            len(image.points),
+            image.descriptors is not None,
+            image.crop,
+        )
         self._end += len(blob)
         return record
 
     def get(self, record: tuple, cells: list) -> _Image:
-        offset, shape, count, has_descriptors = record
+        offset, shape, count, has_descriptors, crop = record
         size = shape[0] * shape[1]
         blob = os.pread(self._file.fileno(), size + count * 40, offset)
         gray = np.frombuffer(blob, np.uint8, size).reshape(shape)
@@ -177,6 +194,7 @@ class _Spill:
             _highpass(gray, 8.0),
             cells,
             gray,
+            crop,
         )
 
     def close(self) -> None:
@@ -368,7 +386,7 @@ def _match(a: _Image, b: _Image) -> PairMatch:
     if a.cells and b.cells:
         inverse = cv2.invertAffineTransform(transform)
         same_cell = _maps_into(transform, a.cells, b.cells) or _maps_into(inverse, b.cells, a.cells)
-    return PairMatch(inliers, correlation, overlap, same_cell, transform)
+    return PairMatch(inliers, correlation, overlap, same_cell, transform, a.crop and b.crop)
 
 
 def _load(path: Path) -> tuple[_Image, str] | None:
@@ -475,7 +493,7 @@ def is_duplicate(match: PairMatch, min_inliers: int = DEFAULT_MIN_INLIERS) -> bo
     """The rule: enough inliers, a correlated overlap, and (when both have cells) a shared WBC."""
     return (
         match.inliers >= min_inliers
-        and match.correlation >= MIN_CORRELATION
+        and match.correlation >= (MIN_CROP_CORRELATION if match.crops else MIN_CORRELATION)
         and match.overlap >= MIN_OVERLAP
         and match.same_cell is not False
     )
