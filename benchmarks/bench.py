@@ -26,7 +26,11 @@ One run measures, on the same machine and one after the other (issue 6):
 6. the peak RSS of ``wbc train`` (the study recipe) on a full-size subset (10,800 + 1,200 120x160
    JPEGs made from the images; ``--quick``: a quarter of that, and no goal check);
 7. the float32 matmul peak of the machine (numpy and TensorFlow), to put the training rate in
-   GFLOP/s and in a share of what the CPU can do.
+   GFLOP/s and in a share of what the CPU can do;
+8. ``duplicates``: ``find_duplicates`` (the rename stage's same-field search) on generated class
+   folders of 120x120 crops (``benchmarks.crops``, 1% planted copies) of 5,000 and 20,000
+   images, each in a fresh process: wall and CPU seconds, the peak RSS the call adds, whether
+   every planted copy was found, and the 20k / 5k ratios (linear: 4; all pairs: 16).
 
 Images are generated smear-like 640x480 JPEGs, or the real ones with ``--raw``. The machine is
 shared: every section records the load average before and after it, and the output says how many
@@ -64,7 +68,17 @@ import numpy as np
 
 from wbc.core.errors import DataError, WbcError
 
-SECTIONS = ("cli", "matmul", "train", "checkpoint", "augment", "predict", "families", "memory")
+SECTIONS = (
+    "cli",
+    "matmul",
+    "train",
+    "checkpoint",
+    "augment",
+    "predict",
+    "families",
+    "memory",
+    "duplicates",
+)
 STUDY_EPOCHS = 150
 STUDY_TRAIN_IMAGES = 10_800  # the full subset's training side: 3,000 per class x 4 x 90%
 MEMORY_LIMIT_GIB = 4.0
@@ -77,7 +91,11 @@ GOALS = {  # name -> (minimum or maximum, value); checked in ``goal_rows``
     "peak_rss_gib": ("<", MEMORY_LIMIT_GIB),
     "slowest_recipe_ms_per_cell": ("<=", 5.0),
     "checkpoint_extra_share_small": ("<=", 0.05),  # crash-safe writes: at most 5% of an epoch
+    # duplicate search on 4x the images: linear is 4, all pairs 16 (issue 22); CPU seconds
+    "duplicates_cpu_ratio": ("<=", 6.0),
+    "duplicates_planted_found": (">=", 1.0),  # share of the planted copies found
 }
+DUPLICATE_SHARE = 0.01  # planted copies among the generated crops of the duplicates section
 # The model recipes whose predict cost per cell the families section measures: config overrides.
 RECIPES = {
     "features": ["model.family=features"],
@@ -136,6 +154,7 @@ class Plan:
     family_recipes: tuple[str, ...]  # names in RECIPES that the families section measures
     augment_workers: int  # processes of the augment pool; 0 = one per core (as the stage)
     checkpoint_repeats: int = 15  # epochs of per-epoch writes timed, each way
+    duplicate_sizes: tuple[int, ...] = (5000, 20000)  # generated crops, smallest first
 
 
 FULL = Plan(
@@ -179,6 +198,7 @@ QUICK = Plan(
     family_train_images=1000,
     family_recipes=tuple(RECIPES),
     augment_workers=0,
+    duplicate_sizes=(1000, 4000),
 )
 TINY = Plan(  # every section's code path in seconds; the figures mean nothing
     "tiny",
@@ -203,6 +223,7 @@ TINY = Plan(  # every section's code path in seconds; the figures mean nothing
     family_recipes=("features",),
     augment_workers=1,
     checkpoint_repeats=3,
+    duplicate_sizes=(40, 160),
 )
 
 
@@ -1241,6 +1262,96 @@ def bench_memory(tmp: Path, sources: Sequence[Path], plan: Plan, echo: Echo) -> 
 # --------------------------------------------------------------------------- report
 
 
+def duplicates_child(folder: str, out: str) -> None:
+    """``find_duplicates`` on every image under ``folder``, ids = relative paths; the figures
+    go to the JSON file ``out``. Run in a fresh process, so that its peak RSS is this call's."""
+    import resource
+
+    import wbc.data.cells  # noqa: F401  (find_duplicates imports it: before the baseline)
+    from wbc.core.imageio import is_image_name
+    from wbc.data.duplicates import find_duplicates
+
+    root = Path(folder)
+    images = {
+        p.relative_to(root).as_posix(): p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and is_image_name(p)
+    }
+    base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    cpu, start = time.process_time(), time.perf_counter()
+    pairs = find_duplicates(images)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    figures = {
+        "images": len(images),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rss_before_mib": base_kib / 1024,
+        "rss_peak_mib": peak_kib / 1024,
+        "rss_growth_mib": (peak_kib - base_kib) / 1024,
+        "pairs": [[a, b] for a, b, _ in pairs],
+    }
+    Path(out).write_text(json.dumps(figures), encoding="utf-8")
+
+
+def bench_duplicates(tmp: Path, plan: Plan, echo: Echo) -> dict[str, Any]:
+    """``find_duplicates`` on generated class folders of crops (``benchmarks.crops``, 1% planted
+    copies) at each of ``plan.duplicate_sizes``: wall and CPU seconds, the peak RSS it adds
+    (a fresh process each), the planted copies found, and the largest / smallest ratios."""
+    from benchmarks.crops import write_crop_folders
+    from wbc.data.duplicates import group_ids
+
+    runs: dict[str, Any] = {}
+    for n in plan.duplicate_sizes:
+        root = tmp / f"crops-{n}"
+        echo(f"duplicates: writing {n:,} generated 120x120 crops")
+        start = time.perf_counter()
+        share = max(DUPLICATE_SHARE, 8 / n)  # a few copies even in a tiny set
+        made = write_crop_folders(root, n, seed=0, duplicates=share)
+        written_s = time.perf_counter() - start
+        echo(f"duplicates: find_duplicates on {n:,} crops")
+        out = tmp / f"duplicates-{n}.json"
+        code = "import sys; from benchmarks.bench import duplicates_child as f; f(*sys.argv[1:])"
+        subprocess.run([sys.executable, "-c", code, str(root), str(out)], check=True)
+        child = json.loads(out.read_text(encoding="utf-8"))
+
+        def key(path: Path) -> str:
+            return path.relative_to(root).as_posix()
+
+        planted = {tuple(sorted((key(a), key(b)))) for a, b, _ in made.pairs}
+        found = {tuple(p) for p in child.pop("pairs")}
+        # Two copies of one crop are a pair too: only a pair across planted groups is wrong.
+        groups = group_ids([key(p) for p in made.paths], planted)
+        wrong = sorted(p for p in found if groups[p[0]] != groups[p[1]])
+        runs[str(n)] = {
+            **child,
+            "write_s": written_s,
+            "planted": len(planted),
+            "planted_found": len(planted & found),
+            "found": len(found),
+            "wrong_pairs": len(wrong),
+            "wrong_examples": [list(p) for p in wrong[:5]],
+            "ms_per_image": 1e3 * child["wall_s"] / n,
+            "cpu_ms_per_image": 1e3 * child["cpu_s"] / n,
+        }
+        shutil.rmtree(root, ignore_errors=True)
+    small = runs[str(plan.duplicate_sizes[0])]
+    large = runs[str(plan.duplicate_sizes[-1])]
+    planted = sum(r["planted"] for r in runs.values())
+    return {
+        "sizes": list(plan.duplicate_sizes),
+        "runs": runs,
+        "images_ratio": large["images"] / small["images"],
+        "time_ratio": large["wall_s"] / small["wall_s"],
+        "cpu_ratio": large["cpu_s"] / small["cpu_s"],
+        "memory_ratio": large["rss_growth_mib"] / max(small["rss_growth_mib"], 1.0),
+        "planted_found_share": (
+            sum(r["planted_found"] for r in runs.values()) / planted if planted else 1.0
+        ),
+        "wrong_pairs": sum(r["wrong_pairs"] for r in runs.values()),
+    }
+
+
 def _fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
@@ -1270,6 +1381,10 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         values["help_seconds"] = (sections["cli"]["help_seconds"], None)
     if "families" in sections:
         values["slowest_recipe_ms_per_cell"] = (sections["families"]["slowest_ms_per_cell"], None)
+    if "duplicates" in sections:
+        d = sections["duplicates"]
+        values["duplicates_cpu_ratio"] = (d["cpu_ratio"], None)
+        values["duplicates_planted_found"] = (d["planted_found_share"], None)
     if "memory" in sections and sections["memory"]["full_size"]:  # --quick: a smaller subset
         values["peak_rss_gib"] = (sections["memory"]["peak_rss_gib"], None)
     checks = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
@@ -1481,6 +1596,30 @@ def table(results: dict[str, Any]) -> str:
             "< 4" if m["full_size"] else "(full run)",
             f"1x, {load('memory')}",
         )
+    if "duplicates" in s:
+        d = s["duplicates"]
+        for n, r in d["runs"].items():
+            add(
+                f"duplicates: find_duplicates on {int(n):,} crops (wall / CPU)",
+                f"{r['wall_s']:.1f} s / {r['cpu_s']:.1f} CPU-s "
+                f"({r['ms_per_image']:.1f} / {r['cpu_ms_per_image']:.1f} ms an image)",
+                "",
+                f"1x, {load('duplicates')}",
+            )
+            add(
+                f"duplicates: peak RSS on {int(n):,} crops (added by the call)",
+                f"{r['rss_peak_mib']:.0f} MiB (+{r['rss_growth_mib']:.0f})",
+            )
+            add(
+                f"duplicates: planted copies found on {int(n):,} crops; wrong pairs",
+                f"{r['planted_found']}/{r['planted']}; {r['wrong_pairs']}",
+            )
+        add(
+            f"duplicates: ratio {d['sizes'][-1]:,} / {d['sizes'][0]:,} crops "
+            f"({d['images_ratio']:.0f}x the images): wall, CPU, RSS growth",
+            f"{d['time_ratio']:.2f}, {d['cpu_ratio']:.2f}, {d['memory_ratio']:.2f}",
+            f"CPU <= {GOALS['duplicates_cpu_ratio'][1]:g}",
+        )
     width = [
         max(len(r[i]) for r in rows + [("figure", "value", "goal", "repeats, load")])
         for i in range(4)
@@ -1570,6 +1709,7 @@ def run(
             "predict": lambda: bench_predict(tmp, sources, plan, echo),
             "families": lambda: bench_families(tmp, sources, plan, echo),
             "memory": lambda: bench_memory(tmp, sources, plan, echo),
+            "duplicates": lambda: bench_duplicates(tmp, plan, echo),
         }
         for section in chosen:
             before = _load()

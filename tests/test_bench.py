@@ -42,7 +42,16 @@ def _finite(result: dict, *paths: str) -> None:
     assert not bad, bad
 
 
-IN_PROCESS = ("matmul", "train", "checkpoint", "augment", "predict", "families", "memory")
+IN_PROCESS = (
+    "matmul",
+    "train",
+    "checkpoint",
+    "augment",
+    "predict",
+    "families",
+    "memory",
+    "duplicates",
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +190,30 @@ def test_memory_section(tiny_bench):
     assert result["peak_rss_gib"] > 0 and not result["full_size"]
     assert "--config" in result["command"]
     assert "peak RSS, wbc train on" in text
+
+
+def test_duplicates_section(tiny_bench):
+    result, text = run_section(tiny_bench, "duplicates")
+    assert result["sizes"] == list(bench.TINY.duplicate_sizes)
+    for n in bench.TINY.duplicate_sizes:
+        run = result["runs"][str(n)]
+        _finite(run, "wall_s", "cpu_s", "rss_peak_mib", "rss_growth_mib", "ms_per_image")
+        assert run["images"] == n and run["planted"] > 0
+        assert run["planted_found"] == run["planted"] and run["wrong_pairs"] == 0
+    _finite(result, "time_ratio", "cpu_ratio", "memory_ratio", "planted_found_share")
+    assert "duplicates: ratio 160 / 40 crops" in text
+
+
+def test_crop_folders_are_seeded_class_folders(tmp_path):
+    from benchmarks.crops import CLASSES, write_crop_folders
+
+    first = write_crop_folders(tmp_path / "a", 12, seed=5, duplicates=0.3)
+    again = write_crop_folders(tmp_path / "b", 12, seed=5, duplicates=0.3)
+    assert sorted(p.parent.name for p in first.paths) == sorted(CLASSES * 3)
+    assert all(p.parent.parent == tmp_path / "a" for p in first.paths)
+    assert [p.name for p in first.paths] == [p.name for p in again.paths]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first.paths, again.paths))
+    assert first.pairs and all(a.parent == b.parent for a, b, _ in first.pairs)  # same class
 
 
 def test_the_cli_offers_every_section():

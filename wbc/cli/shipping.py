@@ -34,7 +34,17 @@ from wbc.cli.group import cli
     "--only",
     multiple=True,
     type=click.Choice(
-        ["cli", "matmul", "train", "checkpoint", "augment", "predict", "families", "memory"]
+        [
+            "cli",
+            "matmul",
+            "train",
+            "checkpoint",
+            "augment",
+            "predict",
+            "families",
+            "memory",
+            "duplicates",
+        ]
     ),
     help="Run only this section (repeatable; default: all).",
 )
