@@ -31,6 +31,9 @@ One run measures, on the same machine and one after the other (issue 6):
    folders of 120x120 crops (``benchmarks.crops``, 1% planted copies) of 5,000 and 20,000
    images, each in a fresh process: wall and CPU seconds, the peak RSS the call adds, whether
    every planted copy was found, and the 20k / 5k ratios (linear: 4; all pairs: 16).
+9. ``scale``: ``wbc prepare --raw`` + ``wbc train`` (the default recipe) on a lab's generated
+   class folders of 20,000 120x120 crops: wall and CPU minutes and the peak RSS of the largest
+   process (goals: <= 10 minutes, <= 3 GB on 2 cores).
 
 Images are generated smear-like 640x480 JPEGs, or the real ones with ``--raw``. The machine is
 shared: every section records the load average before and after it, and the output says how many
@@ -78,6 +81,7 @@ SECTIONS = (
     "families",
     "memory",
     "duplicates",
+    "scale",
 )
 STUDY_EPOCHS = 150
 STUDY_TRAIN_IMAGES = 10_800  # the full subset's training side: 3,000 per class x 4 x 90%
@@ -94,6 +98,9 @@ GOALS = {  # name -> (minimum or maximum, value); checked in ``goal_rows``
     # duplicate search on 4x the images: linear is 4, all pairs 16 (issue 22); CPU seconds
     "duplicates_cpu_ratio": ("<=", 6.0),
     "duplicates_planted_found": (">=", 1.0),  # share of the planted copies found
+    # wbc prepare + wbc train (default recipe) on a lab's 20,000 crops in class folders (issue 22)
+    "scale_minutes": ("<=", 10.0),
+    "scale_peak_rss_gib": ("<=", 3.0),
 }
 DUPLICATE_SHARE = 0.01  # planted copies among the generated crops of the duplicates section
 # The model recipes whose predict cost per cell the families section measures: config overrides.
@@ -112,6 +119,7 @@ STUDY_RECIPE = (
     "model.family=study",
     "crop.mode=none",
     "color.normalize=none",
+    "color.scale_jitter=0.0",
     "augment.engine=imagedatagenerator",
     "model.features.max_train=4000",
 )
@@ -155,6 +163,8 @@ class Plan:
     augment_workers: int  # processes of the augment pool; 0 = one per core (as the stage)
     checkpoint_repeats: int = 15  # epochs of per-epoch writes timed, each way
     duplicate_sizes: tuple[int, ...] = (5000, 20000)  # generated crops, smallest first
+    scale_crops: int = 20000  # a lab's class folders that `scale` prepares and trains on
+    scale_overrides: tuple[str, ...] = ()  # --set options of the scale run (tiny: small targets)
 
 
 FULL = Plan(
@@ -199,6 +209,7 @@ QUICK = Plan(
     family_recipes=tuple(RECIPES),
     augment_workers=0,
     duplicate_sizes=(1000, 4000),
+    scale_crops=4000,
 )
 TINY = Plan(  # every section's code path in seconds; the figures mean nothing
     "tiny",
@@ -224,6 +235,8 @@ TINY = Plan(  # every section's code path in seconds; the figures mean nothing
     augment_workers=1,
     checkpoint_repeats=3,
     duplicate_sizes=(40, 160),
+    scale_crops=40,
+    scale_overrides=("augment.per_class=12", "subsets.full=12", "model.features.max_train=10"),
 )
 
 
@@ -1352,6 +1365,77 @@ def bench_duplicates(tmp: Path, plan: Plan, echo: Echo) -> dict[str, Any]:
     }
 
 
+def _timed_wbc(args: Sequence[str], log: Path) -> dict[str, float]:
+    """Run ``wbc ARGS`` as a subprocess: wall and CPU seconds, and the peak RSS of the largest
+    process (itself or a worker it waited for, e.g. the augment pool), from ``wait4``."""
+    exe = Path(sys.executable).with_name("wbc")
+    command = [str(exe)] if exe.is_file() else [sys.executable, "-m", "wbc"]
+    start = time.perf_counter()
+    with log.open("wb") as sink:
+        process = subprocess.Popen([*command, *args], stdout=sink, stderr=subprocess.STDOUT)
+        _pid, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise DataError(f"{log}: wbc {args[0]} failed: {' | '.join(tail)}")
+    peak = usage.ru_maxrss * 1024 if sys.platform != "darwin" else usage.ru_maxrss
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_gib": peak / 2**30,
+    }
+
+
+def bench_scale(tmp: Path, plan: Plan, echo: Echo) -> dict[str, Any]:
+    """``wbc prepare --raw`` + ``wbc train`` (the default recipe) on a lab's generated class
+    folders of ``plan.scale_crops`` 120x120 crops (``benchmarks.crops``, 1% planted copies): each
+    command's wall and CPU time and peak RSS, and the rename stage's share (decoding, hashing,
+    the duplicate search)."""
+    from benchmarks.crops import write_crop_folders
+    from wbc.core.manifest import Manifest
+
+    root, data, run = tmp / "scale-lab", tmp / "scale-data", tmp / "scale-run"
+    n = plan.scale_crops
+    echo(f"scale: writing {n:,} generated 120x120 crops in class folders")
+    write_crop_folders(root, n, seed=1, duplicates=max(DUPLICATE_SHARE, 8 / n))
+    sets = [x for o in plan.scale_overrides for x in ("--set", o)]
+    echo(f"scale: wbc prepare --raw {root} (default recipe)")
+    prepare = _timed_wbc(
+        ["prepare", "--raw", str(root), "--data-dir", str(data), *sets], tmp / "scale-prepare.log"
+    )
+    echo("scale: wbc train (default recipe)")
+    train = _timed_wbc(
+        ["train", "--data-dir", str(data), "--run-dir", str(run), *sets], tmp / "scale-train.log"
+    )
+    stages = {}
+    for stage, folder in (
+        ("rename", data / "interim" / "renamed"),
+        ("crop", data / "interim" / "cropped"),
+        ("augment", data / "interim" / "augmented"),
+        ("split", data / "processed" / "split"),
+    ):
+        stages[stage] = round(Manifest.load(folder).seconds, 1)
+    renamed = Manifest.load(data / "interim" / "renamed").summary
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    total = prepare["wall_s"] + train["wall_s"]
+    shutil.rmtree(root, ignore_errors=True)
+    return {
+        "crops": n,
+        "prepare": prepare,
+        "train": train,
+        "stage_seconds": stages,
+        "kept": renamed.get("kept"),
+        "duplicate_pairs": renamed.get("duplicate_pairs"),
+        "train_images": metrics.get("train_images"),
+        "minutes": total / 60,
+        "cpu_minutes": (prepare["cpu_s"] + train["cpu_s"]) / 60,
+        "peak_rss_gib": max(prepare["peak_rss_gib"], train["peak_rss_gib"]),
+        "full_size": n >= 20000,
+        "overrides": list(plan.scale_overrides),
+        "repeats": 1,
+    }
+
+
 def _fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
@@ -1385,6 +1469,10 @@ def goal_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         d = sections["duplicates"]
         values["duplicates_cpu_ratio"] = (d["cpu_ratio"], None)
         values["duplicates_planted_found"] = (d["planted_found_share"], None)
+    if "scale" in sections and sections["scale"]["full_size"]:
+        c = sections["scale"]
+        values["scale_minutes"] = (c["minutes"], None)
+        values["scale_peak_rss_gib"] = (c["peak_rss_gib"], None)
     if "memory" in sections and sections["memory"]["full_size"]:  # --quick: a smaller subset
         values["peak_rss_gib"] = (sections["memory"]["peak_rss_gib"], None)
     checks = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, "<": lambda v, t: v < t}
@@ -1620,6 +1708,21 @@ def table(results: dict[str, Any]) -> str:
             f"{d['time_ratio']:.2f}, {d['cpu_ratio']:.2f}, {d['memory_ratio']:.2f}",
             f"CPU <= {GOALS['duplicates_cpu_ratio'][1]:g}",
         )
+    if "scale" in s:
+        c = s["scale"]
+        add(
+            f"scale: wbc prepare + train (default) on {c['crops']:,} crops (wall / CPU)",
+            f"{c['minutes']:.1f} min / {c['cpu_minutes']:.1f} CPU-min "
+            f"(prepare {c['prepare']['wall_s']:.0f} s, train {c['train']['wall_s']:.0f} s; "
+            f"rename {c['stage_seconds']['rename']:.0f} s)",
+            "<= 10 min" if c["full_size"] else "(20,000 crops)",
+            f"1x, {load('scale')}",
+        )
+        add(
+            f"scale: peak RSS of one process, {c['crops']:,} crops",
+            f"{c['peak_rss_gib']:.2f} GiB",
+            "<= 3 GiB" if c["full_size"] else "(20,000 crops)",
+        )
     width = [
         max(len(r[i]) for r in rows + [("figure", "value", "goal", "repeats, load")])
         for i in range(4)
@@ -1710,6 +1813,7 @@ def run(
             "families": lambda: bench_families(tmp, sources, plan, echo),
             "memory": lambda: bench_memory(tmp, sources, plan, echo),
             "duplicates": lambda: bench_duplicates(tmp, plan, echo),
+            "scale": lambda: bench_scale(tmp, plan, echo),
         }
         for section in chosen:
             before = _load()

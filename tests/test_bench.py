@@ -51,6 +51,7 @@ IN_PROCESS = (
     "families",
     "memory",
     "duplicates",
+    "scale",
 )
 
 
@@ -202,6 +203,16 @@ def test_duplicates_section(tiny_bench):
         assert run["planted_found"] == run["planted"] and run["wrong_pairs"] == 0
     _finite(result, "time_ratio", "cpu_ratio", "memory_ratio", "planted_found_share")
     assert "duplicates: ratio 160 / 40 crops" in text
+
+
+@pytest.mark.slow  # wbc prepare and wbc train in subprocesses
+def test_scale_section(tiny_bench):
+    result, text = run_section(tiny_bench, "scale")
+    assert result["crops"] == bench.TINY.scale_crops and not result["full_size"]
+    _finite(result, "minutes", "cpu_minutes", "peak_rss_gib")
+    assert result["kept"] > 0 and result["train_images"] > 0
+    assert set(result["stage_seconds"]) == {"rename", "crop", "augment", "split"}
+    assert "scale: wbc prepare + train (default) on 40 crops" in text
 
 
 def test_crop_folders_are_seeded_class_folders(tmp_path):

@@ -44,6 +44,7 @@ from wbc.cli.group import cli
             "families",
             "memory",
             "duplicates",
+            "scale",
         ]
     ),
     help="Run only this section (repeatable; default: all).",
