@@ -32,10 +32,12 @@ INTENDED_USE = """\
 OUT_OF_SCOPE = """\
 - **This is not a diagnostic device.** It is not cleared or approved for clinical use; do not
   use it to diagnose, treat or triage a patient, or to replace a manual differential.
-- Cell types it was not trained on (basophils, blasts, immature granulocytes, atypical or
-  reactive lymphocytes, nucleated red cells) are named as one of the trained classes anyway.
+- Cell types it was not trained on (for the public data's model: basophils, blasts, immature
+  granulocytes, atypical or reactive lymphocytes, nucleated red cells) are named as one of the
+  trained classes anyway.
 - Slides from another laboratory, microscope, camera or stain without checking it there first:
-  accuracy falls far (see Limitations); use `wbc cv --data LAB --init RUN` to adapt and measure."""
+  accuracy falls far (see Limitations); label a few of the lab's cells and use
+  `wbc train --init RUN` to adapt (`wbc cv --data LAB --init RUN` measures it)."""
 
 
 def _metadata(config: dict, metrics: Optional[dict], cv: Optional[dict]) -> dict[str, Any]:
@@ -256,8 +258,9 @@ def render_card(
         "their recall varies most between folds.",
         "- **Other laboratories' stains and microscopes:** measured on another lab's crops "
         "(tecom-crops, 299 cells), no model measured in this project reaches useful accuracy "
-        "without adaptation (0.52-0.65 accuracy, macro-F1 <= 0.50; docs/RESULTS.md). "
-        "Adapting with 20 labelled cells per class lifts the features recipe to about 0.88.",
+        "without labels (0.31-0.65 accuracy, macro-F1 <= 0.50; docs/RESULTS.md), nor with "
+        "`wbc adapt` on a lab's unlabelled cells (0.40-0.49). Adapting with 20 labelled cells "
+        "per class (`wbc train --init`) lifts it to 0.85-0.94 (the K-curve in docs/RESULTS.md).",
         "- **Out-of-domain flag:** each prediction carries `out_of_domain`, from the distance "
         "of the image's stain statistics to the training images' (`domain.json`). It marks "
         "images unlike the training data; it is not a guarantee that unflagged answers are "
