@@ -114,21 +114,27 @@ def _unlabelled_images(raw: RawFolder, labelled_ids: set[int], skipped: list[lis
 
 
 def _drop_conflicting_groups(
-    chosen: dict[int, str], groups: dict[int, int], skipped: list[list], raw: RawFolder
+    chosen: dict[int, str],
+    groups: dict[int, int],
+    skipped: list[list],
+    file_of: Callable[[int], str],
+    key_of: Callable[[int], str] = str,
 ) -> None:
+    """Same-field duplicates whose labels differ: one of the labels is wrong, so none is kept.
+    ``file_of``: the file an id names in skipped.csv; ``key_of``: how the reason names it."""
     members: dict[int, list[int]] = {}
     for image_id, group in groups.items():
         members.setdefault(group, []).append(image_id)
     for ids in members.values():
         labels = {chosen[i] for i in ids}
         if len(labels) > 1:
-            described = ", ".join(f"{i}={chosen[i]}" for i in sorted(ids))
+            described = ", ".join(f"{key_of(i)}={chosen[i]}" for i in sorted(ids))
             for image_id in sorted(ids):
                 del chosen[image_id]
                 skipped.append(
                     [
                         image_id,
-                        raw.image_path(image_id).name,
+                        file_of(image_id),
                         f"same field as another image with a different label ({described})",
                     ]
                 )
@@ -189,7 +195,7 @@ def rename(
             every_group = group_ids(sorted(chosen), pairs)
             sizes = Counter(every_group.values())
             groups = {i: g for i, g in every_group.items() if sizes[g] > 1}
-            _drop_conflicting_groups(chosen, groups, skipped, raw)
+            _drop_conflicting_groups(chosen, groups, skipped, lambda i: raw.image_path(i).name)
 
         for image_id, cls in sorted(chosen.items()):
             source = raw.image_path(image_id)
@@ -307,17 +313,20 @@ def rename_lab(
         "duplicate_min_inliers": config.rename.duplicate_min_inliers,
         "group_by_subfolder": config.rename.group_by_subfolder,
     }
-    rows = [
-        [i.where, i.label, i.group, i.side, digests[i.where]] for i in listing.items
-    ] + [[p.where, p.reason] for p in listing.problems]
+    rows = [[i.where, i.label, i.group, i.side, digests[i.where]] for i in listing.items] + [
+        [p.where, p.reason] for p in listing.problems
+    ]
     inputs = {"raw": sha256_json(rows)}
 
     def build(tmp: Path) -> dict:
         skipped: list[list] = [["", p.where, p.reason] for p in listing.problems]
         classes = _lab_classes(sorted({i.label for i in listing.items}), asked, listing.root)
         kept = [i for i in listing.items if i.label in classes]
-        skipped += [["", i.where, f"class not kept: {i.label}"] for i in listing.items
-                    if i.label not in classes]
+        skipped += [
+            ["", i.where, f"class not kept: {i.label}"]
+            for i in listing.items
+            if i.label not in classes
+        ]
 
         # The same bytes twice: under two classes no label can be trusted; under one, once.
         by_digest: dict[str, list] = {}
@@ -332,8 +341,11 @@ def rename_lab(
             elif len(labels) > 1:
                 others = ", ".join(f"{t.where} ({t.label})" for t in twins if t is not item)
                 skipped.append(
-                    ["", item.where, f"same image under two classes: {' vs '.join(labels)}; "
-                     f"also {others}"]
+                    [
+                        "",
+                        item.where,
+                        f"same image under two classes: {' vs '.join(labels)}; also {others}",
+                    ]
                 )
             elif twins[0] is not item:
                 skipped.append(["", item.where, f"same bytes as another file: {twins[0].where}"])
@@ -367,7 +379,12 @@ def rename_lab(
                 {i: item.path for i, item in readable}, config.rename.duplicate_min_inliers
             )
         by_id = dict(readable)
-        _drop_conflicting_pairs(chosen, pairs, skipped, by_id)
+        from wbc.data.duplicates import group_ids
+
+        where = {i: item.where for i, item in readable}
+        _drop_conflicting_groups(
+            chosen, group_ids(sorted(chosen), pairs), skipped, where.get, where.get
+        )
         groups = _lab_groups(chosen, pairs, by_id)
 
         items = [(i, by_id[i]) for i in sorted(chosen)]
@@ -414,9 +431,7 @@ def rename_lab(
             [[i, g] for i, g in sorted(groups.items()) if i in chosen],
         )
         _write_csv(tmp / "boxes.csv", ["id", "xmin", "ymin", "xmax", "ymax"], [])
-        _write_csv(
-            tmp / SOURCES_NAME, ["id", "class", "name", "source", "group", "side"], sources
-        )
+        _write_csv(tmp / SOURCES_NAME, ["id", "class", "name", "source", "group", "side"], sources)
         if listing.split_given:
             _write_csv(
                 tmp / GIVEN_SPLIT_NAME,
@@ -455,26 +470,6 @@ def _groups_from(listing, config: Config) -> str:
     if any(item.group for item in listing.items):
         return "CSV group column" if listing.kind == "csv" else "class sub-folders"
     return "same-field duplicates" if config.rename.find_duplicates else "none (every image alone)"
-
-
-def _drop_conflicting_pairs(
-    chosen: dict[int, str], pairs: list, skipped: list[list], by_id: dict
-) -> None:
-    """Duplicates whose labels differ: one of the two labels is wrong, so neither is kept."""
-    from wbc.data.duplicates import group_ids
-
-    every = group_ids(sorted(chosen), pairs)
-    members: dict[int, list[int]] = {}
-    for image_id, group in every.items():
-        members.setdefault(group, []).append(image_id)
-    for ids in members.values():
-        if len({chosen[i] for i in ids}) > 1:
-            described = ", ".join(f"{by_id[i].where}={chosen[i]}" for i in sorted(ids))
-            for image_id in sorted(ids):
-                del chosen[image_id]
-                skipped.append(
-                    [image_id, by_id[image_id].where, f"duplicate with another label ({described})"]
-                )
 
 
 def _lab_groups(chosen: dict[int, str], pairs: list, by_id: dict) -> dict[int, int]:
