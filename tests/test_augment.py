@@ -319,8 +319,12 @@ def test_stain_settings_are_stage_params_and_change_only_the_copies(src, tmp_pat
 def test_stain_off_keeps_the_earlier_key(src, tmp_path):
     from wbc.data.stages.augment import augment_params
 
-    assert "stain" not in augment_params(config())
-    assert augment_params(config("color.hed_jitter=0.1")) != augment_params(config())
+    off = config("color.scale_jitter=0")  # the default zooms copies by up to 20%: turn it off
+    assert "stain" not in augment_params(off)
+    assert augment_params(config("color.scale_jitter=0", "color.hed_jitter=0.1")) != (
+        augment_params(off)
+    )
+    assert "stain" in augment_params(config())  # the default's scale jitter is a parameter
 
 
 def test_stained_copies_do_not_depend_on_the_number_of_workers(src, tmp_path):
