@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wbc.core.errors import DataError
+from wbc.core.imageio import is_image_name
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLIT_FOLDERS = {"train": "train", "val": "test", "valid": "test", "validation": "test", "test": "test"}
 FILE_COLUMNS = ("file", "filename", "file_name", "path", "image", "image_path")
 LABEL_COLUMNS = ("label", "class", "category", "cell_type", "type")
@@ -69,10 +69,6 @@ def class_name(label: str) -> str | None:
     if not _VALID_CLASS.match(label):
         return None
     return re.sub(r"[ -]+", "_", label).upper()
-
-
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _csv_files(folder: Path) -> list[Path]:
@@ -140,7 +136,7 @@ def _walk_images(folder: Path, root: Path, listing: Listing):
             where = str(path.relative_to(root))
             if name.startswith("."):
                 listing.problems.append(Problem(where, "hidden file"))
-            elif not is_image_name(name):
+            elif not is_image_name(path):
                 listing.problems.append(
                     Problem(where, f"not an image file ({path.suffix or 'no extension'})")
                 )
@@ -285,7 +281,7 @@ def read_csv_layout(
                 listing.problems.append(Problem(where, f"path outside the CSV's folder: {name}"))
             elif not path.is_file():
                 listing.problems.append(Problem(where, f"not a file: {name}"))
-            elif not is_image_name(path.name):
+            elif not is_image_name(path):
                 listing.problems.append(
                     Problem(where, f"not an image file ({path.suffix or 'no extension'}): {name}")
                 )

@@ -370,21 +370,20 @@ def rename_lab(
             if not is_plain_rgb_jpeg(item.path):
                 converted.add(image_id)
 
+        from wbc.data.duplicates import find_duplicates, group_ids
+
         chosen = {image_id: item.label for image_id, item in readable}
+        by_id = dict(readable)
         pairs: list[tuple[int, int, float]] = []
         if config.rename.find_duplicates and len(chosen) > 1:
-            from wbc.data.duplicates import find_duplicates
-
             pairs = find_duplicates(
                 {i: item.path for i, item in readable}, config.rename.duplicate_min_inliers
             )
-        by_id = dict(readable)
-        from wbc.data.duplicates import group_ids
 
-        where = {i: item.where for i, item in readable}
-        _drop_conflicting_groups(
-            chosen, group_ids(sorted(chosen), pairs), skipped, where.get, where.get
-        )
+        def where(image_id: int) -> str:
+            return by_id[image_id].where
+
+        _drop_conflicting_groups(chosen, group_ids(sorted(chosen), pairs), skipped, where, where)
         groups = _lab_groups(chosen, pairs, by_id)
 
         items = [(i, by_id[i]) for i in sorted(chosen)]
