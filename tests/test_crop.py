@@ -313,3 +313,60 @@ def test_crop_stage_errors(tmp_path):
     other.write_text("id,xmin,ymin,xmax,ymax\n0,1,2,30,40\n0,x,1,1,1\n")
     with pytest.raises(DataError, match="line 3"):
         read_boxes_csv(other)
+
+
+def test_crop_stage_reframes_a_loose_crop_and_keeps_a_tight_one_whole(tmp_path):
+    """Crops from another lab frame their cell in their own way: one with a much wider margin
+    (the cell a quarter of the side, as in CellaVision crops) is re-cut around its cell, so
+    every crop frames its cell as the crop stage does; a crop framed about as wbc frames is
+    kept whole."""
+    folder = tmp_path / "renamed"
+
+    def cell_on_background(side: int, radius: int) -> np.ndarray:
+        image = np.full((side, side, 3), (228, 190, 200), np.uint8)
+        yy, xx = np.mgrid[:side, :side]
+        image[(yy - side // 2) ** 2 + (xx - side // 2) ** 2 <= radius**2] = (95, 40, 140)
+        return image
+
+    def build(tmp: Path) -> dict:
+        Image.fromarray(cell_on_background(160, 20)).save(tmp / "MONOCYTE.1.jpg", quality=95)  # loose
+        Image.fromarray(cell_on_background(52, 20)).save(tmp / "MONOCYTE.2.jpg", quality=95)  # tight
+        (tmp / "boxes.csv").write_text("id,xmin,ymin,xmax,ymax\n")
+        (tmp / "skipped.csv").write_text("id,file,reason\n")
+        return {"kept": 2}
+
+    run_stage("rename", folder, {"test": True}, {}, build, force=True)
+    manifest = crop(folder, tmp_path / "cropped", load_config(overrides=["crop.size=64"]))
+    assert (manifest.summary["reframed"], manifest.summary["kept_whole"]) == (1, 1)
+    rows = {r["id"]: r for r in read_crops_csv(tmp_path / "cropped")}
+    assert rows["1"]["source"] == "reframed" and rows["2"]["source"] == "whole"
+    x0, x1 = int(rows["1"]["x0"]), int(rows["1"]["x1"])
+    assert 36 <= x1 - x0 <= 48 and abs((x0 + x1) / 2 - 80) <= 3  # the cell's box, centred
+    for name in ("MONOCYTE.1.jpg", "MONOCYTE.2.jpg"):
+        pixels = np.asarray(Image.open(tmp_path / "cropped" / name).convert("RGB"))
+        assert pixels.shape == (64, 64, 3)
+        # Framed alike: the cell spans most of both crops, not a quarter of the loose one.
+        dark = (pixels.astype(int).sum(axis=2) < 400).mean()
+        assert dark > 0.25, name  # as is, the loose crop would be 0.05 cell
+
+
+def test_a_crop_whose_cell_box_has_a_close_neighbour_is_kept_whole(monkeypatch):
+    """A detected box with another one right beside it may be one lobe of a nucleus, or a
+    nucleus without its cytoplasm: re-cutting around it would cut the cell, so the crop stays
+    whole. A second cell far off does not stop the re-cut, nor does a box too big to re-cut
+    around become one."""
+    import wbc.data.cells as cells
+
+    image = np.full((200, 200, 3), 200, np.uint8)
+    found: list = []
+    monkeypatch.setattr(cells, "detect_cells", lambda rgb, work_side=320: list(found))
+    found[:] = [(85, 85, 115, 115)]
+    assert cells.reframe_box(image, 0.15) == (85, 85, 115, 115)
+    found[:] = [(85, 85, 115, 115), (118, 90, 140, 112)]  # a lobe beside it
+    assert cells.reframe_box(image, 0.15) is None
+    found[:] = [(85, 85, 115, 115), (170, 170, 195, 195)]  # another cell, far off
+    assert cells.reframe_box(image, 0.15) == (85, 85, 115, 115)
+    found[:] = [(40, 40, 140, 140)]  # padded, over half the side: framed about as wbc frames
+    assert cells.reframe_box(image, 0.15) is None
+    found[:] = []
+    assert cells.reframe_box(image, 0.15) is None

@@ -363,3 +363,13 @@ def test_compare_scores_each_run_and_the_majority_baseline(model_dir, folder, tm
     counts = [alone["per_class"][c]["support"] for c in alone["classes"]]
     assert data["majority"]["accuracy"] == pytest.approx(max(counts) / sum(counts))
     assert f"{alone['accuracy']:.3f}" in table[2]
+
+
+def test_compare_with_no_run_scored_is_a_table_of_error_rows(folder, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["compare", str(tmp_path / "gone"), str(tmp_path / "lost"), "--data", str(folder)]
+    )
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "2 of 2 runs could not be scored" in result.stderr
+    rows = result.stdout.splitlines()
+    assert "error:" in rows[2] and "error:" in rows[3]

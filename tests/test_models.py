@@ -96,6 +96,34 @@ def test_features_survive_a_yellow_illuminant():
         assert yellow[name] == pytest.approx(plain[name], rel=0.05, abs=0.01)
 
 
+def test_a_red_brown_nucleus_is_found_by_its_density_not_by_blue_minus_red():
+    """Another lab's stain (tecom's): a dark red-brown nucleus in pale beige cytoplasm with a
+    blue-grey rim. The density rule finds the nucleus; issue 13's blue-minus-red rule, which
+    encodes the Kaggle stain, takes the rim and misses the nucleus."""
+    radius = 14
+    image = disk(canvas(), (64, 64), 34, colour=(120, 140, 170))  # the cell's blue-grey rim
+    image = disk(image, (64, 64), 31, colour=(228, 200, 182))  # pale beige cytoplasm
+    image = disk(image, (64, 64), radius, colour=(125, 50, 60))  # red-brown nucleus
+    expected = math.pi * radius**2 / WORK_SIDE**2
+    density = dict(zip(feature_names(), cell_features(image, nucleus="density").tolist()))
+    assert density["nucleus_area"] == pytest.approx(expected, rel=0.15)
+    assert density["nucleus_cell_ratio"] < 0.5 and density["piece_count"] == 1
+    by_contrast = segment(image, "contrast").nucleus
+    assert by_contrast[64, 64 + 32] and not by_contrast[64, 64]  # the rim, not the nucleus
+
+
+def test_a_run_from_before_the_nucleus_key_is_measured_with_the_old_rule(tmp_path):
+    from wbc.models.features import run_nucleus_method
+
+    (tmp_path / "config.yaml").write_text("model:\n  features:\n    colour: absolute\n")
+    assert run_nucleus_method(tmp_path, "density") == "contrast"
+    (tmp_path / "config.yaml").write_text("model:\n  features:\n    nucleus: density\n")
+    assert run_nucleus_method(tmp_path, "contrast") == "density"
+    assert run_nucleus_method(tmp_path / "missing", "density") == "density"
+    with pytest.raises(ConfigError, match="model.features.nucleus"):
+        load_config(overrides=["model.features.nucleus=dense"])
+
+
 def _old_shape_features(seg) -> list[float]:
     """wbc's hand-written shape measures before regionprops: the reference."""
     import cv2

@@ -338,7 +338,7 @@ def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
 
 
 def test_model_inputs_crop_like_the_crop_stage(detect_model):
-    from wbc.data.cells import crop_cells
+    from wbc.data.cells import crop_cells, crop_square, reframe_box
     from wbc.imaging.preprocess import resize
     from wbc.models.runs import load_run
     from wbc.workflows.predict import model_inputs
@@ -349,13 +349,24 @@ def test_model_inputs_crop_like_the_crop_stage(detect_model):
     (expected,) = crop_cells(rgb, "detect", run.spec.crop_padding, run.crop_size)
     np.testing.assert_array_equal(cell.pixels, resize(expected.image, run.spec.image_size))
     assert cell.box[2] - cell.box[0] == cell.box[3] - cell.box[1]  # a square region
-    # An image that already is a (square) crop is only resized, unless told it is a smear.
-    square = rgb[40:160, 140:260]
-    (as_crop,) = model_inputs(square, run.spec, run.crop_size)
+    # An image that already is a (square) crop framed about as wbc frames is only resized,
+    # unless told it is a smear.
+    x0, y0, x1, y1 = cell.box
+    tight = rgb[y0:y1, x0:x1]
+    (as_crop,) = model_inputs(tight, run.spec, run.crop_size)
     assert as_crop.box is None
-    np.testing.assert_array_equal(as_crop.pixels, resize(square, run.spec.image_size))
-    (as_smear,) = model_inputs(square, run.spec, run.crop_size, input_kind="smear")
+    np.testing.assert_array_equal(as_crop.pixels, resize(tight, run.spec.image_size))
+    (as_smear,) = model_inputs(tight, run.spec, run.crop_size, input_kind="smear")
     assert as_smear.box is not None
+    # A crop with a much wider margin (the cell a third of its side) is re-cut around its cell,
+    # as the crop stage re-cuts it, whether it is found to be a crop or said to be one.
+    loose = rgb[10:190, 110:290]
+    for kind in ("auto", "crop"):
+        (reframed,) = model_inputs(loose, run.spec, run.crop_size, input_kind=kind)
+        assert reframed.box is not None and reframed.box[2] - reframed.box[0] < 0.5 * 180
+        box = reframe_box(loose, run.spec.crop_padding)
+        expected = crop_square(loose, box, run.spec.crop_padding, run.crop_size)
+        np.testing.assert_array_equal(reframed.pixels, resize(expected, run.spec.image_size))
 
 
 def test_explain_with_crop_model(detect_model, tmp_path):

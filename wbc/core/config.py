@@ -136,6 +136,7 @@ class FeaturesConfig:
 
     classifier: str = "svm"  # svm (RBF) | boosting (histogram gradient boosting)
     colour: str = "absolute"  # absolute | relative (against the whole cell) | none (shape only)
+    nucleus: str = "density"  # density (any stain: the densest optical-density level) | contrast (blue - red)
     svm_c: float = 10.0  # the SVM's C
     max_train: int = 1000  # at most this many training crops per class (seeded draw): the SVM
     # is quadratic in the number of samples, augmented copies are many
@@ -223,6 +224,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.cnn.normalization": ("batch", "group"),
     "model.features.classifier": ("svm", "boosting"),
     "model.features.colour": ("absolute", "relative", "none"),
+    "model.features.nucleus": ("density", "contrast"),
     "train.subset": ("small", "medium", "full"),
     "train.class_weight": ("none", "balanced"),
     "train.optimizer": ("rmsprop", "adam", "nadam"),

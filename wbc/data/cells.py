@@ -93,6 +93,15 @@ _MIN_AREA_FRAC = 0.002  # nucleus area floor (fraction of the frame): removes pl
 _REL_AREA = 0.3  # a candidate under this fraction of the biggest nucleus is dropped (debris)
 _CELL_MIN, _CELL_MAX = 1.2, 1.7  # cell box side between these multiples of the nucleus box
 _MERGE_GROW = 1.4  # a piece whose centre is inside this multiple of a nucleus box joins it
+# A single-cell crop is re-framed as the crop stage frames cells when its padded cell box spans
+# at most this share of its side: a crop with a much wider margin (a CellaVision-style crop, the
+# cell a third of the side) is cut down; one framed about as wbc frames, or tighter, is kept whole.
+REFRAME_LIMIT = 0.5
+# ... and only when no other stained object lies within this multiple of the cell box: a box
+# with a neighbour that close may hold one lobe of the nucleus, or the nucleus without its
+# cytoplasm, and re-cutting around it would cut the cell.
+_REFRAME_CLEAR = 2.0
+_CROP_WORK_SIDE = 160  # detector side on a crop: its cell is as many pixels as in a smear at 320
 
 
 def is_cell_crop(shape: Sequence[int]) -> bool:
@@ -282,16 +291,18 @@ def _inside(point: tuple[float, float], box: Sequence[float]) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
 
-def detect_cells(rgb: np.ndarray) -> list[Box]:
+def detect_cells(rgb: np.ndarray, work_side: int = _WORK_SIDE) -> list[Box]:
     """Candidate WBC boxes (whole cell, 0-based exclusive), best (largest nucleus) first.
 
     Returns ``[]`` for images without a stained object: blank, uniform, grayscale, tiny.
+    ``work_side``: the longer side the image is resized to first (``_CROP_WORK_SIDE`` for a
+    single-cell crop, whose cell is already several times larger than in a smear).
     """
     image = _as_rgb_uint8(rgb)
     if image is None:
         return []
     height, width = image.shape[:2]
-    scale = _WORK_SIDE / max(height, width)
+    scale = work_side / max(height, width)
     work_w, work_h = max(1, round(width * scale)), max(1, round(height * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     small = cv2.resize(image, (work_w, work_h), interpolation=interpolation)
@@ -476,3 +487,25 @@ def crop_image(
 ) -> list[np.ndarray]:
     """The crop pixels only (see ``crop_cells``); by default every WBC, best first."""
     return [crop.image for crop in crop_cells(rgb, mode, padding, size, boxes, every)]
+
+
+def reframe_box(rgb: np.ndarray, padding: float) -> Box | None:
+    """The cell box to re-cut a single-cell crop around (with ``padding``), or None to keep the
+    crop whole: the detector's best box, when its padded square spans at most
+    ``REFRAME_LIMIT`` of the crop's shorter side and no other detected object lies near it."""
+    shape = np.asarray(rgb).shape
+    found = detect_cells(rgb, _CROP_WORK_SIDE)
+    if not found:
+        return None
+    best = found[0]
+    x0, _, x1, _ = square_box(best, padding, shape)
+    if x1 - x0 > REFRAME_LIMIT * min(shape[0], shape[1]):
+        return None
+    near = _grow(best, _REFRAME_CLEAR)
+    if any(_overlaps(other, near) for other in found[1:]):
+        return None
+    return best
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -65,13 +65,13 @@ CALIBRATION_FOLDS = 5  # calibrated SVMs averaged, each fitted on 4/5 and calibr
 FEATURE_THREADS = 4  # OpenCV releases the GIL: measuring crops in threads uses both cores
 
 
-def _measure(images: np.ndarray, colour: str) -> np.ndarray:
+def _measure(images: np.ndarray, colour: str, nucleus: str) -> np.ndarray:
     """``batch_features`` over a thread pool, in order."""
     if len(images) < 2 * FEATURE_THREADS:
-        return batch_features(images, colour)
+        return batch_features(images, colour, nucleus)
     chunks = np.array_split(np.arange(len(images)), FEATURE_THREADS)
     with ThreadPoolExecutor(FEATURE_THREADS) as pool:
-        parts = list(pool.map(lambda idx: batch_features(images[idx], colour), chunks))
+        parts = list(pool.map(lambda idx: batch_features(images[idx], colour, nucleus), chunks))
     return np.concatenate(parts)
 
 
@@ -81,10 +81,11 @@ class FeatureEngine(Engine):
 
     engine = "scikit-learn"
 
-    def __init__(self, pipeline, n_classes: int, colour: str = "absolute"):
+    def __init__(self, pipeline, n_classes: int, colour: str, nucleus: str):
         self.pipeline = pipeline
         self.n_classes = n_classes
         self.colour = colour
+        self.nucleus = nucleus
         self.columns = np.asarray(pipeline.classes_, dtype=np.int64)
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -95,30 +96,31 @@ class FeatureEngine(Engine):
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.probabilities(
-            _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour)
+            _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour, self.nucleus)
         )
 
 
 class FeatureClassifier(Classifier):
-    def __init__(self, pipeline, path: Path, n_classes: int, colour: str = "absolute"):
+    def __init__(self, pipeline, path: Path, n_classes: int, colour: str, nucleus: str):
         self.pipeline = pipeline
         self.path = Path(path)
         self.n_classes = n_classes
         self.colour = colour
+        self.nucleus = nucleus
         self.image_size = (WORK_SIDE, WORK_SIDE)
 
     def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         """``tta`` changes nothing here: the measurements are made on the cell's masks, so they
         barely change under rotation or mirroring, and computing them 8 times would cost 8x."""
-        return FeatureEngine(self.pipeline, self.n_classes, self.colour)
+        return FeatureEngine(self.pipeline, self.n_classes, self.colour, self.nucleus)
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The features whose typical value (the training mean) would lower the predicted
         class's probability most: what drove the decision. The picture marks what was
         measured: the nucleus (1.0), the cytoplasm inside its hull (0.6), the outer band (0.3)."""
-        engine = FeatureEngine(self.pipeline, self.n_classes, self.colour)
+        engine = self.engine()
         crop = resize_batch(np.asarray(pixels, np.uint8)[None], (WORK_SIDE, WORK_SIDE))
-        values = batch_features(crop, self.colour)
+        values = batch_features(crop, self.colour, self.nucleus)
         probs = engine.probabilities(values)[0]
         chosen = int(np.argmax(probs))
         typical = (
@@ -131,7 +133,7 @@ class FeatureClassifier(Classifier):
         effect = probs[chosen] - engine.probabilities(swapped)[:, chosen]
         names = feature_names(self.colour)
         order = np.argsort(-effect, kind="stable")[:8]
-        seg = segment(crop[0])
+        seg = segment(crop[0], self.nucleus)
         heat = (seg.nucleus * 1.0 + seg.inner_cytoplasm * 0.6 + seg.ring * 0.3).astype(np.float32)
         return {
             "probabilities": probs,
@@ -157,7 +159,9 @@ class FeatureClassifier(Classifier):
 
         echo(f"measuring {len(pixels)} cells")
         features = _measure(
-            resize_batch(np.asarray(pixels, np.uint8), self.image_size), self.colour
+            resize_batch(np.asarray(pixels, np.uint8), self.image_size),
+            self.colour,
+            self.nucleus,
         )
         facts = class_balanced_scaler(self.pipeline, features, echo, balanced)
         return [
@@ -214,7 +218,7 @@ class FeatureClassifier(Classifier):
                 "shape": [None, len(names)],
                 "features": list(names),
                 "computed_by": "wbc.models.nucleus.cell_features(crop, colour="
-                f"{self.colour!r}) on each recoloured crop",
+                f"{self.colour!r}, nucleus={self.nucleus!r}) on each recoloured crop",
             },
             "output": "probabilities (the second output)",
             # onnxruntime runs the SVM's kernel and Platt scaling in float32, scikit-learn
@@ -225,7 +229,7 @@ class FeatureClassifier(Classifier):
         }
 
     def export_inputs(self, batch: np.ndarray) -> np.ndarray:
-        return _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour)
+        return _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour, self.nucleus)
 
 
 def _schema_types(node: Any) -> set[str]:
@@ -389,6 +393,21 @@ def _prior_for(prior, origin_classes: list[str], classes: list[str], echo):
     return features[keep], np.array([mapping[int(y)] for y in labels[keep]], dtype=np.int64)
 
 
+def run_nucleus_method(run_dir: Path, configured: str) -> str:
+    """The nucleus method a features run was measured with: its ``config.yaml``'s
+    ``model.features.nucleus``, or ``contrast`` (the only rule then) for a run written before
+    that key existed, so that an older run is measured as it was trained. A folder without a
+    readable ``config.yaml`` takes ``configured``."""
+    from wbc.core.config import ConfigError, read_yaml
+
+    try:
+        written = read_yaml(Path(run_dir) / "config.yaml")
+    except ConfigError:
+        return configured
+    features = (written.get("model") or {}).get("features") or {}
+    return str(features.get("nucleus", "contrast"))
+
+
 def write_training_features(run_dir: Path, features: np.ndarray, labels: np.ndarray) -> None:
     """The training crops' features and labels, kept so that ``--init RUN`` can refit with them
     (plain float and int arrays: read back without pickle)."""
@@ -448,6 +467,13 @@ class FeaturesFamily(Family):
         prior = None
         if job.init_model is not None:  # adapting to a lab: refit with the earlier crops too
             origin = Path(job.init_model).parent
+            measured_with = run_nucleus_method(origin, fc.nucleus)
+            if measured_with != fc.nucleus:
+                raise ModelError(
+                    f"{job.init_model}: its training crops were measured with "
+                    f"model.features.nucleus {measured_with}, not {fc.nucleus}; adapt it "
+                    f"with --set model.features.nucleus={measured_with}"
+                )
             prior = _prior_for(
                 read_training_features(origin, fc.colour),
                 list(runfolder.read_classes(origin / "classes.json")),
@@ -460,7 +486,7 @@ class FeaturesFamily(Family):
         images, kept, bad = load_images(files, self.input_size(), echo=job.echo, spec=job.spec)
         if not len(kept):
             raise DataError(f"{job.train_dir}: none of the images could be read")
-        features = _measure(images, fc.colour)
+        features = _measure(images, fc.colour, fc.nucleus)
         labels = labels[kept]
         write_training_features(Path(job.run_dir), features, labels)
         weights = None
@@ -511,4 +537,5 @@ class FeaturesFamily(Family):
             len(pipeline.classes_) and int(max(pipeline.classes_)) >= len(classes)
         ):
             raise ModelError(f"{path}: the model knows more classes than classes.json names")
-        return FeatureClassifier(pipeline, path, len(classes), colour)
+        nucleus = run_nucleus_method(path.parent, self.config.model.features.nucleus)
+        return FeatureClassifier(pipeline, path, len(classes), colour, nucleus)

@@ -12,8 +12,14 @@ crop, as the crop stage made it: the WBC in the middle, about 1/1.3 of the side)
 
 1. the crop is white-balanced against its own background (``wbc.imaging.color.white_balance``), so a
    yellow or blue illuminant is not taken for stain;
-2. Wright/Giemsa nuclei are the most strongly blue-minus-red pixels: the nucleus mask is
-   ``blue - red > max(NUCLEUS_FLOOR, 75th percentile)``, opened with a 3x3 disk to drop speckle;
+2. the nucleus mask (``NUCLEUS_METHODS``), opened with a 3x3 disk to drop speckle:
+   - ``density`` (the default since issue 23): the densest of three levels of the crop's own
+     optical density (summed over the channels, multi-level Otsu: background, cytoplasm and red
+     cells, nucleus). The nucleus is the most strongly stained part of a white cell in any
+     Romanowsky stain, whatever its hue, so the rule does not encode one stain;
+   - ``contrast`` (issue 13's rule): Wright/Giemsa nuclei are the most strongly blue-minus-red
+     pixels, ``blue - red > max(NUCLEUS_FLOOR, 75th percentile)``. It encodes one stain: on a lab
+     whose nuclei are red-brown it finds the cell's blue rim instead;
 3. of its connected components, those at least ``MIN_PIECE`` of the crop whose centroid lies
    within ``CENTRE_RADIUS`` of the middle are the nucleus (the largest piece when none does), so a
    neighbouring cell's nucleus at the edge of the crop is left out;
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from skimage.filters import threshold_multiotsu
 from skimage.measure import regionprops
 
 WORK_SIDE = 128  # pixels: every size below is a fraction of this side
@@ -42,6 +49,9 @@ MIN_PIECE = 0.004  # a nucleus piece covers at least this fraction of the crop
 CENTRE_RADIUS = 0.35  # a piece's centroid lies within this fraction of the side of the middle
 RING = 8  # pixels (of WORK_SIDE): width of the outer-cytoplasm band around the hull
 LOBE_EROSION = 2  # pixels: erosion radius that splits lobes joined by thin strands
+DENSITY_BLUR = 1.0  # pixels: Gaussian sigma on the density map, so single noisy pixels do not split levels
+NUCLEUS_METHODS = ("density", "contrast")
+DEFAULT_NUCLEUS = "density"
 
 REGIONS = ("nucleus", "inner_cytoplasm", "outer_cytoplasm")
 SHAPE_FEATURES = (
@@ -130,12 +140,27 @@ def _count_pieces(mask: np.ndarray, min_area: int = 1) -> int:
     return int(sum(1 for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area))
 
 
-def nucleus_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels of the central nucleus in a white-balanced WORK_SIDE crop: bool (H, W)."""
+def _nuclear_pixels(image: np.ndarray, method: str) -> np.ndarray:
+    """Candidate nuclear pixels of a white-balanced crop by ``method``: uint8 (H, W) of 0/1."""
+    if method == "density":
+        from wbc.imaging.color import optical_density
+
+        density = cv2.GaussianBlur(optical_density(image).sum(axis=-1), (0, 0), DENSITY_BLUR)
+        if float(density.max() - density.min()) <= 1e-6:  # a flat crop holds no nucleus
+            return np.zeros(density.shape, np.uint8)
+        threshold = float(threshold_multiotsu(density, classes=3)[1])
+        return (density > threshold).astype(np.uint8)
+    if method != "contrast":
+        raise ValueError(f"nucleus method must be one of {', '.join(NUCLEUS_METHODS)}, not {method!r}")
     pixels = image.astype(np.float32)
     contrast = pixels[..., 2] - pixels[..., 0]
     threshold = max(NUCLEUS_FLOOR, float(np.percentile(contrast, NUCLEUS_PERCENTILE)))
-    mask = cv2.morphologyEx((contrast > threshold).astype(np.uint8), cv2.MORPH_OPEN, _disk(1))
+    return (contrast > threshold).astype(np.uint8)
+
+
+def nucleus_mask(image: np.ndarray, method: str = DEFAULT_NUCLEUS) -> np.ndarray:
+    """Pixels of the central nucleus in a white-balanced WORK_SIDE crop: bool (H, W)."""
+    mask = cv2.morphologyEx(_nuclear_pixels(image, method), cv2.MORPH_OPEN, _disk(1))
     n, labels, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:
         return np.zeros(mask.shape, bool)
@@ -153,8 +178,9 @@ def nucleus_mask(image: np.ndarray) -> np.ndarray:
     return np.isin(labels, kept)
 
 
-def segment(rgb: np.ndarray) -> Segmentation:
-    """Segment one crop (any size, uint8 RGB) into nucleus, hull and outer band."""
+def segment(rgb: np.ndarray, method: str = DEFAULT_NUCLEUS) -> Segmentation:
+    """Segment one crop (any size, uint8 RGB) into nucleus (found by ``method``, one of
+    ``NUCLEUS_METHODS``), hull and outer band."""
     from wbc.imaging.color import white_balance
 
     image = cv2.resize(
@@ -163,7 +189,7 @@ def segment(rgb: np.ndarray) -> Segmentation:
         interpolation=cv2.INTER_AREA if rgb.shape[0] >= WORK_SIDE else cv2.INTER_LINEAR,
     )
     image = white_balance(image)
-    nucleus = nucleus_mask(image)
+    nucleus = nucleus_mask(image, method)
     empty = np.zeros(nucleus.shape, bool)
     if not nucleus.any():
         return Segmentation(image, nucleus, empty, empty, 0, 0)
@@ -262,9 +288,11 @@ def colour_features(table: np.ndarray, mask: np.ndarray) -> list[float]:
     ]
 
 
-def cell_features(rgb: np.ndarray, colour: str = "absolute") -> np.ndarray:
+def cell_features(
+    rgb: np.ndarray, colour: str = "absolute", nucleus: str = DEFAULT_NUCLEUS
+) -> np.ndarray:
     """The ``feature_names(colour)`` values of one crop (uint8 RGB): float32 vector."""
-    seg = segment(rgb)
+    seg = segment(rgb, nucleus)
     values = shape_features(seg)
     if colour != "none":
         table = pixel_table(seg.image)
@@ -286,8 +314,10 @@ def cell_features(rgb: np.ndarray, colour: str = "absolute") -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def batch_features(images: np.ndarray, colour: str = "absolute") -> np.ndarray:
+def batch_features(
+    images: np.ndarray, colour: str = "absolute", nucleus: str = DEFAULT_NUCLEUS
+) -> np.ndarray:
     """``cell_features`` of each image of a uint8 batch (N, H, W, 3): float32 (N, F)."""
     if len(images) == 0:
         return np.zeros((0, len(feature_names(colour))), np.float32)
-    return np.stack([cell_features(image, colour) for image in images])
+    return np.stack([cell_features(image, colour, nucleus) for image in images])

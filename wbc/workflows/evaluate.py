@@ -306,9 +306,8 @@ def format_comparison(result: dict[str, Any]) -> str:
             ]
         )
     widths = [
-        max(len(h), *(len(r[i]) for r in lines if i < len(r) and not r[1].startswith("error")))
-        if lines
-        else len(h)
+        # a list: with every row an error (no run scored) only the header sets the width
+        max([len(h), *(len(r[i]) for r in lines if i < len(r) and not r[1].startswith("error"))])
         for i, h in enumerate(headers)
     ]
     out = [f"evaluation on {result['folder']}"]

@@ -133,7 +133,10 @@ def model_inputs(
 ) -> list[CellInput]:
     """``rgb`` (H, W, 3 uint8) -> the model input(s), preprocessed as the training images were.
 
-    Without cropping: one input, the whole image resized. With ``crop.mode`` boxes/detect:
+    Without cropping: one input, the whole image resized. An image that is a cell crop already
+    (``takes_crop`` False) under ``crop.mode`` boxes/detect is one input too, re-cut around its
+    cell when its margin is much wider than wbc's (``wbc.data.cells.reframe_box``, as the crop
+    stage does), else whole. A smear under ``crop.mode`` boxes/detect:
 
     - ``all_cells=False``: the main WBC, cut exactly as the crop stage cut the training images
       (``wbc.data.cells.crop_cells``: the detector's best box, padded square of ``crop_size``
@@ -145,6 +148,13 @@ def model_inputs(
     Not scaled: pass the batch through ``scale`` (or ``Predictor``, which does).
     """
     if not takes_crop(rgb, spec, input_kind):
+        if spec.crop_mode != "none":  # a crop: framed as the crop stage frames crops
+            crop = _crop_module()
+            box = crop.reframe_box(rgb, spec.crop_padding)
+            if box is not None:
+                pixels = crop.crop_square(rgb, box, spec.crop_padding, crop_size)
+                region = crop.square_box(box, spec.crop_padding, rgb.shape)
+                return [CellInput(to_input(pixels, spec), tuple(region))]
         return [CellInput(to_input(rgb, spec), None)]
     crop = _crop_module()
     if not all_cells:

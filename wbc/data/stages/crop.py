@@ -16,8 +16,11 @@ pixels square, and ``crops.csv`` saying for each id which box was used and where
 * mode ``none``: the images are copied unchanged (the pipeline normally skips the stage then).
 
 Whatever the mode, an image that is already a single-cell crop (about square:
-``wbc.data.cells.is_cell_crop``, the rule ``predict --input auto`` applies) is kept whole, resized
-to the crop size: a lab's folder may mix whole-field smears and crops, decided image by image.
+``wbc.data.cells.is_cell_crop``, the rule ``predict --input auto`` applies) is not searched as a
+smear: a lab's folder may mix whole-field smears and crops, decided image by image. A crop with a
+much wider margin than wbc's (``wbc.data.cells.reframe_box``: a CellaVision-style crop, the cell
+a third of the side) is re-cut around its cell with ``crop.padding``, so that every crop frames
+its cell alike; any other crop is kept whole, resized to the crop size.
 
 The summary counts each source, so a detector that silently fails shows up as many 'centre'.
 """
@@ -32,7 +35,17 @@ from collections import Counter
 from pathlib import Path
 
 from wbc.core.config import Config
-from wbc.data.cells import CROP_ASPECT, DETECTOR_VERSION, MODES, Box, crop_cells, is_cell_crop
+from wbc.data.cells import (
+    CROP_ASPECT,
+    DETECTOR_VERSION,
+    MODES,
+    REFRAME_LIMIT,
+    Box,
+    crop_cells,
+    crop_square,
+    is_cell_crop,
+    reframe_box,
+)
 from wbc.core.errors import BadImage, ConfigError, DataError
 from wbc.core.imageio import read_rgb, write_jpeg
 from wbc.core.manifest import Manifest, run_stage, sha256_file, upstream
@@ -100,6 +113,7 @@ def crop(
         "detector": DETECTOR_VERSION,
         "jpeg_quality": JPEG_QUALITY,
         "whole_if_aspect_within": CROP_ASPECT,
+        "reframe_within": REFRAME_LIMIT,
     }
     inputs: dict[str, str] = {"renamed": renamed.digest}
     boxes_path = Path(boxes_csv) if boxes_csv is not None else src / BOXES_NAME
@@ -131,6 +145,13 @@ def crop(
                     continue
                 if is_cell_crop(rgb.shape):
                     height, width = rgb.shape[:2]
+                    cell_box = reframe_box(rgb, settings.padding)
+                    if cell_box is not None:
+                        pixels = crop_square(rgb, cell_box, settings.padding, settings.size)
+                        write_jpeg(pixels, tmp / name, quality=JPEG_QUALITY)
+                        counts["reframed"] += 1
+                        rows.append([image_id, "reframed", *cell_box])
+                        continue
                     whole = cv2.resize(
                         rgb, (settings.size, settings.size), interpolation=cv2.INTER_AREA
                         if min(height, width) > settings.size else cv2.INTER_LINEAR
@@ -156,6 +177,7 @@ def crop(
             "detected": counts["detect"],
             "fallback_centre": counts["centre"],
             "kept_whole": counts["whole"],
+            "reframed": counts["reframed"],
             "unreadable": unreadable,
         }
 
