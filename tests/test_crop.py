@@ -329,8 +329,9 @@ def test_crop_stage_reframes_a_loose_crop_and_keeps_a_tight_one_whole(tmp_path):
         return image
 
     def build(tmp: Path) -> dict:
-        Image.fromarray(cell_on_background(160, 20)).save(tmp / "MONOCYTE.1.jpg", quality=95)  # loose
-        Image.fromarray(cell_on_background(52, 20)).save(tmp / "MONOCYTE.2.jpg", quality=95)  # tight
+        loose, tight = cell_on_background(160, 20), cell_on_background(52, 20)
+        Image.fromarray(loose).save(tmp / "MONOCYTE.1.jpg", quality=95)
+        Image.fromarray(tight).save(tmp / "MONOCYTE.2.jpg", quality=95)
         (tmp / "boxes.csv").write_text("id,xmin,ymin,xmax,ymax\n")
         (tmp / "skipped.csv").write_text("id,file,reason\n")
         return {"kept": 2}

@@ -136,7 +136,8 @@ class FeaturesConfig:
 
     classifier: str = "svm"  # svm (RBF) | boosting (histogram gradient boosting)
     colour: str = "absolute"  # absolute | relative (against the whole cell) | none (shape only)
-    nucleus: str = "density"  # density (any stain: the densest optical-density level) | contrast (blue - red)
+    # density (any stain: the densest optical-density level) | contrast (blue - red: one stain)
+    nucleus: str = "density"
     svm_c: float = 10.0  # the SVM's C
     max_train: int = 1000  # at most this many training crops per class (seeded draw): the SVM
     # is quadratic in the number of samples, augmented copies are many

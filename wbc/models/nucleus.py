@@ -49,7 +49,7 @@ MIN_PIECE = 0.004  # a nucleus piece covers at least this fraction of the crop
 CENTRE_RADIUS = 0.35  # a piece's centroid lies within this fraction of the side of the middle
 RING = 8  # pixels (of WORK_SIDE): width of the outer-cytoplasm band around the hull
 LOBE_EROSION = 2  # pixels: erosion radius that splits lobes joined by thin strands
-DENSITY_BLUR = 1.0  # pixels: Gaussian sigma on the density map, so single noisy pixels do not split levels
+DENSITY_BLUR = 1.0  # pixels: Gaussian sigma on the density map (noisy pixels do not split levels)
 NUCLEUS_METHODS = ("density", "contrast")
 DEFAULT_NUCLEUS = "density"
 
@@ -151,7 +151,8 @@ def _nuclear_pixels(image: np.ndarray, method: str) -> np.ndarray:
         threshold = float(threshold_multiotsu(density, classes=3)[1])
         return (density > threshold).astype(np.uint8)
     if method != "contrast":
-        raise ValueError(f"nucleus method must be one of {', '.join(NUCLEUS_METHODS)}, not {method!r}")
+        choices = ", ".join(NUCLEUS_METHODS)
+        raise ValueError(f"nucleus method must be one of {choices}, not {method!r}")
     pixels = image.astype(np.float32)
     contrast = pixels[..., 2] - pixels[..., 0]
     threshold = max(NUCLEUS_FLOOR, float(np.percentile(contrast, NUCLEUS_PERCENTILE)))
