@@ -43,8 +43,10 @@ def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
     data = tmp_path / "crops"
     make_class_folders(data / "train", {c: 8 for c in CLASSES}, size=(64, 64), seed=1)
     make_class_folders(data / "test", {c: 3 for c in CLASSES}, size=(64, 64), seed=2)
+    # The crops are drawn, not cut by the crop stage: crop.mode none, so that predict does not
+    # re-cut the small drawn cells (wbc.data.cells.reframe_box) and sees what training saw.
     run_dir = train(
-        load_config(overrides=["model.family=features"]),
+        load_config(overrides=["model.family=features", "crop.mode=none"]),
         run_dir=tmp_path / "run",
         folders=(data / "train", data / "test"),
         echo=lambda _m: None,
