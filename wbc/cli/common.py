@@ -153,7 +153,8 @@ MODEL_HELP = (
 INPUT_HELP = (
     "For models trained on cell crops: smear = whole-field photos (cut out the WBC first), "
     "crop = already cell crops, auto = square (or nearly: sides within 20%) images are taken "
-    "as crops."
+    "as crops. A crop with a much wider margin than wbc's (its padded cell box at most half "
+    "its side) is re-cut around its cell, as the crop stage does."
 )
 ENGINE_HELP = (
     "Inference runtime: litert (fast on CPU; the model is converted once and cached), "
