@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -333,6 +334,13 @@ def test_eight_classes_prepare_train_predict_and_count(tmp_path):
     runner = CliRunner()
     result = runner.invoke(cli, ["prepare", "--raw", str(root), "--data-dir", str(data), *options])
     assert result.exit_code == 0, result.output
+    # every image is a square crop: none is searched as a smear, each is kept or re-cut
+    found = re.search(
+        r"crop: 0 cut from boxes, 0 by the detector, 0 centre squares .*; "
+        r"crops (\d+) kept whole, (\d+) re-cut around their cell",
+        result.output,
+    )
+    assert found and int(found[1]) + int(found[2]) == 40, result.output
     result = runner.invoke(
         cli,
         ["train", "--data-dir", str(data), "--run-dir", str(run), "--subset", "small", *options],

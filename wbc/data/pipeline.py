@@ -212,6 +212,14 @@ def _prepare(
                 force=force,
             )
             _report(echo, "crop", results["crop"], paths.cropped)
+            summary = results["crop"].summary
+            echo(
+                f"  crop: {summary.get('from_boxes', 0)} cut from boxes, "
+                f"{summary.get('detected', 0)} by the detector, "
+                f"{summary.get('fallback_centre', 0)} centre squares (no cell found); crops "
+                f"{summary.get('kept_whole', 0)} kept whole, {summary.get('reframed', 0)} re-cut "
+                "around their cell"
+            )
         elif only == "crop":
             echo("crop: nothing to do (crop.mode is none)")
 
