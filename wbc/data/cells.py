@@ -507,5 +507,14 @@ def reframe_box(rgb: np.ndarray, padding: float) -> Box | None:
     return best
 
 
+def reframe_crop(rgb: np.ndarray, padding: float, size: int) -> Crop | None:
+    """A single-cell crop re-cut around its cell (``reframe_box``) as a ``size`` square crop
+    with source 'reframed', or None when the crop is to be kept whole."""
+    box = reframe_box(rgb, padding)
+    if box is None:
+        return None
+    return Crop(crop_square(rgb, box, padding, size), box, "reframed")
+
+
 def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -150,11 +150,10 @@ def model_inputs(
     if not takes_crop(rgb, spec, input_kind):
         if spec.crop_mode != "none":  # a crop: framed as the crop stage frames crops
             crop = _crop_module()
-            box = crop.reframe_box(rgb, spec.crop_padding)
-            if box is not None:
-                pixels = crop.crop_square(rgb, box, spec.crop_padding, crop_size)
-                region = crop.square_box(box, spec.crop_padding, rgb.shape)
-                return [CellInput(to_input(pixels, spec), tuple(region))]
+            recut = crop.reframe_crop(rgb, spec.crop_padding, crop_size)
+            if recut is not None:
+                region = crop.square_box(recut.box, spec.crop_padding, rgb.shape)
+                return [CellInput(to_input(recut.image, spec), tuple(region))]
         return [CellInput(to_input(rgb, spec), None)]
     crop = _crop_module()
     if not all_cells:

@@ -42,9 +42,8 @@ from wbc.data.cells import (
     REFRAME_LIMIT,
     Box,
     crop_cells,
-    crop_square,
     is_cell_crop,
-    reframe_box,
+    reframe_crop,
 )
 from wbc.core.errors import BadImage, ConfigError, DataError
 from wbc.core.imageio import read_rgb, write_jpeg
@@ -145,12 +144,11 @@ def crop(
                     continue
                 if is_cell_crop(rgb.shape):
                     height, width = rgb.shape[:2]
-                    cell_box = reframe_box(rgb, settings.padding)
-                    if cell_box is not None:
-                        pixels = crop_square(rgb, cell_box, settings.padding, settings.size)
-                        write_jpeg(pixels, tmp / name, quality=JPEG_QUALITY)
-                        counts["reframed"] += 1
-                        rows.append([image_id, "reframed", *cell_box])
+                    recut = reframe_crop(rgb, settings.padding, settings.size)
+                    if recut is not None:
+                        write_jpeg(recut.image, tmp / name, quality=JPEG_QUALITY)
+                        counts[recut.source] += 1
+                        rows.append([image_id, recut.source, *recut.box])
                         continue
                     whole = cv2.resize(
                         rgb, (settings.size, settings.size), interpolation=cv2.INTER_AREA
