@@ -101,7 +101,15 @@ def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path
     source = cnn_run(tmp_path / "run")
     flat = lab_images(tmp_path / "lab")
     result = invoke(
-        "adapt", source, "--unlabelled", flat, "--out", tmp_path / "adapted", "--pooled"
+        "adapt",
+        source,
+        "--unlabelled",
+        flat,
+        "--out",
+        tmp_path / "adapted",
+        "--pooled",
+        "--priors",
+        "auto",
     )
     assert result.exit_code == 0, result.output
     assert "batchnorm: AdaBN" in result.output
@@ -135,6 +143,9 @@ def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path
     assert info["images"] == 12 and info["cells"] == 12 and info["labels_used"] is False
     assert info["folder"] == str(flat.resolve())
     assert [p["part"] for p in info["parts"]] == ["batchnorm", "priors"]
+    # EM priors are off unless asked for: no correction file, and run.json says why.
+    assert info["parts"][1]["kept"] is False and info["parts"][1]["reason"] == "--priors never"
+    assert not (tmp_path / "balanced" / "prior_correction.json").exists()
     assert info["parts"][0]["method"].startswith("AdaBN")
     assert info["parts"][0]["weighting"] == "class-balanced" and info["parts"][0]["rounds"] > 0
 

@@ -18,6 +18,7 @@ from wbc.cli.common import (
     ray_options_from,
 )
 from wbc.cli.group import cli
+from wbc.workflows.adapt import DEFAULT_PRIORS, PRIOR_MODES
 
 
 @cli.command()
@@ -130,11 +131,12 @@ def train(
 )
 @click.option(
     "--priors",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
+    type=click.Choice(PRIOR_MODES),
+    default=DEFAULT_PRIORS,
     show_default=True,
-    help="Re-estimate the lab's class priors by EM: auto = only if EM gains on held-out source "
-    "data under simulated class mixes, always = even if not (to measure it), never = skip.",
+    help="Re-estimate the lab's class priors by EM: never = keep the model's own (the default: "
+    "on every other lab measured EM lowered accuracy), auto = only if EM gains on held-out "
+    "source data under simulated class mixes, always = even if not (to measure it).",
 )
 @click.option(
     "--balanced/--pooled",
@@ -151,11 +153,11 @@ def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
 
     Writes a new run folder: RUN's model with its input statistics re-estimated on the lab's
     cells (the CNN: every BatchNorm layer's statistics, AdaBN; the features model: its feature
-    standardisation, weighted so the lab's class mix does not move it) and, when it measures
-    better on held-out source data, the lab's class priors (EM) as prior_correction.json, which
-    predict, count, evaluate and compare apply. run.json records the folder, the number of
-    images, their content digest and the method of each part. No label is read. Smears are cut
-    to their main WBC as wbc predict --input auto does.
+    standardisation, weighted so the lab's class mix does not move it) and, with --priors auto
+    and when it measures better on held-out source data, the lab's class priors (EM) as
+    prior_correction.json, which predict, count, evaluate and compare apply. run.json records
+    the folder, the number of images, their content digest and the method of each part. No
+    label is read. Smears are cut to their main WBC as wbc predict --input auto does.
 
     Example: wbc adapt runs/20250101-120000-full --unlabelled lab_b/ --out runs/lab_b-adapted
     """

@@ -1,0 +1,114 @@
+"""Class-balanced self-training after ``wbc adapt``'s re-standardisation: measured, not shipped.
+
+Produced docs/RESULTS.md's "EM priors off by default, and what else was tried" rows (issue 23).
+
+Why: the features family's unlabelled adaptation only moves the scaler. Self-training (CBST,
+Zou et al. 2018) also moves the boundaries: each round takes the most confident ``FRACTIONS``
+of the lab's cells *per predicted class* (so a rare class keeps its share of pseudo-labels),
+refits the classifier on the run's own training features (in the source scaler's units) plus
+those cells (in the adapted scaler's units), with the lab's cells weighted to equal totals as
+``--init`` weighs a lab's labelled cells (``--weighting equal``) or one each (``one``), and
+predicts again. The settings were fixed before any score.
+
+The folder's labels (its class folder names) are read **only to score** each stage: before
+adaptation, after the class-balanced scaler (``wbc adapt --priors never``), and after each round.
+
+Usage: python research/self_training.py FOLDER RUN [RUN ...] [--weighting equal|one]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbc.models.base import resize_batch  # noqa: E402
+from wbc.models.features import _measure, make_pipeline, read_training_features  # noqa: E402
+from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
+from wbc.workflows.adapt import folder_digest, load_cells  # noqa: E402
+from wbc.workflows.predict import require_images  # noqa: E402
+
+FRACTIONS = (0.2, 0.35, 0.5)  # share of each predicted class taken as pseudo-labels, per round
+
+
+def folder_labels(folder: Path, classes: list[str]) -> np.ndarray:
+    """Class index of each image in ``load_cells``' order (content digests), from its folder."""
+    files = require_images([folder])
+    _, each = folder_digest(files)
+    ordered = [path for _, path in sorted(zip(each, files), key=lambda pair: pair[0])]
+    return np.array(
+        [classes.index(p.parent.name) if p.parent.name in classes else -1 for p in ordered]
+    )
+
+
+def confident_per_class(posterior: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the ``fraction`` most confident cells of each predicted class."""
+    predicted, confidence = posterior.argmax(axis=1), posterior.max(axis=1)
+    chosen: list[int] = []
+    for label in np.unique(predicted):
+        members = np.flatnonzero(predicted == label)
+        keep = max(1, int(round(fraction * len(members))))
+        chosen += members[np.argsort(-confidence[members], kind="stable")[:keep]].tolist()
+    return np.array(sorted(chosen))
+
+
+def stages(run_dir: Path, folder: Path, weighting: str) -> dict[str, tuple[float, float]]:
+    source = load_run(resolve_model_path(run_dir))
+    adapted = load_run(resolve_model_path(run_dir))
+    classes, settings = list(source.classes), source.config.model.features
+    cells, _ = load_cells(source, folder)
+    truth = folder_labels(folder, classes)
+    model = adapted.model
+    predictions = {"before": source.model.engine()(cells).argmax(axis=1)}
+    model.adapt_to(cells, echo=lambda _m: None)
+    pipeline = model.pipeline
+    lab = pipeline[0].transform(
+        _measure(resize_batch(cells, model.image_size), model.colour, model.nucleus).astype(float)
+    )
+    train_raw, train_labels = read_training_features(run_dir, settings.colour)
+    train = source.model.pipeline[0].transform(train_raw.astype(float))
+    posterior = pipeline[-1].predict_proba(lab)
+    columns = pipeline[-1].classes_
+    predictions["adapted"] = columns[posterior.argmax(axis=1)]
+    for round_, fraction in enumerate(FRACTIONS, 1):
+        chosen = confident_per_class(posterior, fraction)
+        weight = len(train) / len(chosen) if weighting == "equal" else 1.0
+        classifier = make_pipeline(settings, source.config.seed)[-1]
+        classifier.fit(
+            np.concatenate([train, lab[chosen]]),
+            np.concatenate([train_labels, columns[posterior[chosen].argmax(axis=1)]]),
+            sample_weight=np.concatenate([np.ones(len(train)), np.full(len(chosen), weight)]),
+        )
+        posterior, columns = classifier.predict_proba(lab), classifier.classes_
+        predictions[f"round {round_}"] = columns[posterior.argmax(axis=1)]
+    return {
+        stage: (
+            round(accuracy_score(truth, guess), 3),
+            round(f1_score(truth, guess, average="macro"), 3),
+        )
+        for stage, guess in predictions.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
+    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
+    parser.add_argument("--weighting", choices=("equal", "one"), default="equal")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        scores = stages(run_dir, args.folder, args.weighting)
+        print(
+            f"{run_dir.name} ({args.weighting}): "
+            + "; ".join(f"{stage} {acc:.3f} / {f1:.3f}" for stage, (acc, f1) in scores.items())
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
