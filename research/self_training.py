@@ -28,7 +28,8 @@ from sklearn.metrics import accuracy_score, f1_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbc.models.base import resize_batch  # noqa: E402
-from wbc.models.features import _measure, make_pipeline, read_training_features  # noqa: E402
+from wbc.models.features import make_pipeline, read_training_features  # noqa: E402
+from wbc.models.nucleus import batch_features  # noqa: E402
 from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
 from wbc.workflows.adapt import folder_digest, load_cells  # noqa: E402
 from wbc.workflows.predict import require_images  # noqa: E402
@@ -68,7 +69,9 @@ def stages(run_dir: Path, folder: Path, weighting: str) -> dict[str, tuple[float
     model.adapt_to(cells, echo=lambda _m: None)
     pipeline = model.pipeline
     lab = pipeline[0].transform(
-        _measure(resize_batch(cells, model.image_size), model.colour, model.nucleus).astype(float)
+        batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus).astype(
+            float
+        )
     )
     train_raw, train_labels = read_training_features(run_dir, settings.colour)
     train = source.model.pipeline[0].transform(train_raw.astype(float))

@@ -43,15 +43,15 @@ import numpy as np
 from wbc.core.errors import BadImage, DataError, ModelError
 from wbc.core.progress import no_echo
 
-# Files of the source run the adapted run keeps as they are (the model file is written anew).
 PRIOR_MODES = ("auto", "always", "never")  # auto: EM only if it gains on held-out source data
-# Why EM is off unless asked for: on every shifted lab measured (the issue's four withheld sets,
-# tecom-crops) EM priors lowered accuracy or changed nothing. The held-out check of ``auto``
-# runs on the source lab, where the temperature fits; off the source lab the posteriors are
-# miscalibrated in ways it cannot see, and it let EM in on tecom with gains of +0.006 to
-# +0.014 on 28 held-out cells, after which monocytes fell from 17% to 5% of the answers
-# (docs/RESULTS.md, "EM priors off by default").
+# Why EM is off unless asked for: naive EM lowered accuracy on three of the issue's four withheld
+# labs, and on tecom-crops every default run that ``auto`` let EM into lost 0.03-0.04 accuracy
+# and 0.10-0.13 macro-F1 (EM put monocytes at 5% of the lab, 16% in truth; their recall fell from
+# 0.31-0.40 to 0.00-0.02). ``auto``'s check runs on the source lab, where the temperature fits;
+# off it the posteriors are miscalibrated in ways the check cannot see (docs/RESULTS.md, "EM
+# priors off by default").
 DEFAULT_PRIORS = "never"
+# Files of the source run the adapted run keeps as they are (the model file is written anew).
 KEPT_FILES = ("config.yaml", "classes.json", "stain_reference.json", "train_features.npz")
 
 
