@@ -68,11 +68,8 @@ def stages(run_dir: Path, folder: Path, weighting: str) -> dict[str, tuple[float
     predictions = {"before": source.model.engine()(cells).argmax(axis=1)}
     model.adapt_to(cells, echo=lambda _m: None)
     pipeline = model.pipeline
-    lab = pipeline[0].transform(
-        batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus).astype(
-            float
-        )
-    )
+    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
+    lab = pipeline[0].transform(measured.astype(float))
     train_raw, train_labels = read_training_features(run_dir, settings.colour)
     train = source.model.pipeline[0].transform(train_raw.astype(float))
     posterior = pipeline[-1].predict_proba(lab)
