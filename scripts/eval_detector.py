@@ -14,7 +14,8 @@ detect-mode crops are as good as box-mode crops. Reports, over the images with a
 
 ``--shift`` scores the detector instead on a synthetic dev set for other labs' smears: the
 images with a VOC WBC box under one shift at a time and under pairs of shifts (a seeded sample of
-``--pair-limit`` images per pair). Why: the detector must not encode one lab's stain, background or
+``--pair-limit`` images per pair; 40 by default for speed, ``--pair-limit 290`` for every boxed
+smear, about ten minutes here). Why: the detector must not encode one lab's stain, background or
 magnification, and the only annotated smears are one lab's. Shifts (every random draw is seeded by
 ``--seed``, the shift and the image):
 

@@ -93,7 +93,7 @@ class ColorConfig:
     )
     # Stain augmentation of the offline training copies (augment stage, every family; 0 = off):
     hed_jitter: float = 0.0  # scale each stain concentration by U(1-s, 1+s) (Tellez 2019)
-    hed_shift: float = 0.0  # and shift it by U(-b, b) (skimage rgb2hed units)
+    hed_shift: float = 0.0  # and shift it by U(-b, b) (skimage>=0.18 rgb2hed units)
     randstainna: bool = False  # Reinhard-map each copy to a template drawn from the originals
     # zoom each copy by U(1-z, 1+z), both axes alike; 0.2 by default: the one stain-robustness
     # setting that helped on another lab without an in-domain cost (docs/RESULTS.md, issue 23)
