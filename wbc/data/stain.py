@@ -10,9 +10,9 @@ draws (and the copies made with every step off) unchanged.
   skimage's ``hed_from_rgb`` (``unclipped_hed``), scale each stain's concentration by
   U(1-s, 1+s) and shift it by U(-b, b) (skimage's units: optical density / ln(1e6); a crop's
   haematoxylin averages about 0.03 and peaks near 0.1), recompose with ``hed2rgb``. Published
-  strengths are in scikit-image <= 0.17's units, where a shift is about 3.3 times smaller a
-  change: Tellez's light and strong shifts (0.05, 0.2) are about 0.015 and 0.06 here
-  (``research/hed_units.py``); their scales (0.05, 0.2) need no conversion.
+  strengths are in scikit-image <= 0.17's units, in which the same shift changes the colour
+  about 3.3 times less: Tellez's light and strong shifts (0.05, 0.2) are about 0.015 and 0.06
+  here (``research/hed_units.py``); their scales (0.05, 0.2) are ratios and carry over.
 * ``randstainna`` (Shen et al. 2022): fit a normal distribution to each LAB channel's per-image
   mean and standard deviation over the lab's originals (``lab_distribution``), draw a virtual
   template from it per copy, and Reinhard-map the copy to that template.
