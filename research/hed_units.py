@@ -26,19 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wbc.core.imageio import read_rgb  # noqa: E402
+from wbc.data.stain import unclipped_hed  # noqa: E402  (today's units, before the clip at 0)
 
 STAINS = ("haematoxylin", "eosin", "DAB")
 PUBLISHED = {"light": 0.05, "strong": 0.2}  # Tellez et al. 2019, old scikit-image units
 
 
-def old_units(rgb01: np.ndarray) -> np.ndarray:
-    """scikit-image <= 0.17's ``separate_stains`` (with its ``rgb += 2``)."""
-    return -np.log(rgb01 + 2.0) @ hed_from_rgb
-
-
-def new_units(rgb01: np.ndarray) -> np.ndarray:
-    """scikit-image >= 0.18's ``separate_stains``, before its clip at 0."""
-    return (np.log(np.maximum(rgb01, 1e-6)) / np.log(1e-6)) @ hed_from_rgb
+def old_units(rgb: np.ndarray) -> np.ndarray:
+    """scikit-image <= 0.17's ``separate_stains`` (with its ``rgb += 2``) of uint8 pixels."""
+    return -np.log(rgb / 255.0 + 2.0) @ hed_from_rgb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"error: {args.crops}: no .jpg or .png crops", file=sys.stderr)
         return 1
-    pixels = np.vstack([read_rgb(p).reshape(-1, 3) / 255.0 for p in files])
-    old, new = old_units(pixels), new_units(pixels)
+    pixels = np.vstack([read_rgb(p).reshape(-1, 3) for p in files])
+    old, new = old_units(pixels), unclipped_hed(pixels)
     print(f"{len(files)} crops, {len(pixels):,} pixels")
     slopes = []
     for channel, name in enumerate(STAINS):
