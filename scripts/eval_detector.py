@@ -19,8 +19,9 @@ smear, about ten minutes here). Why: the detector must not encode one lab's stai
 magnification, and the only annotated smears are one lab's. Shifts (every random draw is seeded by
 ``--seed``, the shift and the image):
 
-* bg-cyan / bg-yellow / bg-green: the pale background tinted (the red, the blue, or the red and
-  blue channels scaled down on the bright pixels, fading to untinted on dark ones);
+* bg-cyan / bg-yellow / bg-green / bg-magenta: the pale background tinted (the red, the blue, the
+  red and blue, or the green channel scaled down on the bright pixels, fading to untinted on dark
+  ones);
 * hed: colour-deconvolution jitter, each stain's concentration x U(0.7, 1.3) + U(-0.01, 0.01);
 * bright+30 / bright-30: every channel x 1.3 (clipped) or x 0.7;
 * gamma0.6 / gamma1.6: intensity ** gamma on the 0..1 scale;
@@ -229,6 +230,7 @@ SHIFTS: dict[str, Callable] = {
     "bg-cyan": _tint((0.7, 1.0, 1.0)),
     "bg-yellow": _tint((1.0, 1.0, 0.7)),
     "bg-green": _tint((0.8, 1.0, 0.8)),
+    "bg-magenta": _tint((1.0, 0.7, 1.0)),
     "bright+30": _gain(1.3),
     "bright-30": _gain(0.7),
     "gamma0.6": _gamma(0.6),

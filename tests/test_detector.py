@@ -118,3 +118,65 @@ def test_never_a_frame_sized_box():
     assert_not_frame_sized(crop, found)
     x0, y0, x1, y1 = found[0]
     assert x0 <= 26 and y0 <= 26 and x1 >= 75 and y1 >= 75
+
+
+def crowded_smear(rng: np.random.Generator, haematoxylin: float, tint) -> tuple[np.ndarray, tuple]:
+    """Red cells packed edge to edge round one WBC, its nuclear stain scaled by
+    ``haematoxylin`` and the plasma between the cells tinted by ``tint`` (a gain per channel):
+    the image and the WBC's box."""
+    height, width = SIZE
+    yy, xx = np.mgrid[:height, :width]
+    image = np.empty((height, width, 3), np.float64)
+    image[:] = BACKGROUND
+    cy, cx = 60 + rng.integers(-6, 7), 80 + rng.integers(-6, 7)
+    cell = (yy - cy) ** 2 + (xx - cx) ** 2 <= 17**2
+    clearing = (yy - cy) ** 2 + (xx - cx) ** 2 <= 22**2
+    for ry in range(6, height, 16):
+        for rx in range(6 + (ry // 16 % 2) * 8, width, 16):
+            disc = (yy - ry) ** 2 + (xx - rx) ** 2 <= 8**2
+            if not (disc & clearing).any():
+                image[disc] = (214, 150, 162)
+    image[cell] = (208, 186, 214)
+    image[((yy - cy) / 10.0) ** 2 + ((xx - cx) / 12.0) ** 2 <= 1] = (98, 44, 142)
+    image = np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    image = hed2rgb(rgb2hed(image) * np.asarray((haematoxylin, 1.0, 1.0))) * 255.0
+    plasma = (image.mean(axis=2) > 200) & ~cell
+    image[plasma] *= np.asarray(tint)
+    ys, xs = np.nonzero(cell)
+    return np.clip(image, 0, 255).astype(np.uint8), (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+@pytest.mark.parametrize("tint", [(0.6, 1.0, 1.0), (1.0, 0.6, 1.0)], ids=["cyan", "magenta"])
+@pytest.mark.parametrize("seed", range(2))
+def test_a_tinted_plasma_is_not_taken_for_a_faint_nucleus(seed, tint):
+    # A faint nucleus (haematoxylin at 0.7) among packed red cells, the plasma between them as
+    # stain-coloured as the nucleus but far lighter: it must not join the nucleus (detector
+    # version 2 boxed the plasma network, or nothing).
+    image, box = crowded_smear(np.random.default_rng(seed), 0.7, tint)
+    found = assert_found(image, box)
+    assert box_area(found[0]) < 2.5 * box_area(box), (found[0], box)
+
+
+def test_a_magnified_cell_wider_than_half_the_frame_is_still_found():
+    # A 4:3 field at high magnification: a C-shaped nucleus spans over half the frame (its
+    # pixels cover far less), in a cell that fills most of it. Version 2 dropped such a nucleus
+    # and found nothing; now the box is cut to half the frame about the nucleus' centre.
+    rng = np.random.default_rng(9)
+    height, width = SIZE
+    yy, xx = np.mgrid[:height, :width]
+    image = np.full((height, width, 3), BACKGROUND, np.float64)
+    cell = ((yy - 60) / 58.0) ** 2 + ((xx - 80) / 76.0) ** 2 <= 1
+    image[cell] = (208, 186, 214)
+    radius = np.hypot(yy - 60, xx - 80)
+    angle = np.degrees(np.arctan2(yy - 60, xx - 80))
+    arc = (np.abs(radius - 50) <= 7) & (angle > -150) & (angle < 90)
+    image[arc] = (98, 44, 142)
+    image = np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(cell)
+    truth = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    arc_ys, arc_xs = np.nonzero(arc)
+    assert np.ptp(arc_xs) * np.ptp(arc_ys) > height * width / 2 > 2 * arc.sum()
+    found = detect_cells(image)
+    assert found, "nothing detected"
+    assert_not_frame_sized(image, found)
+    assert iou(found[0], truth) > 0.5, (found[0], truth)
