@@ -23,8 +23,8 @@ gamma or a blur moves the threshold with the nuclei. A colour is not enough, tho
 tinted plasma (cyan or magenta) is as stain-coloured as a faintly stained nucleus, only far
 lighter. So a nucleus pixel must also be dense: its total optical density a quarter of the way
 from the image's lightest pixels to the typical density of its most strongly stained ones (a
-printed black mark is dense but grey, so it sets neither level). Platelets are also purple but an order of
-magnitude smaller, so an area floor removes them. Neutrophil nuclei are multi-lobed: a
+printed black mark is dense but grey, so it sets neither level). Platelets are also purple but
+an order of magnitude smaller, so an area floor removes them. Neutrophil nuclei are multi-lobed: a
 morphological closing joins lobes a few pixels apart, and smaller pieces whose centre falls
 inside a bigger nucleus' neighbourhood are merged into it. The annotated WBC box covers the
 whole cell (nucleus plus cytoplasm), and the pale cytoplasm barely differs from the background,
