@@ -35,8 +35,13 @@ install: $(BIN)/python ## Create .venv and install wbc with its dev extras
 	@touch $(INSTALLED)
 	@$(WBC) --version
 
+# Two pytest workers, one test file each at a time (a file's shared fixtures are built once):
+# much of the suite waits on one core (TensorFlow's import in each subprocess, the SVM, the
+# Ray start), so two workers use both. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(INSTALLED) ## Run the whole test suite (WBC_RAW=path adds the real-data integration test)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 lint: $(INSTALLED) ## Lint and check the formatting (ruff, settings in pyproject.toml)
 	$(BIN)/ruff check .

@@ -4,6 +4,7 @@ augmentation, through the same train / evaluate / predict / explain code."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import zipfile
@@ -321,6 +322,59 @@ def test_features_family_trains_evaluates_and_predicts(features_run, crop_data):
     image = np.asarray(Image.open(next((crop_data / "test" / "MONOCYTE").iterdir())))
     probs = predictor(image[None])
     assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0)
+
+
+# Each command of a features run, in one fresh process: none may import TensorFlow (its
+# import costs seconds, and the default family never uses it).
+_FEATURES_WITHOUT_TF = """
+import json, sys
+from click.testing import CliRunner
+from wbc.cli import cli
+
+data, run = sys.argv[1], sys.argv[2]
+commands = [
+    ["train", "--set", "model.family=features", "--data-dir", data, "--subset", "small",
+     "--run-dir", run],
+    ["predict", data + "/processed/small/test", "--model", run, "--input", "crop"],
+    ["evaluate", "--model", run, "--data", data + "/processed/small/test"],
+    ["count", data + "/processed/small/test/MONOCYTE", "--model", run, "--input", "crop"],
+]
+codes = [CliRunner().invoke(cli, c).exit_code for c in commands]
+print(json.dumps({"codes": codes, "tensorflow": "tensorflow" in sys.modules,
+                  "keras": "keras" in sys.modules}))
+"""
+
+
+def test_a_features_run_trains_and_predicts_without_loading_tensorflow(crop_data, tmp_path):
+    import subprocess
+    import sys
+
+    for side in ("train", "test"):
+        (tmp_path / "data" / "processed" / "small").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "processed" / "small" / side).symlink_to(crop_data / side)
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", _FEATURES_WITHOUT_TF, str(tmp_path / "data"), str(run)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"codes": [0, 0, 0, 0], "tensorflow": False, "keras": False}, done.stderr
+    # TensorBoard still gets the test side's numbers and confusion matrix, read back by
+    # TensorBoard's own loader.
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    board = EventAccumulator(str(run / "tensorboard" / "test"))
+    board.Reload()
+    assert set(board.Tags()["tensors"]) == {"accuracy", "macro_f1", "confusion_matrix"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    accuracy = board.Tensors("accuracy")[0]
+    assert float(make_ndarray(accuracy.tensor_proto)) == pytest.approx(metrics["accuracy"])
+    width, height, png = make_ndarray(board.Tensors("confusion_matrix")[0].tensor_proto)
+    with Image.open(io.BytesIO(png)) as picture:
+        assert picture.size == (int(width), int(height))
 
 
 def test_features_model_explains_with_named_features(features_run, crop_data, tmp_path):

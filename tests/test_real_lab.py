@@ -34,11 +34,18 @@ def expected_lab_counts(root: Path) -> Counter:
     return counts
 
 
+# Every crop is read, renamed and cut; only the augmented copies and the subset are capped
+# (the commands, not the default's accuracy, are under test).
+SMALL = ["--set", "augment.per_class=60", "--set", "subsets.small=60"]
+
+
 def test_a_labs_class_folders_prepare_train_evaluate_predict_and_export(real_lab, tmp_path):
     before = tree_hash(real_lab)
     data, run = tmp_path / "lab", tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(cli, ["prepare", "--raw", str(real_lab), "--data-dir", str(data)])
+    result = runner.invoke(
+        cli, ["prepare", "--raw", str(real_lab), "--data-dir", str(data), *SMALL]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith("layout: class-folders")
     summary = json.loads((data / "interim/renamed/manifest.json").read_text())["summary"]
@@ -48,7 +55,8 @@ def test_a_labs_class_folders_prepare_train_evaluate_predict_and_export(real_lab
     assert all(0 < summary["counts"][c] <= expected[c] for c in expected)
 
     result = runner.invoke(
-        cli, ["train", "--data-dir", str(data), "--subset", "small", "--run-dir", str(run)]
+        cli,
+        ["train", "--data-dir", str(data), "--subset", "small", "--run-dir", str(run), *SMALL],
     )
     assert result.exit_code == 0, result.output
     assert json.loads((run / "classes.json").read_text()) == sorted(expected)

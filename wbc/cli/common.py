@@ -127,19 +127,6 @@ def exit_if_failed(failed: int, total: int, what: str) -> None:
         click.get_current_context().exit(1)
 
 
-def needs_tensorflow(func):
-    """Load TensorFlow quietly before a command that uses it (its start-up chatter hidden)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from wbc.core.tfsetup import import_tensorflow
-
-        import_tensorflow()
-        return func(*args, **kwargs)
-
-    return wrapper
-
-
 def load(config_path: Path | None, overrides: tuple[str, ...]):
     import wbc.models  # noqa: F401 - the families register themselves: model.family's choices
     from wbc.core.config import load_config

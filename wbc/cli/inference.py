@@ -16,7 +16,6 @@ from wbc.cli.common import (
     handle_errors,
     input_option,
     model_option,
-    needs_tensorflow,
     progress_bar,
     write_output,
 )
@@ -55,7 +54,6 @@ from wbc.cli.group import cli
 @engine_option
 @executor_options
 @handle_errors
-@needs_tensorflow
 def predict(
     paths,
     model_path,
@@ -144,7 +142,6 @@ def predict(
 @engine_option
 @executor_options
 @handle_errors
-@needs_tensorflow
 def count(
     folder,
     model_path,
@@ -227,7 +224,6 @@ def count(
 )
 @input_option
 @handle_errors
-@needs_tensorflow
 def explain(image, model_path, output, input_kind):
     """Show why the model chose its class for an image.
 
@@ -281,7 +277,6 @@ def explain(image, model_path, output, input_kind):
 )
 @batch_size_option
 @handle_errors
-@needs_tensorflow
 def evaluate(model_path, data, fmt, output, batch_size):
     """Score a trained model on a folder of class folders.
 
@@ -331,7 +326,6 @@ def evaluate(model_path, data, fmt, output, batch_size):
 )
 @batch_size_option
 @handle_errors
-@needs_tensorflow
 def compare(models, data, json_path, batch_size):
     """Score several trained runs on one folder of class folders, side by side.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from wbc.cli.common import echo_err, handle_errors, needs_tensorflow
+from wbc.cli.common import echo_err, handle_errors
 from wbc.cli.group import cli
 
 
@@ -87,7 +87,6 @@ def bench(raw, quick, tiny, json_path, only):
     "run's own test side, from run.json).",
 )
 @handle_errors
-@needs_tensorflow
 def report(run_path, output, data):
     """Write one self-contained HTML page about a run or a `wbc cv` folder.
 
@@ -133,7 +132,6 @@ def report(run_path, output, data):
     "up to 20 are preprocessed as predict does (default: 8 random images).",
 )
 @handle_errors
-@needs_tensorflow
 def export(run_path, fmt, output, check):
     """Export a trained run for a deployment runtime, checked against the run's model.
 

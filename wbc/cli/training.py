@@ -14,7 +14,6 @@ from wbc.cli.common import (
     handle_errors,
     input_option,
     load,
-    needs_tensorflow,
     ray_options_from,
 )
 from wbc.cli.group import cli
@@ -69,7 +68,6 @@ from wbc.workflows.adapt import DEFAULT_PRIORS, PRIOR_MODES
     "training crops plus these, weighted to equal totals.",
 )
 @handle_errors
-@needs_tensorflow
 def train(
     config_path, overrides, data_dir, subset, epochs, run_dir, resume_dir, strategy, init_model
 ):
@@ -147,7 +145,6 @@ def train(
 )
 @input_option
 @handle_errors
-@needs_tensorflow
 def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
     """Adapt a trained run to a lab from the lab's unlabelled cells.
 
@@ -305,7 +302,6 @@ def plot(run_dir, output):
 )
 @executor_options
 @handle_errors
-@needs_tensorflow
 def cv(
     config_path,
     overrides,
@@ -417,7 +413,6 @@ def cv(
 )
 @executor_options
 @handle_errors
-@needs_tensorflow
 def tune(
     config_path,
     overrides,

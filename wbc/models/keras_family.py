@@ -20,7 +20,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from wbc.core.config import Config
 from wbc.core.errors import ConfigError, DataError, ModelError
+from wbc.core.tfsetup import import_tensorflow
 from wbc.models import checkpoint
 from wbc.models.base import Classifier, Echo, Engine, Family, FitJob, FitResult, TtaEngine
 
@@ -76,6 +78,7 @@ def load_model_file(path: Path | str):
     """Load a ``.keras`` file safely (no code, ``safe_mode=True``, not compiled)."""
     path = Path(path)
     check_archive(path)
+    import_tensorflow()
     import keras
 
     try:
@@ -451,6 +454,12 @@ class KerasFamily(Family):
     model_file = "model.keras"
     export_modules = {"onnx": ("tf2onnx",)}  # Keras 3's ONNX exporter
     last_file = "last.keras"
+
+    def __init__(self, config: Config):
+        # TensorFlow loads with a Keras family, quietly, and only then: its import costs
+        # seconds, which the features family (the default) never needs to pay.
+        import_tensorflow()
+        super().__init__(config)
 
     # What a subclass provides ----------------------------------------------------------
     def build(self, n_classes: int):

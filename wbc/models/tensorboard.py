@@ -9,6 +9,9 @@ side's accuracy, macro-F1 and confusion matrix under ``test/`` (``write_test_sum
 from __future__ import annotations
 
 import io
+import os
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,17 +70,57 @@ def keras_callbacks(run_dir: Path, val_data, classes: Sequence[str]) -> list:
 
 
 def write_test_summary(run_dir: Path, metrics: dict, step: int) -> None:
-    """The test side's accuracy, macro-F1 and confusion matrix under ``test/``."""
-    import tensorflow as tf
+    """The test side's accuracy, macro-F1 and confusion matrix under ``test/``.
 
-    writer = tf.summary.create_file_writer(str(Path(run_dir) / LOG_DIR / "test"))
-    with writer.as_default():
-        tf.summary.scalar("accuracy", float(metrics["accuracy"]), step=step)
-        tf.summary.scalar("macro_f1", float(metrics["macro_f1"]), step=step)
-    _image_summary(
-        writer,
-        "confusion_matrix",
-        confusion_png(metrics["confusion_matrix"], metrics["classes"], "test side"),
-        step,
+    Written with TensorBoard's protos in the layout ``tf.summary`` gives, but without
+    TensorFlow: the features family never loads it, and its import costs seconds."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.image import metadata as image_metadata
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from tensorboard.util import tensor_util
+
+    from wbc.core.manifest import atomic_path
+
+    png = confusion_png(metrics["confusion_matrix"], metrics["classes"], "test side")
+    height, width = _png_size(png)
+    scalar_meta = scalar_metadata.create_summary_metadata(display_name="", description="")
+    values = [
+        summary_pb2.Summary.Value(
+            tag=tag,
+            metadata=scalar_meta,
+            tensor=tensor_util.make_tensor_proto(np.float32(metrics[key])),
+        )
+        for tag, key in (("accuracy", "accuracy"), ("macro_f1", "macro_f1"))
+    ]
+    values.append(
+        summary_pb2.Summary.Value(
+            tag="confusion_matrix",
+            metadata=image_metadata.create_summary_metadata(display_name="", description=""),
+            # tf.summary.image's tensor: width, height, then the encoded images
+            tensor=tensor_util.make_tensor_proto(
+                [str(width).encode(), str(height).encode(), png], dtype="string"
+            ),
+        )
     )
-    writer.close()
+    now = time.time()
+    events = [
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+        event_pb2.Event(wall_time=now, step=step, summary=summary_pb2.Summary(value=values)),
+    ]
+    folder = Path(run_dir) / LOG_DIR / "test"
+    folder.mkdir(parents=True, exist_ok=True)
+    # TensorBoard's own writer would import TensorFlow for its file system: this is the
+    # same TFRecord file, written whole and renamed into place.
+    name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.0"
+    with atomic_path(folder / name) as tmp, open(tmp, "wb") as sink:
+        records = RecordWriter(sink)
+        for event in events:
+            records.write(event.SerializeToString())
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """Height and width from a PNG's header (IHDR: width, then height, big-endian)."""
+    width = int.from_bytes(png[16:20], "big")
+    height = int.from_bytes(png[20:24], "big")
+    return height, width

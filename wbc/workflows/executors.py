@@ -133,7 +133,9 @@ def _cap_threads(cpus: float) -> None:
     """TensorFlow's thread pools to ``cpus`` (rounded up), before TensorFlow starts any."""
     threads = max(1, int(-(-cpus // 1)))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    import tensorflow as tf
+    from wbc.core.tfsetup import import_tensorflow
+
+    tf = import_tensorflow()
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)

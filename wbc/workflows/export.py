@@ -114,8 +114,9 @@ def _runtime(fmt: str, path: Path) -> tuple[str, Callable[[np.ndarray], np.ndarr
 
         lite = LiteModel(Path(path).read_bytes())
         return "ai-edge-litert", lite
-    import tensorflow as tf
+    from wbc.core.tfsetup import import_tensorflow
 
+    tf = import_tensorflow()
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures["serving_default"]
     key = next(iter(serve.structured_outputs))
