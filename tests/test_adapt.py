@@ -252,6 +252,14 @@ def test_features_scaler_is_reestimated_and_priors_recorded(features_run, tmp_pa
     assert (tmp_path / "a" / "prior_correction.json").is_file()
     assert "Adapted without labels" in (tmp_path / "a" / "MODEL_CARD.md").read_text()
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["n_images"] == 16
+    # wbc compare says which run was adapted, to what, and what its own accuracy then means
+    table = invoke("compare", run_dir, tmp_path / "a", "--data", lab, "--json", tmp_path / "c")
+    assert table.exit_code == 0, table.output
+    rows = json.loads((tmp_path / "c").read_text())["runs"]
+    assert [r["adapted_on"] for r in rows] == [None, str(lab.resolve())]
+    lines = table.stdout.splitlines()
+    assert "adapted=" not in lines[2] and f"adapted={lab.name}" in lines[3]
+    assert f"adapted without labels to {lab.resolve()} (these very cells)" in table.stdout
 
     # the same files in wrongly named class folders: the same scaler and priors
     flat = tmp_path / "flat"

@@ -209,11 +209,13 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Score several runs on one folder of class folders (another lab's cells, say).
 
-    Returns ``{"folder", "runs": [{"model", "settings", "own_accuracy", "metrics"} or
-    {"model", "error"}], "majority": {"accuracy", "macro_f1"}}``. A run that cannot be loaded
-    or scored is its own error row; the others go on."""
+    Returns ``{"folder", "runs": [{"model", "settings", "own_accuracy", "adapted_on",
+    "metrics"} or {"model", "error"}], "majority": {"accuracy", "macro_f1"}}``. A run that
+    cannot be loaded or scored is its own error row; the others go on. ``adapted_on`` is the
+    folder a ``wbc adapt`` run was adapted to (None for a trained run): its own accuracy is
+    then the source lab's held-out side, scored after that adaptation."""
     from wbc.core.errors import WbcError
-    from wbc.core.runfolder import METRICS_NAME
+    from wbc.core.runfolder import METRICS_NAME, read_run_info
     from wbc.models.runs import load_run, resolve_model_path
 
     if not Path(folder).is_dir():
@@ -236,11 +238,13 @@ def compare_runs(
         except (OSError, ValueError, KeyError, TypeError):
             pass
         counts = [metrics["per_class"][c]["support"] for c in metrics["classes"]]
+        adaptation = read_run_info(path.parent).get("adaptation") or {}
         rows.append(
             {
                 "model": str(given),
                 "settings": run_settings(run),
                 "own_accuracy": own,
+                "adapted_on": adaptation.get("folder"),
                 "metrics": metrics,
             }
         )
@@ -281,10 +285,11 @@ def format_comparison(result: dict[str, Any]) -> str:
                 for k in ("accuracy_flagged", "accuracy_unflagged")
             )
         )
+        adapted_on = row.get("adapted_on")
         lines.append(
             [
                 row["model"],
-                row["settings"],
+                row["settings"] + (f" adapted={Path(adapted_on).name}" if adapted_on else ""),
                 "-" if row["own_accuracy"] is None else f"{row['own_accuracy']:.3f}",
                 str(m["n_images"]),
                 f"{m['accuracy']:.3f}",
@@ -313,4 +318,12 @@ def format_comparison(result: dict[str, Any]) -> str:
     out = [f"evaluation on {result['folder']}"]
     for line in [headers, *lines]:
         out.append("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+    for row in scored:
+        if row.get("adapted_on"):
+            same = Path(row["adapted_on"]).resolve() == Path(result["folder"]).resolve()
+            out.append(
+                f"{row['model']}: adapted without labels to {row['adapted_on']}"
+                + (" (these very cells)" if same else "")
+                + "; its own test acc is the source lab's held-out side after that adaptation"
+            )
     return "\n".join(out) + "\n"
