@@ -130,18 +130,13 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _cap_threads(cpus: float) -> None:
-    """TensorFlow's thread pools to ``cpus`` (rounded up), before TensorFlow starts any."""
-    threads = max(1, int(-(-cpus // 1)))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    from wbc.core.tfsetup import import_tensorflow
-
-    tf = import_tensorflow()
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # already initialised in this process: keep what it has
-        pass
+    """TensorFlow's thread pools to ``cpus`` (rounded up), through the variables it reads when
+    it starts: a features task never imports TensorFlow (seconds per worker), and a Keras
+    family's import in this worker picks them up. A worker where TensorFlow already runs keeps
+    what it has."""
+    threads = str(max(1, int(-(-cpus // 1))))
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(name, threads)
 
 
 def _train_task(job: TrainJob, cpus: float, train: Callable[..., Path]) -> dict[str, Any]:
