@@ -108,12 +108,10 @@ def write_test_summary(run_dir: Path, metrics: dict, step: int) -> None:
         event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
         event_pb2.Event(wall_time=now, step=step, summary=summary_pb2.Summary(value=values)),
     ]
-    folder = Path(run_dir) / LOG_DIR / "test"
-    folder.mkdir(parents=True, exist_ok=True)
     # TensorBoard's own writer would import TensorFlow for its file system: this is the
     # same TFRecord file, written whole and renamed into place.
     name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.0"
-    with atomic_path(folder / name) as tmp, open(tmp, "wb") as sink:
+    with atomic_path(Path(run_dir) / LOG_DIR / "test" / name) as tmp, open(tmp, "wb") as sink:
         records = RecordWriter(sink)
         for event in events:
             records.write(event.SerializeToString())

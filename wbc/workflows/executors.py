@@ -24,6 +24,7 @@ Design:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -87,12 +88,9 @@ def connect(options: RayOptions, echo: Callable[[str], None]):
     # TensorFlow's thread pools are capped to a task's CPUs through the variables it reads at
     # start-up, so that a worker process can be reused for the next task (importing
     # TensorFlow again would cost seconds per task).
-    threads = str(max(1, int(-(-options.cpus_per_trial // 1))))
     quiet = {
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-        "TF_NUM_INTRAOP_THREADS": threads,
-        "TF_NUM_INTEROP_THREADS": threads,
-        "OMP_NUM_THREADS": threads,
+        **thread_caps(options.cpus_per_trial),
     }
     kwargs: dict[str, Any] = {
         "log_to_driver": True,
@@ -129,14 +127,22 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise DataError(f"Ray cluster at {address}: cannot connect ({reason})") from None
 
 
+def thread_caps(cpus: float) -> dict[str, str]:
+    """The variables that cap OpenMP's and TensorFlow's thread pools to ``cpus`` (rounded up);
+    TensorFlow reads them when it starts."""
+    threads = str(max(1, math.ceil(cpus)))
+    return {
+        name: threads
+        for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    }
+
+
 def _cap_threads(cpus: float) -> None:
-    """TensorFlow's thread pools to ``cpus`` (rounded up), through the variables it reads when
-    it starts: a features task never imports TensorFlow (seconds per worker), and a Keras
-    family's import in this worker picks them up. A worker where TensorFlow already runs keeps
-    what it has."""
-    threads = str(max(1, int(-(-cpus // 1))))
-    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        os.environ.setdefault(name, threads)
+    """A task's thread pools to its ``cpus``, without importing TensorFlow: a features task
+    never needs it (seconds per worker), and a Keras family's import in this worker picks the
+    variables up. A worker where TensorFlow already runs keeps what it has."""
+    for name, value in thread_caps(cpus).items():
+        os.environ.setdefault(name, value)
 
 
 def _train_task(job: TrainJob, cpus: float, train: Callable[..., Path]) -> dict[str, Any]:
