@@ -349,9 +349,10 @@ def test_a_features_run_trains_and_predicts_without_loading_tensorflow(crop_data
     import subprocess
     import sys
 
+    small = tmp_path / "data" / "processed" / "small"
+    small.mkdir(parents=True)
     for side in ("train", "test"):
-        (tmp_path / "data" / "processed" / "small").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "data" / "processed" / "small" / side).symlink_to(crop_data / side)
+        (small / side).symlink_to(crop_data / side)
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-c", _FEATURES_WITHOUT_TF, str(tmp_path / "data"), str(run)],
