@@ -258,9 +258,11 @@ def render_card(
         "their recall varies most between folds.",
         "- **Other laboratories' stains and microscopes:** measured on another lab's crops "
         "(tecom-crops, 299 cells), no model measured in this project reaches useful accuracy "
-        "without labels (0.31-0.65 accuracy, macro-F1 <= 0.50; docs/RESULTS.md), nor with "
-        "`wbc adapt` on a lab's unlabelled cells (0.40-0.49). Adapting with 20 labelled cells "
-        "per class (`wbc train --init`) lifts it to 0.85-0.94 (the K-curve in docs/RESULTS.md).",
+        "without labels (the default recipe: 0.39-0.45 accuracy, macro-F1 0.37-0.39; no model "
+        "above 0.65 / 0.50; docs/RESULTS.md), nor with `wbc adapt` on a lab's unlabelled cells "
+        "(the default: 0.65-0.68, macro-F1 0.55-0.59; weighted by the lab's true classes, the "
+        "same re-standardisation reaches at most 0.70). Adapting with 20 labelled cells per "
+        "class (`wbc train --init`) lifts it to 0.83-0.94 (the K-curve in docs/RESULTS.md).",
         "- **Out-of-domain flag:** each prediction carries `out_of_domain`, from the distance "
         "of the image's stain statistics to the training images' (`domain.json`). It marks "
         "images unlike the training data; it is not a guarantee that unflagged answers are "
