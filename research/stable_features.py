@@ -1,0 +1,129 @@
+"""Keep only the measurements whose distribution the lab shares, then refit: a features probe.
+
+Produced docs/RESULTS.md's "Measurements the lab shares" rows (issue 23).
+
+Why: ``research/standardisation_ceiling.py`` shows that re-standardising every measurement
+cannot go past about 0.70 on tecom, even with the true classes, while the same measurements
+separate tecom's classes at 0.94 when fitted on its labels. Some measurements must move
+differently in each class. A measurement whose whole distribution (not only its mean and
+spread) is the same on the lab as at home, once re-standardised, is one the lab shares; a
+classifier refitted on those alone might carry over (feature-subset domain adaptation,
+Satpal and Sarawagi 2007). No label of the lab is needed to choose them.
+
+Settings fixed before any score:
+- after ``wbc adapt``'s class-balanced scaler, each measurement's 1-D Wasserstein distance
+  between the training crops (standardised by the run's scaler, each class weighted equally by
+  its labels) and the lab's cells (standardised by the adapted scaler, weighted by
+  ``class_balanced_weights`` of the adapted posterior);
+- keep the ``KEEP`` fraction of measurements with the smallest distance (two levels measured);
+- refit the run's own recipe (``make_pipeline``, the run's seed) on the run's stored training
+  measurements of those columns, re-standardise it on the lab as ``wbc adapt`` does, predict.
+
+The folder's labels (its class folder names) are read **only to score**.
+
+Usage: python research/stable_features.py FOLDER RUN [RUN ...] [--input auto|crop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wasserstein_distance
+from sklearn.metrics import accuracy_score, f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from self_training import folder_labels  # noqa: E402
+
+from wbc.models.adaptation import class_balanced_scaler, class_balanced_weights  # noqa: E402
+from wbc.models.base import resize_batch  # noqa: E402
+from wbc.models.features import (  # noqa: E402
+    feature_names,
+    fit_pipeline,
+    make_pipeline,
+    read_training_features,
+)
+from wbc.models.nucleus import batch_features  # noqa: E402
+from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
+from wbc.workflows.adapt import load_cells  # noqa: E402
+
+KEEP = (0.5, 0.75)
+
+
+def distances(source, source_weights, lab, lab_weights) -> np.ndarray:
+    return np.array(
+        [
+            wasserstein_distance(source[:, j], lab[:, j], source_weights, lab_weights)
+            for j in range(source.shape[1])
+        ]
+    )
+
+
+def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
+    run = load_run(resolve_model_path(run_dir))
+    classes, settings = list(run.classes), run.config.model.features
+    cells, _ = load_cells(run, folder, input_kind=input_kind)
+    truth = folder_labels(folder, classes)
+    model = run.model
+    source_scaler = (model.pipeline[0].mean_.copy(), model.pipeline[0].scale_.copy())
+    predictions = {"before": model.engine()(cells).argmax(axis=1)}
+    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
+    measured = measured.astype(np.float64)
+    class_balanced_scaler(model.pipeline, measured)
+    posterior = model.pipeline.predict_proba(measured)
+    predictions["adapted"] = posterior.argmax(axis=1)
+
+    train_raw, train_labels = read_training_features(run_dir, settings.colour)
+    train_raw = train_raw.astype(np.float64)
+    train = (train_raw - source_scaler[0]) / source_scaler[1]
+    counts = np.bincount(train_labels)
+    far = distances(
+        train,
+        1.0 / counts[train_labels],
+        model.pipeline[0].transform(measured),
+        class_balanced_weights(posterior),
+    )
+    names = feature_names(settings.colour)
+    order = np.argsort(far, kind="stable")
+    for keep in KEEP:
+        kept = np.sort(order[: max(2, int(round(keep * len(order))))])
+        pipeline = make_pipeline(settings, run.config.seed)
+        fit_pipeline(pipeline, train_raw[:, kept], train_labels)
+        class_balanced_scaler(pipeline, measured[:, kept])
+        predictions[f"kept {keep:.0%}"] = pipeline.predict_proba(measured[:, kept]).argmax(axis=1)
+    print(
+        "  most moved: "
+        + ", ".join(f"{names[j]} {far[j]:.2f}" for j in order[::-1][:8])
+        + "; least: "
+        + ", ".join(f"{names[j]} {far[j]:.2f}" for j in order[:5])
+    )
+    return {
+        stage: (
+            round(accuracy_score(truth, guess), 3),
+            round(f1_score(truth, guess, average="macro"), 3),
+        )
+        for stage, guess in predictions.items()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
+    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
+    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        scores = stages(run_dir, args.folder, args.input)
+        print(
+            f"{args.folder.name} {run_dir.name}: "
+            + "; ".join(f"{stage} {acc:.3f} / {f1:.3f}" for stage, (acc, f1) in scores.items())
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
