@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from self_training import folder_labels  # noqa: E402
+from labelled_folder import accuracy_and_f1, folder_labels, print_stages  # noqa: E402
 
 from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
 from wbc.workflows.adapt import load_cells  # noqa: E402
@@ -40,10 +39,7 @@ def scores(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[floa
     adapted = load_run(resolve_model_path(run_dir))
     adapted.model.adapt_to(cells, echo=lambda _m: None, balanced=True)
     answers["adapted"] = adapted.model.engine(cache=False)(cells).argmax(axis=1)
-    return {
-        stage: (accuracy_score(truth, guess), f1_score(truth, guess, average="macro"))
-        for stage, guess in answers.items()
-    }
+    return accuracy_and_f1(truth, answers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         table = {}
         for folder in args.folders:
             table[folder] = scores(run_dir, folder, args.input)
-            print(
-                f"{run_dir.name} {folder.name}: "
-                + "; ".join(f"{k} {a:.3f} / {f:.3f}" for k, (a, f) in table[folder].items()),
-                flush=True,
-            )
+            print_stages(f"{run_dir.name} {folder.name}", table[folder])
         for stage in ("as is", "adapted"):
             mean = np.mean([row[stage][0] for row in table.values()])
             f1 = np.mean([row[stage][1] for row in table.values()])

@@ -25,13 +25,11 @@ Usage: python research/coral.py FOLDER RUN [RUN ...] [--input auto|crop]
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.covariance import ledoit_wolf
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +41,12 @@ from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
 from wbc.workflows.adapt import load_cells  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from self_training import folder_labels  # noqa: E402
+from labelled_folder import (  # noqa: E402
+    accuracy_and_f1,
+    folder_and_runs,
+    folder_labels,
+    print_stages,
+)
 
 ROUNDS = SCALER_ITERATIONS
 
@@ -108,27 +111,13 @@ def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[floa
         posterior = classifier.predict_proba(aligned)
     predictions["coral"] = columns[posterior.argmax(axis=1)]
     predictions["centroids"] = columns[centroid_labels(lab, adapted_posterior)]
-    return {
-        stage: (
-            round(accuracy_score(truth, guess), 3),
-            round(f1_score(truth, guess, average="macro"), 3),
-        )
-        for stage, guess in predictions.items()
-    }
+    return accuracy_and_f1(truth, predictions)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
-    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
-    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
-    args = parser.parse_args(argv)
+    args = folder_and_runs(__doc__.splitlines()[0]).parse_args(argv)
     for run_dir in args.runs:
-        scores = stages(run_dir, args.folder, args.input)
-        print(
-            f"{args.folder.name} {run_dir.name}: "
-            + "; ".join(f"{stage} {acc:.3f} / {f1:.3f}" for stage, (acc, f1) in scores.items())
-        )
+        print_stages(f"{args.folder.name} {run_dir.name}", stages(run_dir, args.folder, args.input))
     return 0
 
 

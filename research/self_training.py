@@ -14,37 +14,33 @@ The folder's labels (its class folder names) are read **only to score** each sta
 adaptation, after the class-balanced scaler (``wbc adapt --priors never``), and after each round.
 
 Usage: python research/self_training.py FOLDER RUN [RUN ...] [--weighting equal|one]
+       [--input auto|crop]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from labelled_folder import (  # noqa: E402
+    accuracy_and_f1,
+    folder_and_runs,
+    folder_labels,
+    print_stages,
+)
 
 from wbc.models.base import resize_batch  # noqa: E402
 from wbc.models.features import make_pipeline, read_training_features  # noqa: E402
 from wbc.models.nucleus import batch_features  # noqa: E402
 from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
-from wbc.workflows.adapt import folder_digest, load_cells  # noqa: E402
-from wbc.workflows.predict import require_images  # noqa: E402
+from wbc.workflows.adapt import load_cells  # noqa: E402
 
 FRACTIONS = (0.2, 0.35, 0.5)  # share of each predicted class taken as pseudo-labels, per round
-
-
-def folder_labels(folder: Path, classes: list[str]) -> np.ndarray:
-    """Class index of each image in ``load_cells``' order (content digests), from its folder."""
-    files = require_images([folder])
-    _, each = folder_digest(files)
-    ordered = [path for _, path in sorted(zip(each, files), key=lambda pair: pair[0])]
-    return np.array(
-        [classes.index(p.parent.name) if p.parent.name in classes else -1 for p in ordered]
-    )
 
 
 def confident_per_class(posterior: np.ndarray, fraction: float) -> np.ndarray:
@@ -58,11 +54,13 @@ def confident_per_class(posterior: np.ndarray, fraction: float) -> np.ndarray:
     return np.array(sorted(chosen))
 
 
-def stages(run_dir: Path, folder: Path, weighting: str) -> dict[str, tuple[float, float]]:
+def stages(
+    run_dir: Path, folder: Path, weighting: str, input_kind: str = "auto"
+) -> dict[str, tuple[float, float]]:
     source = load_run(resolve_model_path(run_dir))
     adapted = load_run(resolve_model_path(run_dir))
     classes, settings = list(source.classes), source.config.model.features
-    cells, _ = load_cells(source, folder)
+    cells, _ = load_cells(source, folder, input_kind=input_kind)
     truth = folder_labels(folder, classes)
     model = adapted.model
     predictions = {"before": source.model.engine()(cells).argmax(axis=1)}
@@ -86,27 +84,16 @@ def stages(run_dir: Path, folder: Path, weighting: str) -> dict[str, tuple[float
         )
         posterior, columns = classifier.predict_proba(lab), classifier.classes_
         predictions[f"round {round_}"] = columns[posterior.argmax(axis=1)]
-    return {
-        stage: (
-            round(accuracy_score(truth, guess), 3),
-            round(f1_score(truth, guess, average="macro"), 3),
-        )
-        for stage, guess in predictions.items()
-    }
+    return accuracy_and_f1(truth, predictions)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
-    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
+    parser = folder_and_runs(__doc__.splitlines()[0])
     parser.add_argument("--weighting", choices=("equal", "one"), default="equal")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
-        scores = stages(run_dir, args.folder, args.weighting)
-        print(
-            f"{run_dir.name} ({args.weighting}): "
-            + "; ".join(f"{stage} {acc:.3f} / {f1:.3f}" for stage, (acc, f1) in scores.items())
-        )
+        scores = stages(run_dir, args.folder, args.weighting, args.input)
+        print_stages(f"{run_dir.name} ({args.weighting})", scores)
     return 0
 
 

@@ -26,18 +26,21 @@ Usage: python research/stable_features.py FOLDER RUN [RUN ...] [--input auto|cro
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import wasserstein_distance
-from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from self_training import folder_labels  # noqa: E402
+from labelled_folder import (  # noqa: E402
+    accuracy_and_f1,
+    folder_and_runs,
+    folder_labels,
+    print_stages,
+)
 
 from wbc.models.adaptation import class_balanced_scaler, class_balanced_weights  # noqa: E402
 from wbc.models.base import resize_batch  # noqa: E402
@@ -101,27 +104,13 @@ def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[floa
         + "; least: "
         + ", ".join(f"{names[j]} {far[j]:.2f}" for j in order[:5])
     )
-    return {
-        stage: (
-            round(accuracy_score(truth, guess), 3),
-            round(f1_score(truth, guess, average="macro"), 3),
-        )
-        for stage, guess in predictions.items()
-    }
+    return accuracy_and_f1(truth, predictions)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
-    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
-    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
-    args = parser.parse_args(argv)
+    args = folder_and_runs(__doc__.splitlines()[0]).parse_args(argv)
     for run_dir in args.runs:
-        scores = stages(run_dir, args.folder, args.input)
-        print(
-            f"{args.folder.name} {run_dir.name}: "
-            + "; ".join(f"{stage} {acc:.3f} / {f1:.3f}" for stage, (acc, f1) in scores.items())
-        )
+        print_stages(f"{args.folder.name} {run_dir.name}", stages(run_dir, args.folder, args.input))
     return 0
 
 

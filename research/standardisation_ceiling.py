@@ -22,7 +22,6 @@ Usage: python research/standardisation_ceiling.py FOLDER RUN [RUN ...] [--input 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from self_training import folder_labels  # noqa: E402
+from labelled_folder import folder_and_runs, folder_labels  # noqa: E402
 
 from wbc.models.base import resize_batch  # noqa: E402
 from wbc.models.features import make_pipeline  # noqa: E402
@@ -82,11 +81,7 @@ def ceiling(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
-    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
-    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
-    args = parser.parse_args(argv)
+    args = folder_and_runs(__doc__.splitlines()[0]).parse_args(argv)
     for run_dir in args.runs:
         for name, (accuracy, macro_f1, matrix) in ceiling(run_dir, args.folder, args.input).items():
             print(f"{run_dir.name}, {name}: {accuracy:.3f} / {macro_f1:.3f}")

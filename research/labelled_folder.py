@@ -1,0 +1,51 @@
+"""What the research scripts that score a run on a lab's labelled folder share.
+
+A lab's class folder names are read here **only to score**: ``folder_labels`` gives each image's
+class in the order ``wbc.workflows.adapt.load_cells`` reads the images (content digests), and
+``accuracy_and_f1`` scores named answers against them. ``folder_and_runs`` is the command line
+those scripts take (a folder, run folders, ``--input``) and ``print_stages`` their output line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbc.workflows.adapt import folder_digest  # noqa: E402
+from wbc.workflows.predict import require_images  # noqa: E402
+
+
+def folder_labels(folder: Path, classes: list[str]) -> np.ndarray:
+    """Class index of each image in ``load_cells``' order (content digests), from its folder."""
+    files = require_images([folder])
+    _, each = folder_digest(files)
+    ordered = [path for _, path in sorted(zip(each, files), key=lambda pair: pair[0])]
+    return np.array(
+        [classes.index(p.parent.name) if p.parent.name in classes else -1 for p in ordered]
+    )
+
+
+def accuracy_and_f1(truth: np.ndarray, answers: dict) -> dict[str, tuple[float, float]]:
+    """Accuracy and macro-F1 of each named array of answers (class indices or labels)."""
+    return {
+        stage: (accuracy_score(truth, guess), f1_score(truth, guess, average="macro"))
+        for stage, guess in answers.items()
+    }
+
+
+def folder_and_runs(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("folder", type=Path, help="a lab's images in class folders")
+    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
+    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
+    return parser
+
+
+def print_stages(name: str, scores: dict[str, tuple[float, float]]) -> None:
+    print(f"{name}: " + "; ".join(f"{k} {a:.3f} / {f:.3f}" for k, (a, f) in scores.items()))
