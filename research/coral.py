@@ -34,17 +34,13 @@ from sklearn.covariance import ledoit_wolf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbc.models.adaptation import SCALER_ITERATIONS, class_balanced_weights  # noqa: E402
-from wbc.models.base import resize_batch  # noqa: E402
 from wbc.models.features import read_training_features  # noqa: E402
-from wbc.models.nucleus import batch_features  # noqa: E402
-from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
-from wbc.workflows.adapt import load_cells  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
+    adapted_features_lab,
     folder_and_runs,
-    folder_labels,
     print_stages,
 )
 
@@ -81,18 +77,12 @@ def centroid_labels(z: np.ndarray, posterior: np.ndarray) -> np.ndarray:
 
 
 def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
-    source = load_run(resolve_model_path(run_dir))
-    adapted = load_run(resolve_model_path(run_dir))
-    classes, settings = list(source.classes), source.config.model.features
-    cells, _ = load_cells(source, folder, input_kind=input_kind)
-    truth = folder_labels(folder, classes)
-    model = adapted.model
-    predictions = {"before": source.model.engine()(cells).argmax(axis=1)}
-    model.adapt_to(cells, echo=lambda _m: None)
-    pipeline = model.pipeline
-    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
-    lab = pipeline[0].transform(measured.astype(float))
-    classifier = pipeline[-1]
+    lab_cells = adapted_features_lab(run_dir, folder, input_kind)
+    source, truth = lab_cells.run, lab_cells.truth
+    settings = source.config.model.features
+    predictions = {"before": lab_cells.before}
+    lab = lab_cells.adapted[0].transform(lab_cells.measured)
+    classifier = lab_cells.adapted[-1]
     columns = classifier.classes_
     posterior = classifier.predict_proba(lab)
     predictions["adapted"] = columns[posterior.argmax(axis=1)]

@@ -2,22 +2,31 @@
 
 A lab's class folder names are read here **only to score**: ``folder_labels`` gives each image's
 class in the order ``wbc.workflows.adapt.load_cells`` reads the images (content digests), and
-``accuracy_and_f1`` scores named answers against them. ``folder_and_runs`` is the command line
-those scripts take (a folder, run folders, ``--input``) and ``print_stages`` their output line.
+``accuracy_and_f1`` scores named answers against them. ``adapted_features_lab`` reads a features
+run and the folder's cells once and adapts a copy of the run as ``wbc adapt --priors never`` does.
+``folder_and_runs`` is the command line those scripts take (a folder, run folders, ``--input``)
+and ``print_stages`` their output line.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbc.workflows.adapt import folder_digest  # noqa: E402
+from wbc.models.adaptation import class_balanced_scaler  # noqa: E402
+from wbc.models.base import resize_batch  # noqa: E402
+from wbc.models.nucleus import batch_features  # noqa: E402
+from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
+from wbc.workflows.adapt import folder_digest, load_cells  # noqa: E402
 from wbc.workflows.predict import require_images  # noqa: E402
 
 
@@ -28,6 +37,35 @@ def folder_labels(folder: Path, classes: list[str]) -> np.ndarray:
     ordered = [path for _, path in sorted(zip(each, files), key=lambda pair: pair[0])]
     return np.array(
         [classes.index(p.parent.name) if p.parent.name in classes else -1 for p in ordered]
+    )
+
+
+@dataclass
+class AdaptedLab:
+    run: Any  # the features run as trained (its pipeline untouched)
+    truth: np.ndarray  # each cell's class index, from its folder name
+    before: np.ndarray  # the run's answers (class indices) before adaptation
+    measured: np.ndarray  # the cells' measurements, as the run measures them (float64)
+    adapted: Any  # a copy of the run's pipeline, its scaler re-estimated on the cells
+
+
+def adapted_features_lab(run_dir: Path, folder: Path, input_kind: str = "auto") -> AdaptedLab:
+    """The folder's cells read as ``wbc adapt`` reads them, measured once, and a copy of the
+    run's pipeline re-standardised on them as ``FeatureClassifier.adapt_to`` does (the
+    class-balanced scaler: ``wbc adapt --priors never``)."""
+    run = load_run(resolve_model_path(run_dir))
+    cells, _ = load_cells(run, folder, input_kind=input_kind)
+    model = run.model
+    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
+    measured = measured.astype(np.float64)
+    adapted = copy.deepcopy(model.pipeline)
+    class_balanced_scaler(adapted, measured)
+    return AdaptedLab(
+        run=run,
+        truth=folder_labels(folder, list(run.classes)),
+        before=model.engine()(cells).argmax(axis=1),
+        measured=measured,
+        adapted=adapted,
     )
 
 

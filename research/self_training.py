@@ -29,16 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
+    adapted_features_lab,
     folder_and_runs,
-    folder_labels,
     print_stages,
 )
 
-from wbc.models.base import resize_batch  # noqa: E402
 from wbc.models.features import make_pipeline, read_training_features  # noqa: E402
-from wbc.models.nucleus import batch_features  # noqa: E402
-from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
-from wbc.workflows.adapt import load_cells  # noqa: E402
 
 FRACTIONS = (0.2, 0.35, 0.5)  # share of each predicted class taken as pseudo-labels, per round
 
@@ -57,17 +53,12 @@ def confident_per_class(posterior: np.ndarray, fraction: float) -> np.ndarray:
 def stages(
     run_dir: Path, folder: Path, weighting: str, input_kind: str = "auto"
 ) -> dict[str, tuple[float, float]]:
-    source = load_run(resolve_model_path(run_dir))
-    adapted = load_run(resolve_model_path(run_dir))
-    classes, settings = list(source.classes), source.config.model.features
-    cells, _ = load_cells(source, folder, input_kind=input_kind)
-    truth = folder_labels(folder, classes)
-    model = adapted.model
-    predictions = {"before": source.model.engine()(cells).argmax(axis=1)}
-    model.adapt_to(cells, echo=lambda _m: None)
-    pipeline = model.pipeline
-    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
-    lab = pipeline[0].transform(measured.astype(float))
+    lab_cells = adapted_features_lab(run_dir, folder, input_kind)
+    source, truth = lab_cells.run, lab_cells.truth
+    settings = source.config.model.features
+    predictions = {"before": lab_cells.before}
+    pipeline = lab_cells.adapted
+    lab = pipeline[0].transform(lab_cells.measured)
     train_raw, train_labels = read_training_features(run_dir, settings.colour)
     train = source.model.pipeline[0].transform(train_raw.astype(float))
     posterior = pipeline[-1].predict_proba(lab)

@@ -37,22 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
+    adapted_features_lab,
     folder_and_runs,
-    folder_labels,
     print_stages,
 )
 
 from wbc.models.adaptation import class_balanced_scaler, class_balanced_weights  # noqa: E402
-from wbc.models.base import resize_batch  # noqa: E402
 from wbc.models.features import (  # noqa: E402
     feature_names,
     fit_pipeline,
     make_pipeline,
     read_training_features,
 )
-from wbc.models.nucleus import batch_features  # noqa: E402
-from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
-from wbc.workflows.adapt import load_cells  # noqa: E402
 
 KEEP = (0.5, 0.75)
 
@@ -67,27 +63,22 @@ def distances(source, source_weights, lab, lab_weights) -> np.ndarray:
 
 
 def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
-    run = load_run(resolve_model_path(run_dir))
-    classes, settings = list(run.classes), run.config.model.features
-    cells, _ = load_cells(run, folder, input_kind=input_kind)
-    truth = folder_labels(folder, classes)
-    model = run.model
-    source_scaler = (model.pipeline[0].mean_.copy(), model.pipeline[0].scale_.copy())
-    predictions = {"before": model.engine()(cells).argmax(axis=1)}
-    measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
-    measured = measured.astype(np.float64)
-    class_balanced_scaler(model.pipeline, measured)
-    posterior = model.pipeline.predict_proba(measured)
+    lab_cells = adapted_features_lab(run_dir, folder, input_kind)
+    run, truth, measured = lab_cells.run, lab_cells.truth, lab_cells.measured
+    settings = run.config.model.features
+    source_scaler = run.model.pipeline[0]
+    predictions = {"before": lab_cells.before}
+    posterior = lab_cells.adapted.predict_proba(measured)
     predictions["adapted"] = posterior.argmax(axis=1)
 
     train_raw, train_labels = read_training_features(run_dir, settings.colour)
     train_raw = train_raw.astype(np.float64)
-    train = (train_raw - source_scaler[0]) / source_scaler[1]
+    train = source_scaler.transform(train_raw)
     counts = np.bincount(train_labels)
     far = distances(
         train,
         1.0 / counts[train_labels],
-        model.pipeline[0].transform(measured),
+        lab_cells.adapted[0].transform(measured),
         class_balanced_weights(posterior),
     )
     names = feature_names(settings.colour)
