@@ -40,8 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
     adapted_features_lab,
-    folder_and_runs,
-    print_stages,
+    score_runs,
 )
 
 ROUNDS = SCALER_ITERATIONS
@@ -105,10 +104,7 @@ def stages(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = folder_and_runs(__doc__.splitlines()[0]).parse_args(argv)
-    for run_dir in args.runs:
-        print_stages(f"{args.folder.name} {run_dir.name}", stages(run_dir, args.folder, args.input))
-    return 0
+    return score_runs(__doc__.splitlines()[0], stages, argv)
 
 
 if __name__ == "__main__":

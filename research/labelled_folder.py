@@ -4,8 +4,8 @@ A lab's class folder names are read here **only to score**: ``folder_labels`` gi
 class in the order ``wbc.workflows.adapt.load_cells`` reads the images (content digests), and
 ``accuracy_and_f1`` scores named answers against them. ``adapted_features_lab`` reads a features
 run and the folder's cells once and adapts a copy of the run as ``wbc adapt --priors never`` does.
-``folder_and_runs`` is the command line those scripts take (a folder, run folders, ``--input``)
-and ``print_stages`` their output line.
+``folder_and_runs`` is the command line those scripts take (a folder, run folders, ``--input``),
+``print_stages`` their output line, and ``score_runs`` the ``main`` of most of them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,12 @@ def folder_and_runs(description: str) -> argparse.ArgumentParser:
 
 def print_stages(name: str, scores: dict[str, tuple[float, float]]) -> None:
     print(f"{name}: " + "; ".join(f"{k} {a:.3f} / {f:.3f}" for k, (a, f) in scores.items()))
+
+
+def score_runs(description: str, stages: Callable, argv: list[str] | None = None) -> int:
+    """The ``main`` of a probe whose ``stages(run_dir, folder, input_kind)`` scores one run on
+    the folder: one output line per run."""
+    args = folder_and_runs(description).parse_args(argv)
+    for run_dir in args.runs:
+        print_stages(f"{args.folder.name} {run_dir.name}", stages(run_dir, args.folder, args.input))
+    return 0
