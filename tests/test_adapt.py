@@ -376,3 +376,75 @@ def test_whole_smears_are_cut_to_their_cell_as_predict_does(features_run, tmp_pa
     assert sorted(decisions) == [((40, 40), False)] + [((48, 64), True)] * 4
     info = json.loads((tmp_path / "a" / "run.json").read_text())["adaptation"]
     assert info["images"] == 5 and info["cells"] == 5
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def ensemble_run(run_dir, features_dir):
+    """An ensemble run of the trained features run and an untrained CNN, laid out as wbc train
+    lays one out (members/1-features, members/2-cnn, ensemble.json), without training again."""
+    shutil.copytree(features_dir, run_dir / "members" / "1-features")
+    cnn_run(run_dir / "members" / "2-cnn")
+    config = load_config(
+        overrides=[
+            "model.ensemble=[features, cnn]",
+            f"model.cnn.image_size={SIDE}",
+            "model.cnn.widths=[4, 8]",
+            "crop.mode=none",
+            "color.normalize=none",
+        ]
+    )
+    dump_config(config, run_dir / "config.yaml")
+    classes = (features_dir / "classes.json").read_text()  # the members must agree
+    for folder in (run_dir, run_dir / "members" / "2-cnn"):
+        (folder / "classes.json").write_text(classes)
+    members = [
+        {"family": "features", "seed": 42, "model": "members/1-features/model.skops"},
+        {"family": "cnn", "seed": 43, "model": "members/2-cnn/model.keras"},
+    ]
+    (run_dir / "ensemble.json").write_text(json.dumps({"members": members}))
+    return run_dir, members
+
+
+def test_an_ensemble_adapts_each_member_and_leaves_the_source_alone(features_run, tmp_path):
+    from wbc.models.base import resize_batch
+    from wbc.models.runs import load_run
+    from wbc.workflows.predict import Predictor
+
+    source, members = ensemble_run(tmp_path / "ensemble", features_run[0])
+    before = {p: p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
+    lab = lab_images(tmp_path / "lab")
+    result = invoke("adapt", source, "--unlabelled", lab, "--out", tmp_path / "adapted")
+    assert result.exit_code == 0, result.output
+    assert "member 1 standardisation: class-balanced re-standardisation" in result.output
+    assert "member 2 batchnorm: AdaBN" in result.output
+    # the source run is byte for byte as it was
+    assert {p: p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()} == before
+
+    adapted = tmp_path / "adapted"
+    assert json.loads((adapted / "ensemble.json").read_text())["members"] == members
+    features_before, features_after = (
+        load_run(run / members[0]["model"]).model.pipeline[0] for run in (source, adapted)
+    )
+    assert not np.allclose(features_before.mean_, features_after.mean_)
+    cnn_before, cnn_after = (batchnorm(run / "members" / "2-cnn") for run in (source, adapted))
+    assert not np.allclose(cnn_before["stem_norm"][0], cnn_after["stem_norm"][0])
+
+    info = json.loads((adapted / "run.json").read_text())["adaptation"]
+    assert [(p.get("member"), p["part"]) for p in info["parts"]] == [
+        (1, "standardisation"),
+        (2, "batchnorm"),
+        (None, "priors"),
+    ]
+    assert "member 2 batchnorm: AdaBN" in (adapted / "MODEL_CARD.md").read_text()
+    # the adapted ensemble predicts the mean of its adapted members, each at its own size
+    run = load_run(adapted)
+    cells = np.stack(
+        [np.asarray(Image.open(p).resize(run.model.image_size)) for p in sorted(lab.iterdir())]
+    )
+    parts = [load_run(adapted / m["model"]) for m in members]
+    expected = np.mean(
+        [Predictor.from_run(m)(resize_batch(cells, m.model.image_size)) for m in parts], axis=0
+    )
+    np.testing.assert_allclose(Predictor.from_run(run)(cells), expected, atol=1e-6)

@@ -150,7 +150,8 @@ def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
 
     Writes a new run folder: RUN's model with its input statistics re-estimated on the lab's
     cells (the CNN: every BatchNorm layer's statistics, AdaBN; the features model: its feature
-    standardisation, weighted so the lab's class mix does not move it) and, with --priors auto
+    standardisation, weighted so the lab's class mix does not move it; an ensemble: each member
+    as its family adapts) and, with --priors auto
     and when it measures better on held-out source data, the lab's class priors (EM) as
     prior_correction.json, which predict, count, evaluate and compare apply. run.json records
     the folder, the number of images, their content digest and the method of each part. No
@@ -172,6 +173,8 @@ def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
     )
     for part in adaptation["parts"]:
         line = f"{part['part']}: {part['method'].split(':')[0].split(' (')[0]}"
+        if "member" in part:  # an ensemble's members adapt one by one
+            line = f"member {part['member']} {line}"
         if part.get("kept") is False or part["method"] in ("none", "skipped"):
             line += f" - not applied: {part.get('reason', 'not kept')}"
         click.echo(line)

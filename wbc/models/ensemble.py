@@ -61,9 +61,10 @@ class EnsembleEngine(Engine):
 
 
 class EnsembleClassifier(Classifier):
-    def __init__(self, members: Sequence[Classifier], path: Path):
+    def __init__(self, members: Sequence[Classifier], path: Path, files: Sequence[Path] = ()):
         self.members = list(members)
         self.path = Path(path)
+        self.files = [Path(file) for file in files]  # each member's model file, as loaded
         self.n_classes = self.members[0].n_classes
         self.image_size = max(
             (m.image_size for m in self.members), key=lambda size: size[0] * size[1]
@@ -71,6 +72,36 @@ class EnsembleClassifier(Classifier):
 
     def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         return EnsembleEngine([(m.engine(name, cache, tta), m.image_size) for m in self.members])
+
+    def adapt_to(self, pixels: np.ndarray, echo=print, balanced: bool = True) -> list[dict]:
+        """Each member adapted on the cells at its own input size, as its family adapts (AdaBN,
+        the features scaler); each part names its member (1-based)."""
+        parts = []
+        for index, member in enumerate(self.members, 1):
+            echo(f"ensemble member {index}/{len(self.members)}")
+            cells = resize_batch(np.asarray(pixels, np.uint8), member.image_size)
+            adapted = member.adapt_to(cells, echo, balanced)
+            parts.extend({"member": index, **part} for part in adapted)
+        return parts
+
+    def save(self, path: Path) -> None:
+        """The ensemble file at ``path``, each member laid out beside it as in the run it was
+        loaded from: the member's run-definition files, then its (adapted) model."""
+        from wbc.core.manifest import write_atomic
+        from wbc.models.runs import RUN_DEFINITION_FILES
+
+        if len(self.files) != len(self.members):
+            raise ModelError(f"{self.path}: the members' files are not known; load it again")
+        path, root = Path(path), self.path.parent.resolve()
+        for member, file in zip(self.members, self.files):
+            source = file.resolve()
+            target = path.parent / source.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for name in RUN_DEFINITION_FILES:
+                if (source.parent / name).is_file():
+                    write_atomic(target.parent / name, (source.parent / name).read_bytes())
+            member.save(target)
+        write_atomic(path, self.path.read_bytes())
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The first member's explanation, with the ensemble's probabilities."""
@@ -188,4 +219,4 @@ class EnsembleFamily(Family):
                     f"ensemble's {list(classes)}"
                 )
             members.append(member.model)
-        return EnsembleClassifier(members, path)
+        return EnsembleClassifier(members, path, files)

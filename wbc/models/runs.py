@@ -23,6 +23,9 @@ from wbc.imaging.preprocess import InputSpec
 MODEL_NAME = "model.keras"
 CONFIG_NAME = "config.yaml"
 CLASSES_NAME = "classes.json"
+# What a copy of a run (wbc adapt's new run, an adapted ensemble's members) keeps as it is
+# beside its model file: load_run reads the first three, wbc train --init the last.
+RUN_DEFINITION_FILES = (CONFIG_NAME, CLASSES_NAME, "stain_reference.json", "train_features.npz")
 
 
 @dataclass(frozen=True)

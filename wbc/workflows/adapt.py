@@ -15,8 +15,9 @@ What it does:
    ``--input auto``); the cells are put in the order of their content digests, so the result
    does not depend on file names or folders;
 2. the family re-estimates its input statistics on them (``Classifier.adapt_to``: AdaBN for the
-   Keras families, re-standardisation for the features family), each cell weighted by 1 / its
-   predicted class's mass (``balanced``, the default) or all equally (``--pooled``);
+   Keras families, re-standardisation for the features family, each member of an ensemble as
+   its family does), each cell weighted by 1 / its predicted class's mass (``balanced``, the
+   default) or all equally (``--pooled``);
 3. class priors, only with ``--priors auto`` or ``always`` (``DEFAULT_PRIORS`` is ``never``):
    a temperature is fitted on the run's own held-out side (the test side of its
    subset, or ``calibration``), EM with bounded priors is checked there under simulated class
@@ -51,8 +52,6 @@ PRIOR_MODES = ("auto", "always", "never")  # auto: EM only if it gains on held-o
 # off it the posteriors are miscalibrated in ways the check cannot see (docs/RESULTS.md, "EM
 # priors off by default").
 DEFAULT_PRIORS = "never"
-# Files of the source run the adapted run keeps as they are (the model file is written anew).
-KEPT_FILES = ("config.yaml", "classes.json", "stain_reference.json", "train_features.npz")
 
 
 def folder_digest(files: list[Path]) -> tuple[str, list[str]]:
@@ -208,7 +207,7 @@ def adapt(
     from wbc.core.runfolder import RUN_INFO_NAME
     from wbc.imaging.domain import fit_reference, stain_vector, write_reference
     from wbc.models.adaptation import AdaptedClassifier, write_correction
-    from wbc.models.runs import load_run, resolve_model_path
+    from wbc.models.runs import RUN_DEFINITION_FILES, load_run, resolve_model_path
     from wbc.workflows.evaluate import evaluate
     from wbc.workflows.predict import Predictor
 
@@ -222,8 +221,6 @@ def adapt(
             f"{run.run_dir}: already adapted (it has a prior correction); adapt the run it "
             "came from instead"
         )
-    if run.config.model.ensemble:
-        raise ModelError(f"{run.run_dir}: wbc adapt does not adapt ensembles yet")
     cells, facts = load_cells(run, unlabelled, input_kind, echo)
     echo(f"adapting {run.model_path} on {facts['cells']} cells")
     if priors not in PRIOR_MODES:
@@ -256,7 +253,7 @@ def adapt(
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         adapted.model.save(tmp / run.model_path.name)
-        for name in KEPT_FILES:
+        for name in RUN_DEFINITION_FILES:  # the model file is written anew
             if (run.run_dir / name).is_file():
                 (tmp / name).write_bytes((run.run_dir / name).read_bytes())
         write_reference(fit_reference(np.stack([stain_vector(c) for c in cells])), tmp)

@@ -136,7 +136,8 @@ def _data_lines(info: dict) -> list[str]:
     adaptation = info.get("adaptation")
     if isinstance(origin, dict) and adaptation:
         methods = ", ".join(
-            f"{part.get('part')}: {part.get('method')}"
+            ("" if "member" not in part else f"member {part['member']} ")
+            + f"{part.get('part')}: {part.get('method')}"
             for part in adaptation.get("parts", [])
             if part.get("kept", True)
         )
