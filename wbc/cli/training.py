@@ -151,11 +151,11 @@ def adapt(run, unlabelled, out, calibration, priors, balanced, input_kind):
     Writes a new run folder: RUN's model with its input statistics re-estimated on the lab's
     cells (the CNN: every BatchNorm layer's statistics, AdaBN; the features model: its feature
     standardisation, weighted so the lab's class mix does not move it; an ensemble: each member
-    as its family adapts) and, with --priors auto
-    and when it measures better on held-out source data, the lab's class priors (EM) as
-    prior_correction.json, which predict, count, evaluate and compare apply. run.json records
-    the folder, the number of images, their content digest and the method of each part. No
-    label is read. Smears are cut to their main WBC as wbc predict --input auto does.
+    as its family adapts) and, with --priors auto and when it measures better on held-out
+    source data, the lab's class priors (EM) as prior_correction.json, which predict, count,
+    evaluate and compare apply. run.json records the folder, the number of images, their
+    content digest and the method of each part. No label is read. Smears are cut to their main
+    WBC as wbc predict --input auto does.
 
     Example: wbc adapt runs/20250101-120000-full --unlabelled lab_b/ --out runs/lab_b-adapted
     """
