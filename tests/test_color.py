@@ -205,6 +205,36 @@ def test_reinhard_maps_lab_mean_and_std_to_the_reference():
     np.testing.assert_allclose(std, reference.std, rtol=0.08, atol=0.5)
 
 
+def test_reinhard_from_a_labs_statistics_maps_every_image_alike():
+    reference = color.reference_from_images(
+        [cells_image((235, 235, 240), (205, 160, 200), (100, 60, 160))], "reinhard"
+    )
+    lymphocyte_like = cells_image((250, 240, 160), (215, 165, 110), (150, 70, 60), seed=1)
+    own = color.reinhard_stats(lymphocyte_like)
+    np.testing.assert_array_equal(
+        color.reinhard(lymphocyte_like, reference, source=own),
+        color.reinhard(lymphocyte_like, reference),
+    )
+    # Another cell of the same lab: with the lab's statistics the same colour lands in the same
+    # place; with each image's own, the pale cytoplasm moves the map of the first image's too.
+    pale = cells_image((250, 240, 160), (235, 215, 170), (150, 70, 60), seed=1)
+    lab = color.reinhard_stats(np.concatenate([lymphocyte_like, pale]))
+    mapped = [color.reinhard(im, reference, source=lab) for im in (lymphocyte_like, pale)]
+    centre = (slice(27, 33), slice(37, 43))  # inside both nuclei: the same colour
+    assert np.abs(mapped[0][centre].astype(int) - mapped[1][centre]).mean() < 3
+    own_maps = [color.reinhard(im, reference) for im in (lymphocyte_like, pale)]
+    assert np.abs(own_maps[0][centre].astype(int) - own_maps[1][centre]).mean() > 10
+
+
+def test_balance_divides_by_the_background_and_needs_no_reference():
+    yellow = cells_image((250, 240, 160), (220, 170, 120), (140, 60, 70))
+    out = color.apply_color(yellow, "rgb", "balance", None)
+    np.testing.assert_array_equal(out, color.white_balance(yellow))
+    assert out[:5, :5].mean() > 245
+    with pytest.raises(ValueError, match="not 'balance'"):
+        color.reference_from_images([yellow], "balance")
+
+
 def test_macenko_recovers_known_stain_vectors():
     stains = np.stack([unit(0.70, 0.60, 0.30), unit(0.25, 0.60, 0.75)])
     estimated = color.macenko_stains(color.optical_density(two_stain_image(stains)))
@@ -339,6 +369,7 @@ def test_jitter_batch_on_its_own():
         ["color.input=hematoxylin"],
         ["color.normalize=macenko", "color.input=hematoxylin"],
         ["color.normalize=reinhard"],
+        ["color.normalize=balance"],
     ],
 )
 def test_training_and_prediction_preprocess_alike(side, overrides):
@@ -350,7 +381,7 @@ def test_training_and_prediction_preprocess_alike(side, overrides):
     config = load_config(STUDY_CONFIG, [f"train.image_size=[{SIZE[0]}, {SIZE[1]}]", *overrides])
     _, files, _ = list_class_files(side)
     reference = None
-    if config.color.normalize != "none":
+    if config.color.normalize in color.MAPPED:
         reference = color.training_reference(
             config.color.normalize, files, lambda p: load_resized(p, SIZE), config.seed
         )

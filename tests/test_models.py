@@ -4,6 +4,7 @@ augmentation, through the same train / evaluate / predict / explain code."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -17,6 +18,7 @@ from PIL import Image
 from wbc.cli import cli
 from wbc.core.config import load_config
 from wbc.core.errors import ConfigError, DataError, ModelError
+from wbc.imaging import color
 from wbc.models import family_for
 from wbc.models.base import dihedral_views
 from wbc.models.nucleus import WORK_SIDE, cell_features, feature_names, segment
@@ -687,6 +689,24 @@ def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
     assert (adapted / "stain_reference.json").read_bytes() == (
         base / "stain_reference.json"
     ).read_bytes()
+
+
+def test_a_balance_run_keeps_no_stain_reference_and_predicts_as_it_trained(crop_data, tmp_path):
+    from wbc.models.runs import load_run, resolve_model_path
+    from wbc.workflows.predict import load_input
+
+    run_dir = train_run(
+        crop_data, tmp_path / "run", "model.family=features", "color.normalize=balance"
+    )
+    assert not (run_dir / "stain_reference.json").exists()
+    run = load_run(resolve_model_path(run_dir))
+    assert run.spec.stain_normalize == "balance" and run.spec.stain_reference is None
+    image = next((crop_data / "test").rglob("*.jpg"))
+    pixels = load_input(image, run.spec, input_kind="crop")
+    unbalanced = load_input(
+        image, dataclasses.replace(run.spec, stain_normalize="none"), input_kind="crop"
+    )
+    np.testing.assert_array_equal(pixels, color.white_balance(unbalanced))
 
 
 def test_plot_of_a_run_fitted_in_one_step_redraws_the_confusion_matrix(features_run):

@@ -89,7 +89,8 @@ class ColorConfig:
     hue: float = 0.0  # hue shift U(-h, h), in turns (0.5 = half the colour circle)
     input: str = "rgb"  # rgb | gray | hematoxylin: what the model sees (train, evaluate, predict)
     normalize: str = (
-        "reinhard"  # none | reinhard | macenko: stain normalisation to the training set
+        "reinhard"  # none | reinhard | macenko: stain normalisation to the training set;
+        # balance: each image against its own background colour only
     )
     # Stain augmentation of the offline training copies (augment stage, every family; 0 = off):
     hed_jitter: float = 0.0  # scale each stain concentration by U(1-s, 1+s) (Tellez 2019)
@@ -232,7 +233,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.feed": ("tfdata", "imagedatagenerator"),
     "train.freeze": ("none", "features", "all_but_head"),
     "color.input": ("rgb", "gray", "hematoxylin"),
-    "color.normalize": ("none", "reinhard", "macenko"),
+    "color.normalize": ("none", "reinhard", "macenko", "balance"),
 }
 
 

@@ -16,6 +16,11 @@ another lab's images (another stain, camera or background, e.g. the yellow-backg
   (SVD stain-vector estimation) maps every image's colours to a ``StainReference`` computed from
   the training images when training starts; it is written to the run folder
   (``stain_reference.json``) and read back with the model, so train, evaluate and predict agree.
+  ``balance`` only divides each image by its own background colour (below) and maps nothing:
+  Reinhard's statistics are those of an image's stained pixels, and in a crop filled by its
+  cell (another lab's crops, with few red cells) those are the cell's own, so the map itself
+  depends on the cell's class. ``wbc adapt`` then moves the measurements to the lab's cells,
+  class-balanced (docs/RESULTS.md, "White balance only").
 
 Stain augmentation (``color.hed_jitter``, ``hed_shift``, ``randstainna``, ``scale_jitter``) is
 not here: it changes the augment stage's training copies (``wbc/data/stain.py``), which every
@@ -49,7 +54,8 @@ from skimage.color import hed_from_rgb, rgb_from_hed, separate_stains
 from wbc.core.errors import ModelError
 
 INPUTS = ("rgb", "gray", "hematoxylin")
-NORMALIZERS = ("none", "reinhard", "macenko")
+NORMALIZERS = ("none", "reinhard", "macenko", "balance")
+MAPPED = ("reinhard", "macenko")  # the normalisations that map to a training set's stain reference
 REFERENCE_NAME = "stain_reference.json"
 REFERENCE_IMAGES = 100  # training images sampled (seeded) to compute the stain reference
 
@@ -176,8 +182,8 @@ class StainReference:
     @classmethod
     def from_dict(cls, data: Any, where: str = REFERENCE_NAME) -> StainReference:
         """Parse and check; ``ValueError`` with a short reason when anything is off."""
-        if not isinstance(data, dict) or data.get("method") not in NORMALIZERS[1:]:
-            raise ValueError(f"{where}: 'method' must be one of {', '.join(NORMALIZERS[1:])}")
+        if not isinstance(data, dict) or data.get("method") not in MAPPED:
+            raise ValueError(f"{where}: 'method' must be one of {', '.join(MAPPED)}")
 
         def numbers(key: str, shape: tuple[int, ...]) -> np.ndarray:
             try:
@@ -263,10 +269,17 @@ def reinhard_stats(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lab_stats(balanced, foreground(balanced))
 
 
-def reinhard(rgb: np.ndarray, reference: StainReference) -> np.ndarray:
-    """Reinhard et al. (2001): shift and scale each LAB channel to the reference's mean/std."""
+def reinhard(
+    rgb: np.ndarray,
+    reference: StainReference,
+    source: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> np.ndarray:
+    """Reinhard et al. (2001): shift and scale each LAB channel to the reference's mean/std.
+
+    ``source``: the LAB mean and std to map from, the same for every image of a lab (a lab's
+    statistics), instead of this image's own."""
     balanced = white_balance(rgb)
-    mean, std = lab_stats(balanced, foreground(balanced))
+    mean, std = lab_stats(balanced, foreground(balanced)) if source is None else source
     lab = _to_lab(balanced)
     ref_mean = np.asarray(reference.mean, np.float32)
     ref_std = np.asarray(reference.std, np.float32)
@@ -380,7 +393,7 @@ def reference_from_images(images: Sequence[np.ndarray], method: str) -> StainRef
             max_concentration=tuple(map(float, peak)),
             images=len(stats),
         )
-    raise ValueError(f"color.normalize must be one of {', '.join(NORMALIZERS[1:])}, not {method!r}")
+    raise ValueError(f"a stain reference is for {' or '.join(MAPPED)}, not {method!r}")
 
 
 def apply_color(
@@ -400,7 +413,9 @@ def apply_color(
             f"color.normalize must be one of {', '.join(NORMALIZERS)}, not {normalize!r}"
         )
     out = np.asarray(rgb)
-    if normalize != "none":
+    if normalize == "balance":
+        out = white_balance(out)
+    elif normalize != "none":
         if reference is None:
             raise ModelError(
                 f"color.normalize is {normalize} but no stain reference was given "

@@ -464,14 +464,14 @@ def run_reference(
     reuse: bool = False,
     echo: Callable[[str], None] = lambda _m: None,
 ) -> Optional[color.StainReference]:
-    """The stain reference of a training run (None when ``color.normalize`` is ``none``).
+    """The stain reference of a training run (None unless ``color.normalize`` maps to one).
 
     Computed from the training images (seeded sample, resized as the model sees them) and
     written to ``run_dir/stain_reference.json``; ``reuse`` (a resumed run) reads the one
     already there, so a run keeps its reference.
     """
     method = config.color.normalize
-    if method == "none":
+    if method not in color.MAPPED:  # none, or balance: each image against its own background
         return None
     run_dir = Path(run_dir)
     if reuse and (run_dir / color.REFERENCE_NAME).is_file():

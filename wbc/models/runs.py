@@ -3,10 +3,11 @@
 A run folder (written by ``wbc train``) holds the model file of its family (``model.keras``,
 ``model.skops`` or ``ensemble.json``), ``config.yaml`` (the resolved config: family, input size,
 crop mode) and ``classes.json`` (class names in output order). ``load_run`` reads all three (and
-``stain_reference.json`` when ``color.normalize`` is set), so prediction preprocesses new images
-exactly like the training images. The family loads the file safely: a ``.keras`` file with a
-``Lambda`` layer (code) is refused before Keras sees it, and Keras runs in ``safe_mode``; a
-``.skops`` file is refused unless every type in it is on the features family's trusted list.
+``stain_reference.json`` when ``color.normalize`` maps to one: reinhard, macenko), so prediction
+preprocesses new images exactly like the training images. The family loads the file safely: a
+``.keras`` file with a ``Lambda`` layer (code) is refused before Keras sees it, and Keras runs in
+``safe_mode``; a ``.skops`` file is refused unless every type in it is on the features family's
+trusted list.
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ def load_run(model_path: Optional[Path | str] = None, runs_dir: Path | str = "ru
         )
     classes = tuple(read_classes(path.parent / CLASSES_NAME))
     reference = None
-    if config.color.normalize != "none":  # the stain reference computed from the training set
-        from wbc.imaging.color import read_reference
+    from wbc.imaging.color import MAPPED, read_reference
 
+    if config.color.normalize in MAPPED:  # the stain reference computed from the training set
         reference = read_reference(path.parent, config.color.normalize)
     classifier = family.load(path, classes)
     from wbc.models.adaptation import AdaptedClassifier, read_correction

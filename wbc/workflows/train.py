@@ -304,9 +304,9 @@ def _inherit_stain_reference(
     """Fine-tuning keeps the model's input: with ``color.normalize``, the run adopts the
     ``stain_reference.json`` of the model it starts from, so the lab's images are mapped to the
     stain the model learnt (not to the lab's own). True when one was adopted."""
-    from wbc.imaging.color import REFERENCE_NAME
+    from wbc.imaging.color import MAPPED, REFERENCE_NAME
 
-    if init_model is None or config.color.normalize == "none":
+    if init_model is None or config.color.normalize not in MAPPED:
         return False
     source = Path(init_model).parent / REFERENCE_NAME
     target = Path(run_dir) / REFERENCE_NAME

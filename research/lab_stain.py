@@ -1,0 +1,106 @@
+"""White balance only, and one stain map for a whole lab: a features probe (issue 23, eighth pass).
+
+Produced docs/RESULTS.md's "One stain map per lab" rows.
+
+Why: the default's Reinhard maps each crop by its **own** stained pixels' LAB statistics. A
+crop's stained pixels are its white cell and any red cells around it; another lab's crops (tecom's)
+hold few red cells, so each crop is mapped by the statistics of its own cell, and those depend on
+the cell's class. Two rows avoid a per-crop map:
+- a run trained with ``color.normalize=balance`` (each crop divided by its own background colour,
+  nothing else), scored as is and adapted (``wbc adapt --priors never``: the class-balanced scaler);
+- the same run with one Reinhard map for the whole lab: every crop white-balanced, then mapped from
+  the lab's median per-crop LAB statistics to the training set's (``training_stain``), the same
+  map for every crop; as is, and adapted on the mapped crops.
+
+Settings and rule were written down before any score (RESULTS). The folder's class names are read
+**only to score**. Prints each folder's accuracy / macro-F1 and each stage's mean over the folders.
+
+Usage: python research/lab_stain.py RUN [RUN ...] --folders F [F ...] [--input auto|crop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from labelled_folder import accuracy_and_f1, folder_labels, print_stages  # noqa: E402
+
+from wbc.imaging.color import reinhard, reinhard_stats, training_reference  # noqa: E402
+from wbc.imaging.feeds import list_class_files  # noqa: E402
+from wbc.imaging.preprocess import load_resized  # noqa: E402
+from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
+from wbc.workflows.adapt import load_cells  # noqa: E402
+
+
+def training_stain(run_dir: Path, run):
+    """The training set's median per-crop LAB statistics, drawn as a reinhard run draws them:
+    the same seeded sample of the run's training crops (beside its test folder)."""
+    test_dir = Path(json.loads((run_dir / "metrics.json").read_text())["data"])
+    _, files, _ = list_class_files(test_dir.parent / "train")
+    size = tuple(run.config.train.image_size)
+    return training_reference(
+        "reinhard", files, lambda path: load_resized(path, size), run.config.seed
+    )
+
+
+def lab_map(raw: np.ndarray, reference) -> np.ndarray:
+    """Every crop mapped by one Reinhard map: the lab's median per-crop statistics -> reference."""
+    stats = [reinhard_stats(crop) for crop in raw]
+    source = (np.median([s[0] for s in stats], axis=0), np.median([s[1] for s in stats], axis=0))
+    source = (source[0], np.maximum(source[1], 1.0))
+    return np.stack([reinhard(crop, reference, source=source) for crop in raw])
+
+
+def answers_of(run_dir: Path, cells: np.ndarray) -> dict[str, np.ndarray]:
+    run = load_run(resolve_model_path(run_dir))
+    adapted = load_run(resolve_model_path(run_dir))
+    adapted.model.adapt_to(cells, echo=lambda _m: None, balanced=True)
+    return {
+        "as is": run.model.engine(cache=False)(cells).argmax(axis=1),
+        "adapted": adapted.model.engine(cache=False)(cells).argmax(axis=1),
+    }
+
+
+def scores(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
+    run = load_run(resolve_model_path(run_dir))
+    cells, _ = load_cells(run, folder, input_kind=input_kind)
+    truth = folder_labels(folder, list(run.classes))
+    answers = answers_of(run_dir, cells)
+    if run.spec.stain_normalize == "balance":
+        unmapped = dataclasses.replace(
+            run, spec=dataclasses.replace(run.spec, stain_normalize="none")
+        )
+        raw, _ = load_cells(unmapped, folder, input_kind=input_kind)
+        mapped = lab_map(raw, training_stain(run_dir, run))
+        answers.update({f"lab map, {k}": v for k, v in answers_of(run_dir, mapped).items()})
+    return accuracy_and_f1(truth, answers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
+    parser.add_argument("--folders", type=Path, nargs="+", required=True)
+    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        table = {folder: scores(run_dir, folder, args.input) for folder in args.folders}
+        for folder, row in table.items():
+            print_stages(f"{run_dir.name} {folder.name}", row)
+        for stage in next(iter(table.values())):
+            mean = np.mean([row[stage][0] for row in table.values()])
+            f1 = np.mean([row[stage][1] for row in table.values()])
+            print(f"{run_dir.name} mean over {len(table)} folders, {stage}: {mean:.3f} / {f1:.3f}")
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
