@@ -67,8 +67,8 @@ def cells_image(background, cytoplasm, nucleus, size=(60, 80), seed=0) -> np.nda
 def test_color_config_defaults_change_nothing_and_bad_values_are_errors():
     config = load_config(STUDY_CONFIG)
     assert config.color == ColorConfig(normalize="none", scale_jitter=0.0)  # the study's
-    # the default recipe's: Reinhard, and its training copies zoomed by up to 20%
-    assert load_config().color == ColorConfig(normalize="reinhard", scale_jitter=0.2)
+    # the default recipe's: white balance, and its training copies zoomed by up to 20%
+    assert load_config().color == ColorConfig(normalize="balance", scale_jitter=0.2)
     assert config.train.freeze == "none"
     assert not color.jitter_enabled(config.color)
     assert not InputSpec.from_config(config).recolors

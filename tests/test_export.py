@@ -45,6 +45,7 @@ def runs(crops, tmp_path_factory) -> dict[str, Path]:
             root / "cnn",
             None,
             "model.family=cnn",
+            "color.normalize=reinhard",
             "model.tta=true",
             "model.cnn.widths=[8, 16]",
             "train.batch_size=8",
@@ -117,8 +118,11 @@ def test_metadata_carries_the_stain_reference_tta_and_onnx_props(runs, crops, tm
     assert (tmp_path / "MODEL_CARD.md").is_file()  # the run's card travels with it
     features_meta = tmp_path / "f.onnx"
     assert _export(runs["features"], "onnx", features_meta, crops).exit_code == 0
-    described = json.loads(Path(f"{features_meta}.json").read_text())["input"]
-    assert described["dtype"] == "float32" and len(described["features"]) == 62
+    described = json.loads(Path(f"{features_meta}.json").read_text())
+    assert described["input"]["dtype"] == "float32" and len(described["input"]["features"]) == 62
+    balance = described["preprocessing"]["color"]  # the default: no stain reference to carry
+    assert balance["normalize"] == "balance" and balance["stain_reference"] is None
+    assert "background colour" in balance["order"]
 
 
 def test_default_output_is_in_the_run_and_a_rerun_replaces_it(runs, crops):

@@ -435,7 +435,7 @@ def test_a_skops_file_of_another_shape_is_refused(features_run, tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("config.yaml", "classes.json", "stain_reference.json"):
+    for name in ("config.yaml", "classes.json"):
         (run / name).write_bytes((features_run / name).read_bytes())
     small = Pipeline([("s", StandardScaler()), ("c", SVC())]).fit(
         np.random.default_rng(0).random((8, 3)), [0, 1] * 4

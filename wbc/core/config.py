@@ -88,10 +88,9 @@ class ColorConfig:
     saturation: float = 0.0  # saturation factor U(1-s, 1+s)
     hue: float = 0.0  # hue shift U(-h, h), in turns (0.5 = half the colour circle)
     input: str = "rgb"  # rgb | gray | hematoxylin: what the model sees (train, evaluate, predict)
-    normalize: str = (
-        "reinhard"  # none | reinhard | macenko: stain normalisation to the training set;
-        # balance: each image against its own background colour only
-    )
+    # none | reinhard | macenko: stain normalisation to the training set;
+    # balance: each image against its own background colour only
+    normalize: str = "balance"
     # Stain augmentation of the offline training copies (augment stage, every family; 0 = off):
     hed_jitter: float = 0.0  # scale each stain concentration by U(1-s, 1+s) (Tellez 2019)
     hed_shift: float = 0.0  # and shift it by U(-b, b) (skimage>=0.18 rgb2hed units)

@@ -259,11 +259,12 @@ def render_card(
         "their recall varies most between folds.",
         "- **Other laboratories' stains and microscopes:** measured on another lab's crops "
         "(tecom-crops, 299 cells), no model measured in this project reaches useful accuracy "
-        "without labels (the default recipe: 0.39-0.45 accuracy, macro-F1 0.37-0.39; no model "
-        "above 0.65 / 0.50; docs/RESULTS.md), nor with `wbc adapt` on a lab's unlabelled cells "
-        "(the default: 0.65-0.68, macro-F1 0.55-0.59; weighted by the lab's true classes, the "
-        "same re-standardisation reaches at most 0.70). Adapting with 20 labelled cells per "
-        "class (`wbc train --init`) lifts it to 0.83-0.94 (the K-curve in docs/RESULTS.md).",
+        "without labels or adaptation (the default recipe answers 'neutrophil' for every cell, "
+        "and flags every cell out of domain; no model above 0.65 / 0.50; docs/RESULTS.md). "
+        "`wbc adapt` on the lab's unlabelled cells takes the default to 0.79-0.82 accuracy, "
+        "macro-F1 0.71-0.75 (weighted by the lab's true classes, the same re-standardisation "
+        "reaches 0.79-0.83). Adapting with 20 labelled cells per class (`wbc train --init`) "
+        "lifted the earlier default to 0.83-0.89 (the K-curve in docs/RESULTS.md).",
         "- **Out-of-domain flag:** each prediction carries `out_of_domain`, from the distance "
         "of the image's stain statistics to the training images' (`domain.json`). It marks "
         "images unlike the training data; it is not a guarantee that unflagged answers are "

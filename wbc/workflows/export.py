@@ -90,7 +90,12 @@ def preprocessing(run) -> dict[str, Any]:
             "input": config.color.input,
             "normalize": config.color.normalize,
             "stain_reference": reference,
-            "order": "resize, then normalize the stain to stain_reference, then input",
+            "order": (
+                "resize, then divide each channel by the image's background colour (the median "
+                "of its brightest 10% of pixels, at least 128), then input"
+                if config.color.normalize == "balance"
+                else "resize, then normalize the stain to stain_reference, then input"
+            ),
         },
         "tta": bool(config.model.tta and run.model.uses_tta),
         "tta_how": "average the probabilities of the 8 dihedral views (4 rotations x mirror)",
