@@ -20,7 +20,6 @@ Usage: python research/lab_stain.py RUN [RUN ...] --folders F [F ...] [--input a
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -31,7 +30,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from labelled_folder import accuracy_and_f1, folder_labels, print_stages  # noqa: E402
+from labelled_folder import (  # noqa: E402
+    accuracy_and_f1,
+    as_is_and_adapted,
+    folder_labels,
+    score_folders,
+)
 
 from wbc.imaging.color import reinhard, reinhard_stats, training_reference  # noqa: E402
 from wbc.imaging.feeds import list_class_files  # noqa: E402
@@ -59,47 +63,23 @@ def lab_map(raw: np.ndarray, reference) -> np.ndarray:
     return np.stack([reinhard(crop, reference, source=source) for crop in raw])
 
 
-def answers_of(run_dir: Path, cells: np.ndarray) -> dict[str, np.ndarray]:
-    run = load_run(resolve_model_path(run_dir))
-    adapted = load_run(resolve_model_path(run_dir))
-    adapted.model.adapt_to(cells, echo=lambda _m: None, balanced=True)
-    return {
-        "as is": run.model.engine(cache=False)(cells).argmax(axis=1),
-        "adapted": adapted.model.engine(cache=False)(cells).argmax(axis=1),
-    }
-
-
 def scores(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
     run = load_run(resolve_model_path(run_dir))
     cells, _ = load_cells(run, folder, input_kind=input_kind)
     truth = folder_labels(folder, list(run.classes))
-    answers = answers_of(run_dir, cells)
+    answers = as_is_and_adapted(run_dir, cells)
     if run.spec.stain_normalize == "balance":
         unmapped = dataclasses.replace(
             run, spec=dataclasses.replace(run.spec, stain_normalize="none")
         )
         raw, _ = load_cells(unmapped, folder, input_kind=input_kind)
         mapped = lab_map(raw, training_stain(run_dir, run))
-        answers.update({f"lab map, {k}": v for k, v in answers_of(run_dir, mapped).items()})
+        answers.update({f"lab map, {k}": v for k, v in as_is_and_adapted(run_dir, mapped).items()})
     return accuracy_and_f1(truth, answers)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="features run folders")
-    parser.add_argument("--folders", type=Path, nargs="+", required=True)
-    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
-    args = parser.parse_args(argv)
-    for run_dir in args.runs:
-        table = {folder: scores(run_dir, folder, args.input) for folder in args.folders}
-        for folder, row in table.items():
-            print_stages(f"{run_dir.name} {folder.name}", row)
-        for stage in next(iter(table.values())):
-            mean = np.mean([row[stage][0] for row in table.values()])
-            f1 = np.mean([row[stage][1] for row in table.values()])
-            print(f"{run_dir.name} mean over {len(table)} folders, {stage}: {mean:.3f} / {f1:.3f}")
-        sys.stdout.flush()
-    return 0
+    return score_folders(__doc__.splitlines()[0], scores, argv)
 
 
 if __name__ == "__main__":

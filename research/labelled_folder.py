@@ -5,7 +5,9 @@ class in the order ``wbc.workflows.adapt.load_cells`` reads the images (content 
 ``accuracy_and_f1`` scores named answers against them. ``adapted_features_lab`` reads a features
 run and the folder's cells once and adapts a copy of the run as ``wbc adapt --priors never`` does.
 ``folder_and_runs`` is the command line those scripts take (a folder, run folders, ``--input``),
-``print_stages`` their output line, and ``score_runs`` the ``main`` of most of them.
+``print_stages`` their output line, and ``score_runs`` the ``main`` of most of them;
+``score_folders`` is the ``main`` of those that score each run on many folders in one process,
+and ``as_is_and_adapted`` their answers before and after ``wbc adapt --priors never``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,38 @@ def folder_and_runs(description: str) -> argparse.ArgumentParser:
 
 def print_stages(name: str, scores: dict[str, tuple[float, float]]) -> None:
     print(f"{name}: " + "; ".join(f"{k} {a:.3f} / {f:.3f}" for k, (a, f) in scores.items()))
+
+
+def as_is_and_adapted(run_dir: Path, cells: np.ndarray) -> dict[str, np.ndarray]:
+    """The run's answers on ``cells`` as is, and after adapting a fresh copy of it on those same
+    cells as ``wbc adapt --priors never`` does (``adapt_to``, class-balanced)."""
+    run = load_run(resolve_model_path(run_dir))
+    adapted = load_run(resolve_model_path(run_dir))
+    adapted.model.adapt_to(cells, echo=lambda _m: None, balanced=True)
+    return {
+        "as is": run.model.engine(cache=False)(cells).argmax(axis=1),
+        "adapted": adapted.model.engine(cache=False)(cells).argmax(axis=1),
+    }
+
+
+def score_folders(description: str, scores: Callable, argv: list[str] | None = None) -> int:
+    """The ``main`` of a probe whose ``scores(run_dir, folder, input_kind)`` scores one run on one
+    folder: a line per run and folder, then each stage's mean over the folders."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders")
+    parser.add_argument("--folders", type=Path, nargs="+", required=True)
+    parser.add_argument("--input", choices=("auto", "crop"), default="auto")
+    args = parser.parse_args(argv)
+    for run_dir in args.runs:
+        table = {folder: scores(run_dir, folder, args.input) for folder in args.folders}
+        for folder, row in table.items():
+            print_stages(f"{run_dir.name} {folder.name}", row)
+        for stage in next(iter(table.values())):
+            mean = np.mean([row[stage][0] for row in table.values()])
+            f1 = np.mean([row[stage][1] for row in table.values()])
+            print(f"{run_dir.name} mean over {len(table)} folders, {stage}: {mean:.3f} / {f1:.3f}")
+        sys.stdout.flush()
+    return 0
 
 
 def score_runs(description: str, stages: Callable, argv: list[str] | None = None) -> int:
