@@ -691,6 +691,23 @@ def test_adapting_keeps_the_stain_reference_of_the_model(crop_data, tmp_path):
     ).read_bytes()
 
 
+def test_init_from_a_run_with_another_normalisation_stops_before_writing(crop_data, tmp_path):
+    from wbc.workflows.train import train
+
+    base = train_run(
+        crop_data, tmp_path / "base", "model.family=features", "color.normalize=reinhard"
+    )
+    with pytest.raises(ConfigError, match="trained with color.normalize reinhard, not balance"):
+        train(
+            load_config(overrides=["model.family=features"]),  # the default: balance
+            run_dir=tmp_path / "adapted",
+            folders=(crop_data / "train", crop_data / "test"),
+            init_model=base / "model.skops",
+            echo=lambda _m: None,
+        )
+    assert not (tmp_path / "adapted").exists()
+
+
 def test_a_balance_run_keeps_no_stain_reference_and_predicts_as_it_trained(crop_data, tmp_path):
     from wbc.models.runs import load_run, resolve_model_path
     from wbc.workflows.predict import load_input

@@ -33,11 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from wbc.core.config import Config
+from wbc.core.config import Config, read_yaml
 from wbc.core.errors import ConfigError, DataError
 from wbc.core.locks import holds_folder_lock
 from wbc.core.manifest import sweep_temps, write_atomic
 from wbc.core.runfolder import (
+    CONFIG_NAME,
     read_run_config,
     recorded_data_dir,
     write_metrics,
@@ -187,6 +188,8 @@ def train(
             f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
             "or choose another --run-dir"
         )
+    if init_model is not None:
+        _require_same_normalisation(config, Path(init_model))
 
     from wbc.imaging.feeds import run_reference
     from wbc.imaging.preprocess import InputSpec
@@ -296,6 +299,23 @@ def _origin(data_dir: Path, folders, init_model: Optional[Path]) -> dict:
             "data": read_run_info(start.parent).get("data"),
         }
     return origin
+
+
+def _require_same_normalisation(config: Config, init_model: Path) -> None:
+    """A model fine-tuned (``--init``) sees the lab's images as it saw its training images: a
+    run trained with another ``color.normalize`` (say an older run with ``reinhard``, before
+    ``balance`` became the default) stops with one line, naming the setting to give."""
+    try:
+        written = read_yaml(init_model.parent / CONFIG_NAME)
+    except ConfigError:
+        return  # no readable config beside the model: the model file's own checks speak
+    colour = written.get("color")
+    trained_with = colour.get("normalize") if isinstance(colour, dict) else None
+    if trained_with is not None and trained_with != config.color.normalize:
+        raise ConfigError(
+            f"{init_model}: trained with color.normalize {trained_with}, not "
+            f"{config.color.normalize}; adapt it with --set color.normalize={trained_with}"
+        )
 
 
 def _inherit_stain_reference(
