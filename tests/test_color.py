@@ -500,15 +500,20 @@ def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_feature
     )
     assert result.exit_code != 0 and "--init" in result.output
 
-    # Fine-tune from the run with the conv layers frozen: they keep the initial weights.
+    # Fine-tuning sees the lab's images as the run saw its own: other colour steps stop it.
     tuned = tmp_path / "tuned"
+    fine_tune = ["--data-dir", data_root, "--run-dir", tuned, "--init", run / "model.keras"]
+    result = _train(*fine_tune, "--set", "color.normalize=macenko")
+    assert result.exit_code != 0 and not tuned.exists()
+    assert "trained with color.input hematoxylin, not rgb" in result.output
+
+    # Fine-tune from the run with the conv layers frozen: they keep the initial weights.
     result = _train(
-        "--data-dir",
-        data_root,
-        "--run-dir",
-        tuned,
-        "--init",
-        run / "model.keras",
+        *fine_tune,
+        "--set",
+        "color.normalize=macenko",
+        "--set",
+        "color.input=hematoxylin",
         "--set",
         "train.freeze=features",
         "--set",

@@ -189,7 +189,7 @@ def train(
             "or choose another --run-dir"
         )
     if init_model is not None:
-        _require_same_normalisation(config, Path(init_model))
+        _require_same_colour_steps(config, Path(init_model))
 
     from wbc.imaging.feeds import run_reference
     from wbc.imaging.preprocess import InputSpec
@@ -301,21 +301,25 @@ def _origin(data_dir: Path, folders, init_model: Optional[Path]) -> dict:
     return origin
 
 
-def _require_same_normalisation(config: Config, init_model: Path) -> None:
+def _require_same_colour_steps(config: Config, init_model: Path) -> None:
     """A model fine-tuned (``--init``) sees the lab's images as it saw its training images: a
-    run trained with another ``color.normalize`` (say an older run with ``reinhard``, before
-    ``balance`` became the default) stops with one line, naming the setting to give."""
+    run trained with another ``color.normalize`` or ``color.input`` (say an older run with
+    ``reinhard``, before ``balance`` became the default) stops with one line, naming the
+    setting to give."""
     try:
         written = read_yaml(init_model.parent / CONFIG_NAME)
     except ConfigError:
         return  # no readable config beside the model: the model file's own checks speak
     colour = written.get("color")
-    trained_with = colour.get("normalize") if isinstance(colour, dict) else None
-    if trained_with is not None and trained_with != config.color.normalize:
-        raise ConfigError(
-            f"{init_model}: trained with color.normalize {trained_with}, not "
-            f"{config.color.normalize}; adapt it with --set color.normalize={trained_with}"
-        )
+    if not isinstance(colour, dict):
+        return
+    for key in ("normalize", "input"):
+        trained_with, asked = colour.get(key), getattr(config.color, key)
+        if trained_with is not None and trained_with != asked:
+            raise ConfigError(
+                f"{init_model}: trained with color.{key} {trained_with}, not {asked}; "
+                f"adapt it with --set color.{key}={trained_with}"
+            )
 
 
 def _inherit_stain_reference(
