@@ -70,6 +70,11 @@ ALPHA = 1.0  # Macenko: percentiles (alpha, 100 - alpha) of the stain angles
 MIN_PIXELS = 50  # fewer stained pixels than this: too little to estimate an image's stain
 _BACKGROUND_TOP = 90  # percentile of brightness above which pixels estimate the background
 _MIN_BACKGROUND = 128.0  # background channel floor: at most a 2x gain per channel
+# ``balance`` in words, for a consumer of an exported model (wbc export's metadata).
+BALANCE_HOW = (
+    f"divide each channel by the image's background colour (the median of its brightest "
+    f"{100 - _BACKGROUND_TOP}% of pixels, each channel at least {_MIN_BACKGROUND:g})"
+)
 _MIN_STD = 1.0  # Reinhard: LAB std floor (uniform images are not blown up)
 _MAX_STAIN_COSINE = 0.995  # Macenko: two stain directions closer than ~6 degrees are one stain
 

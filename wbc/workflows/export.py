@@ -70,6 +70,8 @@ def require_modules(fmt: str, family: str) -> None:
 
 def preprocessing(run) -> dict[str, Any]:
     """What a consumer must do to an image before the exported graph, from the run's config."""
+    from wbc.imaging.color import BALANCE_HOW
+
     config, spec = run.config, run.spec
     reference = spec.stain_reference.to_dict() if spec.stain_reference is not None else None
     return {
@@ -91,8 +93,7 @@ def preprocessing(run) -> dict[str, Any]:
             "normalize": config.color.normalize,
             "stain_reference": reference,
             "order": (
-                "resize, then divide each channel by the image's background colour (the median "
-                "of its brightest 10% of pixels, at least 128), then input"
+                f"resize, then {BALANCE_HOW}, then input"
                 if config.color.normalize == "balance"
                 else "resize, then normalize the stain to stain_reference, then input"
             ),
