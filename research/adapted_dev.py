@@ -25,20 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
     as_is_and_adapted,
-    folder_labels,
+    labelled_cells,
     score_folders,
 )
 
-from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
-from wbc.workflows.adapt import load_cells  # noqa: E402
-
 
 def scores(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
-    run = load_run(resolve_model_path(run_dir))
-    cells, _ = load_cells(run, folder, input_kind=input_kind)
-    return accuracy_and_f1(
-        folder_labels(folder, list(run.classes)), as_is_and_adapted(run_dir, cells)
-    )
+    run, cells, truth = labelled_cells(run_dir, folder, input_kind)
+    return accuracy_and_f1(truth, as_is_and_adapted(run, run_dir, cells))
 
 
 def main(argv: list[str] | None = None) -> int:

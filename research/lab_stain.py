@@ -33,14 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from labelled_folder import (  # noqa: E402
     accuracy_and_f1,
     as_is_and_adapted,
-    folder_labels,
+    labelled_cells,
     score_folders,
 )
 
 from wbc.imaging.color import reinhard, reinhard_stats, training_reference  # noqa: E402
 from wbc.imaging.feeds import list_class_files  # noqa: E402
 from wbc.imaging.preprocess import load_resized  # noqa: E402
-from wbc.models.runs import load_run, resolve_model_path  # noqa: E402
 from wbc.workflows.adapt import load_cells  # noqa: E402
 
 
@@ -64,17 +63,17 @@ def lab_map(raw: np.ndarray, reference) -> np.ndarray:
 
 
 def scores(run_dir: Path, folder: Path, input_kind: str) -> dict[str, tuple[float, float]]:
-    run = load_run(resolve_model_path(run_dir))
-    cells, _ = load_cells(run, folder, input_kind=input_kind)
-    truth = folder_labels(folder, list(run.classes))
-    answers = as_is_and_adapted(run_dir, cells)
+    run, cells, truth = labelled_cells(run_dir, folder, input_kind)
+    answers = as_is_and_adapted(run, run_dir, cells)
     if run.spec.stain_normalize == "balance":
         unmapped = dataclasses.replace(
             run, spec=dataclasses.replace(run.spec, stain_normalize="none")
         )
         raw, _ = load_cells(unmapped, folder, input_kind=input_kind)
         mapped = lab_map(raw, training_stain(run_dir, run))
-        answers.update({f"lab map, {k}": v for k, v in as_is_and_adapted(run_dir, mapped).items()})
+        answers.update(
+            {f"lab map, {k}": v for k, v in as_is_and_adapted(run, run_dir, mapped).items()}
+        )
     return accuracy_and_f1(truth, answers)
 
 

@@ -43,6 +43,14 @@ def folder_labels(folder: Path, classes: list[str]) -> np.ndarray:
     )
 
 
+def labelled_cells(run_dir: Path, folder: Path, input_kind: str = "auto"):
+    """The run as loaded, the folder's cells read as ``wbc adapt`` reads them, and each cell's
+    class index from its folder name (to score only)."""
+    run = load_run(resolve_model_path(run_dir))
+    cells, _ = load_cells(run, folder, input_kind=input_kind)
+    return run, cells, folder_labels(folder, list(run.classes))
+
+
 @dataclass
 class AdaptedLab:
     run: Any  # the features run as trained (its pipeline untouched)
@@ -56,8 +64,7 @@ def adapted_features_lab(run_dir: Path, folder: Path, input_kind: str = "auto") 
     """The folder's cells read as ``wbc adapt`` reads them, measured once, and a copy of the
     run's pipeline re-standardised on them as ``FeatureClassifier.adapt_to`` does (the
     class-balanced scaler: ``wbc adapt --priors never``)."""
-    run = load_run(resolve_model_path(run_dir))
-    cells, _ = load_cells(run, folder, input_kind=input_kind)
+    run, cells, truth = labelled_cells(run_dir, folder, input_kind)
     model = run.model
     measured = batch_features(resize_batch(cells, model.image_size), model.colour, model.nucleus)
     measured = measured.astype(np.float64)
@@ -65,7 +72,7 @@ def adapted_features_lab(run_dir: Path, folder: Path, input_kind: str = "auto") 
     class_balanced_scaler(adapted, measured)
     return AdaptedLab(
         run=run,
-        truth=folder_labels(folder, list(run.classes)),
+        truth=truth,
         before=model.engine()(cells).argmax(axis=1),
         measured=measured,
         adapted=adapted,
@@ -92,10 +99,10 @@ def print_stages(name: str, scores: dict[str, tuple[float, float]]) -> None:
     print(f"{name}: " + "; ".join(f"{k} {a:.3f} / {f:.3f}" for k, (a, f) in scores.items()))
 
 
-def as_is_and_adapted(run_dir: Path, cells: np.ndarray) -> dict[str, np.ndarray]:
-    """The run's answers on ``cells`` as is, and after adapting a fresh copy of it on those same
-    cells as ``wbc adapt --priors never`` does (``adapt_to``, class-balanced)."""
-    run = load_run(resolve_model_path(run_dir))
+def as_is_and_adapted(run, run_dir: Path, cells: np.ndarray) -> dict[str, np.ndarray]:
+    """``run``'s answers on ``cells`` as is, and after adapting a fresh copy of it (read again
+    from ``run_dir``) on those same cells as ``wbc adapt --priors never`` does (``adapt_to``,
+    class-balanced)."""
     adapted = load_run(resolve_model_path(run_dir))
     adapted.model.adapt_to(cells, echo=lambda _m: None, balanced=True)
     return {
