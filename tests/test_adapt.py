@@ -353,6 +353,74 @@ def test_predict_advises_adaptation_for_a_folder_of_another_stain(features_run, 
     assert again.exit_code == 0 and "adaptation advised" not in again.stderr
 
 
+def count_json(folder, model, *extra):
+    result = CliRunner().invoke(
+        cli, ["count", str(folder), "--model", str(model), "--format", "json", *map(str, extra)]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def test_count_adapts_on_its_sample_as_wbc_adapt_then_count_would(features_run, tmp_path):
+    """``--adapt`` adapts in memory exactly as ``wbc adapt --priors never`` writes a run: the
+    same differential, whatever the files are named; ``auto`` only where the flag advises."""
+    run_dir, root = features_run
+    lab = lab_images(tmp_path / "lab", n=24)
+    as_is, _ = count_json(lab, run_dir, "--adapt", "never")
+    assert as_is["adapted"] is None and "wbc adapt" in as_is["adaptation_advised"]
+    always, stderr = count_json(lab, run_dir, "--adapt", "always")
+    invoke("adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "a", "--priors", "never")
+    written, _ = count_json(lab, tmp_path / "a", "--adapt", "never")
+    assert always["counts"] == written["counts"] and always["counts"] != as_is["counts"]
+    assert always["adapted"]["cells"] == 24 and always["adapted"]["labels_used"] is False
+    assert always["adapted"]["parts"][0]["part"] == "standardisation"
+    assert always["adaptation_advised"] is None and "adapting" in stderr
+    # every cell of this lab is flagged, so auto adapts too
+    auto, _ = count_json(lab, run_dir)  # wbc count's default is auto
+    assert auto["adapted"]["mode"] == "auto" and auto["counts"] == always["counts"]
+    # renamed, in another order, in class folders: the same adapted model
+    renamed = relabelled(lab, tmp_path / "renamed")
+    assert count_json(renamed, run_dir, "--adapt", "always")[0]["counts"] == always["counts"]
+    # the training lab's own held-out cells: auto leaves the run as it is
+    home, _ = count_json(root / "test", run_dir)
+    plain, _ = count_json(root / "test", run_dir, "--adapt", "never")
+    assert home["adapted"] is None and home["counts"] == plain["counts"]
+    table = CliRunner().invoke(cli, ["count", str(lab), "--model", str(run_dir), "--adapt", "auto"])
+    assert "counted after adapting the model on this sample's 24 cells" in table.stdout
+    page = tmp_path / "count.html"
+    count_json(lab, run_dir, "--adapt", "always", "--report", page)
+    assert "Counted after adapting the model on this sample's 24 cells" in page.read_text()
+
+
+def test_predict_adapts_only_when_asked_and_marks_its_rows(features_run, tmp_path):
+    run_dir, _ = features_run
+    lab = lab_images(tmp_path / "lab", n=24)
+    invoke("adapt", run_dir, "--unlabelled", lab, "--out", tmp_path / "a", "--priors", "never")
+
+    def rows(model, *extra):
+        result = CliRunner().invoke(
+            cli, ["predict", str(lab), "--model", str(model), "--format", "json", *extra]
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout), result.stderr
+
+    plain, stderr = rows(run_dir)  # predict's default: the run as it is, with the advice
+    assert plain["adapted"] == 0 and "adaptation advised" in stderr
+    assert all("adapted" not in row for row in plain["predictions"])
+    adapted, stderr = rows(run_dir, "--adapt", "auto")
+    written, _ = rows(tmp_path / "a")
+    assert [r["class"] for r in adapted["predictions"]] == [
+        r["class"] for r in written["predictions"]
+    ]
+    assert adapted["adapted"] == 24 and "adaptation advised" not in stderr
+    assert "answered after adapting the model on these 24 images" in stderr
+    csv = CliRunner().invoke(
+        cli, ["predict", str(lab), "--model", str(run_dir), "--format", "csv", "--adapt", "always"]
+    )
+    header, first = csv.stdout.splitlines()[:2]
+    assert header.split(",")[-2:] == ["adapted", "error"] and first.split(",")[-2] == "true"
+
+
 def test_whole_smears_are_cut_to_their_cell_as_predict_does(features_run, tmp_path, monkeypatch):
     """A 4:3 smear goes through predict's crop rule (``takes_crop``), a square crop does not."""
     from wbc.workflows import predict

@@ -176,6 +176,21 @@ engine_option = click.option(
 )
 
 
+def adapt_option(default: str, what: str):
+    """``--adapt``: adapt a copy of the run on the cells being classified
+    (``wbc.workflows.predict.adapt_on_sample``); ``what`` names them in the help."""
+    return click.option(
+        "--adapt",
+        type=click.Choice(["auto", "always", "never"]),
+        default=default,
+        show_default=True,
+        help=f"Adapt the model to {what} first, in memory, from their own cells (no labels; "
+        "as wbc adapt --priors never does, nothing written): auto = only when the "
+        "out-of-domain flag advises it (at least 10% of at least 20 cells), always, or never "
+        "(the run as it is).",
+    )
+
+
 def predictor_for(run, engine: str):
     """The run's model on ``engine``; a note on stderr when auto had to fall back."""
     from wbc.workflows.predict import Predictor

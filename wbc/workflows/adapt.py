@@ -1,11 +1,14 @@
 """``wbc adapt RUN --unlabelled FOLDER --out NEW_RUN``: a copy of a run adapted to one lab from
 that lab's unlabelled cells (``wbc.models.adaptation`` has the methods and why).
 
-Why a command of its own, not ``wbc count --adapt``: adapting is done once per lab and its
+Both a command of its own and ``wbc count --adapt``. This command adapts once per lab, and its
 result is a run folder, which every other command then uses unchanged (predict, count,
 evaluate, compare, explain) and which records what it was adapted on; ``compare`` can score it
-beside the run it came from. Adapting inside ``count`` would redo it on every call, on whatever
-few smears are being counted that day, and its answer would shift with them.
+beside the run it came from. ``wbc count`` (``--adapt auto``, its default) and ``wbc predict
+--adapt`` do the same in memory on the cells they are given
+(``wbc.workflows.predict.adapt_on_sample``), when the out-of-domain flag advises it: a lab
+that never runs this command still gets a differential from a model adapted to its stain. Its
+answer then depends on the sample, so the run folder stays the way to fix one model for a lab.
 
 What it does:
 

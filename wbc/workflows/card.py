@@ -263,8 +263,10 @@ def render_card(
         "and flags every cell out of domain; no model above 0.65 / 0.50; docs/RESULTS.md). "
         "`wbc adapt` on the lab's unlabelled cells takes the default to 0.79-0.82 accuracy, "
         "macro-F1 0.71-0.75 (weighted by the lab's true classes, the same re-standardisation "
-        "reaches 0.79-0.83). Adapting with 20 labelled cells per class (`wbc train --init`) "
-        "lifts it to 0.88-0.89 (the K-curve in docs/RESULTS.md).",
+        "reaches 0.79-0.83); `wbc count` does the same on the sample it counts when the "
+        "out-of-domain flag advises it (`--adapt auto`, its default). Adapting with 20 "
+        "labelled cells per class (`wbc train --init`) lifts it to 0.88-0.89 (the K-curve in "
+        "docs/RESULTS.md).",
         "- **Out-of-domain flag:** each prediction carries `out_of_domain`, from the distance "
         "of the image's stain statistics to the training images' (`domain.json`). It marks "
         "images unlike the training data; it is not a guarantee that unflagged answers are "

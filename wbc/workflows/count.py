@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from wbc.core.errors import DataError
+from wbc.core.progress import no_echo
 from wbc.imaging.domain import adaptation_advice
 from wbc.workflows.predict import (
     DEFAULT_BATCH,
     Predictor,
     Progress,
-    classify_files,
+    classify_sample,
     require_images,
     text_table,
 )
@@ -51,6 +51,9 @@ def count_cells(
     files: Optional[Sequence[Path]] = None,
     details: bool = False,
     ray_options: Any = None,
+    adapt: str = "never",
+    engine: str = "auto",
+    echo: Callable[[str], None] = no_echo,
 ) -> dict[str, Any]:
     """A WBC differential of one sample: how many cells of each class, and the percentages.
 
@@ -60,6 +63,8 @@ def count_cells(
     Unreadable images are listed in ``failed`` and not counted. ``details``: also ``files``,
     each image's cells (box, class, probability, out_of_domain), for ``wbc count --report``.
     ``ray_options``: classify on a Ray cluster (``wbc.workflows.predict.classify_on_ray``).
+    ``adapt``: ``never``, ``auto`` or ``always``: adapt a copy of the run on this sample's cells
+    first (``wbc.workflows.predict.adapt_on_sample``); ``adapted`` then says what was done.
     """
     folder = Path(folder)
     if files is None:
@@ -67,42 +72,26 @@ def count_cells(
             raise DataError(f"{folder}: folder not found")
         files = require_images([folder])
     per_cell = run.spec.crop_mode != "none"
-    if ray_options is not None:
-        from wbc.workflows.predict import classify_on_ray
-
-        results = classify_on_ray(
-            run.model_path,
-            files,
-            ray_options,
-            all_cells=per_cell,
-            input_kind=input_kind,
-            batch_size=batch_size,
-            echo=lambda m: print(m, file=sys.stderr),
-        )
-    else:
-        results = _classify_here(
-            run, files, per_cell, input_kind, batch_size, workers, progress, predictor
-        )
-    return _differential(run, folder, results, per_cell, details)
-
-
-def _classify_here(run, files, per_cell, input_kind, batch_size, workers, progress, predictor):
-    predictor = predictor or Predictor.from_run(run)
-    return classify_files(
-        predictor,
+    results, adaptation = classify_sample(
+        run,
         files,
-        run.spec,
-        run.crop_size,
         all_cells=per_cell,
         input_kind=input_kind,
         batch_size=batch_size,
         workers=workers,
         progress=progress,
-        domain=run.domain,
+        predictor=predictor,
+        ray_options=ray_options,
+        adapt=adapt,
+        engine=engine,
+        echo=echo,
     )
+    return _differential(run, folder, results, per_cell, details, adaptation)
 
 
-def _differential(run, folder: Path, results, per_cell: bool, details: bool) -> dict[str, Any]:
+def _differential(
+    run, folder: Path, results, per_cell: bool, details: bool, adaptation=None
+) -> dict[str, Any]:
     classes = list(run.classes)
     counts = [0] * len(classes)
     failed, no_cells = [], []
@@ -154,8 +143,10 @@ def _differential(run, folder: Path, results, per_cell: bool, details: bool) -> 
         # cells whose stain lies beyond the run's out-of-domain threshold (None: no domain.json)
         "out_of_domain": flagged if run.domain is not None else None,
         "adaptation_advised": None
-        if run.domain is None
+        if run.domain is None or adaptation is not None
         else adaptation_advice(flagged, sum(counts), run.run_dir, folder),
+        # what adapting on this sample did (--adapt); None: the run as it is counted
+        "adapted": adaptation,
         **extra,
     }
 
@@ -177,6 +168,11 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
         )
     if result.get("adaptation_advised"):
         table += result["adaptation_advised"] + "\n"
+    if result.get("adapted"):
+        table += (
+            f"counted after adapting the model on this sample's {result['adapted']['cells']} "
+            "cells (no labels); --adapt never counts with the run as it is\n"
+        )
     return table
 
 

@@ -32,8 +32,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from wbc.core.errors import BadImage, DataError
+from wbc.core.errors import BadImage, DataError, ModelError
 from wbc.core.imageio import IMAGE_EXTENSIONS, decode_threads, is_image_name, read_rgb
+from wbc.core.progress import no_echo
 from wbc.imaging.preprocess import InputSpec, to_input
 
 INPUT_KINDS = ("auto", "smear", "crop")
@@ -408,44 +409,179 @@ def prediction_rows(
     return rows
 
 
-def predict_files(
+def classify_sample(
     run,
     files: Sequence[Path],
     *,
-    top: int = 3,
+    all_cells: bool = False,
     input_kind: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     workers: Optional[int] = None,
     progress: Progress = None,
     predictor: Optional[Predictor] = None,
     ray_options: Any = None,
-) -> list[dict[str, Any]]:
-    """Classify each file with ``run`` (a ``wbc.models.runs.Run``): ``prediction_rows`` of the
-    results.
-    ``ray_options``: classify on a Ray cluster instead (``classify_on_ray``)."""
+    adapt: str = "never",
+    engine: str = "auto",
+    echo: Callable[[str], None] = no_echo,
+) -> tuple[list[FileResult], Optional[dict[str, Any]]]:
+    """``files`` classified by ``run`` here (``classify_files``) or on a Ray cluster
+    (``ray_options``: ``classify_on_ray``), then, per ``adapt``, by ``run`` adapted on them
+    (``adapt_on_sample``): ``(results, what adapting did or None)``."""
     if ray_options is not None:
         results = classify_on_ray(
             run.model_path,
             files,
             ray_options,
+            all_cells=all_cells,
             input_kind=input_kind,
             batch_size=batch_size,
             echo=lambda m: print(m, file=sys.stderr),
         )
-        return prediction_rows(results, run.classes, top, run.domain)
-    predictor = predictor or Predictor.from_run(run)
-    results = classify_files(
-        predictor,
-        files,
-        run.spec,
-        run.crop_size,
+    else:
+        results = classify_files(
+            predictor or Predictor.from_run(run),
+            files,
+            run.spec,
+            run.crop_size,
+            all_cells=all_cells,
+            input_kind=input_kind,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            domain=run.domain,
+        )
+    adaptation = adapt_on_sample(
+        run,
+        results,
+        adapt,
         input_kind=input_kind,
+        all_cells=all_cells,
+        engine=engine,
         batch_size=batch_size,
         workers=workers,
-        progress=progress,
-        domain=run.domain,
+        echo=echo,
     )
-    return prediction_rows(results, run.classes, top, run.domain)
+    return results, adaptation
+
+
+def predict_files(
+    run, files: Sequence[Path], *, top: int = 3, **options: Any
+) -> list[dict[str, Any]]:
+    """Classify each file with ``run`` (a ``wbc.models.runs.Run``): ``prediction_rows`` of the
+    results. ``options``: those of ``classify_sample`` (input kind, batch size, Ray, ``adapt``,
+    ...). When the files were adapted on (``adapt``: ``auto`` or ``always``), each classified
+    row has ``adapted: True``; rows have no such key otherwise."""
+    results, adaptation = classify_sample(run, files, **options)
+    rows = prediction_rows(results, run.classes, top, run.domain)
+    if adaptation is not None:
+        for row in rows:
+            row["adapted"] = row["error"] is None
+    return rows
+
+
+# --------------------------------------------------------------------------- adapting on the sample
+
+ADAPT_MODES = ("auto", "always", "never")
+
+
+def sample_flags(run, results: Sequence[FileResult]) -> tuple[int, int]:
+    """``(cells out of domain, cells judged)`` over ``results``' classified cells; (0, 0) for a
+    run without a domain reference."""
+    if run.domain is None:
+        return 0, 0
+    distances = [d for r in results if r.error is None for d in r.distances]
+    return int(np.sum(run.domain.outside(distances))), len(distances)
+
+
+def adapt_on_sample(
+    run,
+    results: Sequence[FileResult],
+    mode: str,
+    *,
+    input_kind: str = "auto",
+    all_cells: bool = False,
+    engine: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    workers: Optional[int] = None,
+    echo: Callable[[str], None] = no_echo,
+) -> Optional[dict[str, Any]]:
+    """Adapt a copy of ``run`` on the cells of ``results`` themselves and classify them again:
+    their ``probabilities`` are replaced in place. Returns what was done, or None when nothing
+    was.
+
+    The same adaptation as ``wbc adapt --priors never`` (``Classifier.adapt_to``, class-balanced),
+    done in memory on the sample being classified; nothing is written. The cells are read again
+    from their files (so a Ray-classified batch adapts too) and fed to it in the order of their
+    files' content digests, as ``wbc adapt`` does, so that names and the order of the files do
+    not change the adapted model. ``mode``:
+
+    - ``never``: nothing;
+    - ``auto``: only when the run's out-of-domain advice fires on the sample
+      (``wbc.imaging.domain.adaptation_advice``: at least 10% of at least 20 cells flagged; fixed
+      before this was measured), and the run is not an adapted one already;
+    - ``always``: whatever the flag says (an adapted run with a prior correction is refused).
+    """
+    from wbc.core.manifest import sha256_file
+    from wbc.imaging.domain import adaptation_advice
+    from wbc.models.adaptation import AdaptedClassifier
+    from wbc.models.runs import load_run
+
+    if mode not in ADAPT_MODES:
+        raise ValueError(f"adapt must be one of {ADAPT_MODES}, not {mode!r}")
+    if mode == "never":
+        return None
+    flagged, judged = sample_flags(run, results)
+    already = isinstance(run.model, AdaptedClassifier)
+    if mode == "auto":
+        if already or adaptation_advice(flagged, judged, run.run_dir) is None:
+            return None
+    elif already:
+        raise ModelError(
+            f"{run.run_dir}: already adapted (it has a prior correction); adapt the run it "
+            "came from instead"
+        )
+    owners = [r for r in results if r.error is None and r.probabilities]
+    if not owners:
+        return None
+    digests = {id(r): sha256_file(r.path) for r in owners}
+
+    def load(path: Path) -> list[np.ndarray]:
+        inputs = model_inputs(
+            read_rgb(path), run.spec, run.crop_size, input_kind=input_kind, all_cells=all_cells
+        )
+        return [cell.pixels for cell in inputs]
+
+    pixels: list[np.ndarray] = []
+    spans: list[tuple[FileResult, int, int]] = []
+    for result, (path, loaded) in zip(owners, iter_loaded([r.path for r in owners], load, workers)):
+        if isinstance(loaded, BadImage) or len(loaded) != len(result.probabilities):
+            raise DataError(f"{path}: changed while it was being classified; run again")
+        spans.append((result, len(pixels), len(loaded)))
+        pixels.extend(loaded)
+    order = sorted(range(len(spans)), key=lambda i: (digests[id(spans[i][0])], i))
+    canonical = np.stack(
+        [pixels[k] for i in order for k in range(spans[i][1], spans[i][1] + spans[i][2])]
+    )
+    echo(
+        f"adapting {run.model_path} on this sample's {len(canonical)} cells "
+        f"({flagged} of {judged} out of domain)"
+    )
+    adapted = load_run(run.model_path)
+    parts = adapted.model.adapt_to(canonical, echo, True)
+    predictor = Predictor(adapted.model, engine=engine, cache=False, tta=run.config.model.tta)
+    probs = np.concatenate(
+        [predictor(np.stack(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
+    )
+    for result, start, n in spans:
+        result.probabilities = [row for row in probs[start : start + n]]
+    return {
+        "mode": mode,
+        "images": len(owners),
+        "cells": len(pixels),
+        "out_of_domain": flagged,
+        "labels_used": False,
+        "parts": parts,
+    }
 
 
 def text_table(
@@ -484,6 +620,8 @@ def format_predictions(
             "images": len(rows),
             "failed": sum(1 for r in rows if r["error"]),
             "out_of_domain": sum(1 for r in rows if r.get("out_of_domain")),
+            # rows answered by the model adapted on these images (--adapt)
+            "adapted": sum(1 for r in rows if r.get("adapted")),
             "predictions": list(rows),
         }
         return json.dumps(document, indent=2) + "\n"
@@ -494,8 +632,12 @@ def format_predictions(
         for i in range(1, k + 1):
             header += [f"top{i}_class", f"top{i}_probability"]
         flagged = any("out_of_domain" in r for r in rows)
+        adapted = any("adapted" in r for r in rows)
         writer.writerow(
-            header + (["stain_distance", "out_of_domain"] if flagged else []) + ["error"]
+            header
+            + (["stain_distance", "out_of_domain"] if flagged else [])
+            + (["adapted"] if adapted else [])
+            + ["error"]
         )
         for r in rows:
             cells = [
@@ -513,6 +655,8 @@ def format_predictions(
                     "" if r.get("stain_distance") is None else f"{r['stain_distance']:.3f}",
                     "" if r.get("out_of_domain") is None else str(r["out_of_domain"]).lower(),
                 ]
+            if adapted:
+                cells.append(str(bool(r.get("adapted"))).lower())
             writer.writerow(cells + [r["error"] or ""])
         return buffer.getvalue()
     if fmt != "table":

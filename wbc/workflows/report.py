@@ -377,6 +377,12 @@ def count_report(result: dict[str, Any], output: Path) -> Path:
             "are out of domain (stain unlike the training images): check them "
             "before trusting the counts.</p>"
         )
+    if result.get("adapted"):
+        sections.append(
+            f'<p class="note">Counted after adapting the model on this sample\'s '
+            f"{result['adapted']['cells']} cells, without labels (--adapt "
+            f"{_esc(result['adapted']['mode'])}).</p>"
+        )
     if result.get("failed"):
         sections.append(
             "<h2>Unreadable images</h2>"
