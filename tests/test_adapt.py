@@ -150,6 +150,30 @@ def test_adabn_sets_batchnorm_statistics_to_the_labs_and_reads_no_label(tmp_path
     assert info["parts"][0]["weighting"] == "class-balanced" and info["parts"][0]["rounds"] > 0
 
 
+def test_predict_adapts_a_cnn_on_its_images_as_wbc_adapt_would(tmp_path):
+    """AdaBN in memory (``--adapt always``) gives the probabilities of the run ``wbc adapt``
+    writes; ``auto`` leaves a run without a domain reference as it is."""
+    source = cnn_run(tmp_path / "run")
+    lab = lab_images(tmp_path / "lab")
+    invoke("adapt", source, "--unlabelled", lab, "--out", tmp_path / "adapted")
+
+    def probabilities(model, *extra):
+        result = CliRunner().invoke(
+            cli,
+            ["predict", str(lab), "--model", str(model), "--format", "json", *extra],
+        )
+        assert result.exit_code == 0, result.output
+        rows = json.loads(result.stdout)["predictions"]
+        return np.array([[r["probabilities"][c] for c in CLASSES] for r in rows])
+
+    in_memory = probabilities(source, "--adapt", "always", "--engine", "tensorflow")
+    written = probabilities(tmp_path / "adapted", "--engine", "tensorflow")
+    as_is = probabilities(source, "--adapt", "auto", "--engine", "tensorflow")
+    np.testing.assert_allclose(in_memory, written, atol=1e-5)
+    assert not np.allclose(in_memory, as_is, atol=1e-3)
+    np.testing.assert_allclose(as_is, probabilities(source, "--engine", "tensorflow"), atol=1e-6)
+
+
 def test_a_network_without_batchnorm_says_so_and_is_copied(tmp_path):
     make_run(tmp_path / "study")  # the study's CNN: no BatchNorm layer
     lab = lab_images(tmp_path / "lab", n=4)
@@ -298,6 +322,12 @@ def test_predict_and_evaluate_apply_the_runs_prior_correction(features_run, tmp_
     plain, _ = probabilities(run_dir)
     corrected, rows = probabilities(adapted)
     np.testing.assert_allclose(corrected, correction(plain), atol=1e-5)
+    # adapting such a run again on a sample is refused in one line (adapt the source instead)
+    again = CliRunner().invoke(
+        cli, ["count", str(images), "--model", str(adapted), "--adapt", "always"]
+    )
+    assert again.exit_code == 1 and "already adapted" in again.output
+    assert "Traceback" not in again.output and len(again.output.strip().splitlines()) == 1
     moved = sum(row["class"] == "MONOCYTE" for row in rows)
     assert moved > int((plain.argmax(axis=1) == order.index("MONOCYTE")).sum())
     scored = invoke("evaluate", "--model", adapted, "--data", root / "test", "--format", "json")
