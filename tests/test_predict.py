@@ -329,6 +329,15 @@ def test_count_with_detector_counts_every_cell(detect_model, tmp_path):
     assert summary["cells"] == sum(summary["counts"].values()) == 4
     assert summary["no_cells"] == [str(folder / "none.png")]
     assert sum(summary["percent"].values()) == pytest.approx(100.0)
+    # adapting on the sample reads every cell of every smear again, each to its own image
+    # (the study's CNN has no BatchNorm to adapt, so the counts stay)
+    adapted = invoke(
+        "count", folder, "--model", detect_model, "--format", "json", "--adapt", "always"
+    )
+    again = json.loads(adapted.stdout)
+    assert again["adapted"]["cells"] == 4 and again["adapted"]["images"] == 2
+    assert again["adapted"]["parts"][0]["method"] == "skipped"
+    assert again["counts"] == summary["counts"]
 
     # predict: one row per image (the main cell), cut from the whole smear
     rows = json.loads(
