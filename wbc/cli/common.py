@@ -184,8 +184,8 @@ def adapt_option(default: str, what: str):
         type=click.Choice(["auto", "always", "never"]),
         default=default,
         show_default=True,
-        help=f"Adapt the model to {what} first, in memory, from their own cells (no labels; "
-        "as wbc adapt --priors never does, nothing written): auto = only when the "
+        help=f"First adapt the model, in memory, to the cells of {what} (no labels; as wbc "
+        "adapt --priors never does; nothing written): auto = only when the "
         "out-of-domain flag advises it (at least 10% of at least 20 cells), always, or never "
         "(the run as it is).",
     )
