@@ -543,24 +543,27 @@ def adapt_on_sample(
     owners = [r for r in results if r.error is None and r.probabilities]
     if not owners:
         return None
-    digests = {id(r): sha256_file(r.path) for r in owners}
 
-    def load(path: Path) -> list[np.ndarray]:
+    def load(path: Path) -> tuple[str, list[np.ndarray]]:
         inputs = model_inputs(
             read_rgb(path), run.spec, run.crop_size, input_kind=input_kind, all_cells=all_cells
         )
-        return [cell.pixels for cell in inputs]
+        return sha256_file(path), [cell.pixels for cell in inputs]
 
     pixels: list[np.ndarray] = []
-    spans: list[tuple[FileResult, int, int]] = []
+    spans: list[tuple[str, FileResult, int, int]] = []  # digest, result, first cell, cells
     for result, (path, loaded) in zip(owners, iter_loaded([r.path for r in owners], load, workers)):
-        if isinstance(loaded, BadImage) or len(loaded) != len(result.probabilities):
+        digest, cells = loaded if not isinstance(loaded, BadImage) else ("", [])
+        if len(cells) != len(result.probabilities):
             raise DataError(f"{path}: changed while it was being classified; run again")
-        spans.append((result, len(pixels), len(loaded)))
-        pixels.extend(loaded)
-    order = sorted(range(len(spans)), key=lambda i: (digests[id(spans[i][0])], i))
+        spans.append((digest, result, len(pixels), len(cells)))
+        pixels.extend(cells)
     canonical = np.stack(
-        [pixels[k] for i in order for k in range(spans[i][1], spans[i][1] + spans[i][2])]
+        [
+            pixels[k]
+            for _, _, start, n in sorted(spans, key=lambda s: (s[0], s[2]))
+            for k in range(start, start + n)
+        ]
     )
     echo(
         f"adapting {run.model_path} on this sample's {len(canonical)} cells "
@@ -572,8 +575,8 @@ def adapt_on_sample(
     probs = np.concatenate(
         [predictor(np.stack(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
     )
-    for result, start, n in spans:
-        result.probabilities = [row for row in probs[start : start + n]]
+    for _, result, start, n in spans:
+        result.probabilities = list(probs[start : start + n])
     return {
         "mode": mode,
         "images": len(owners),
