@@ -571,7 +571,7 @@ def adapt_on_sample(
     )
     adapted = load_run(run.model_path)
     parts = adapted.model.adapt_to(canonical, echo, True)
-    predictor = Predictor(adapted.model, engine=engine, cache=False, tta=run.config.model.tta)
+    predictor = Predictor.from_run(adapted, engine=engine, cache=False)
     probs = np.concatenate(
         [predictor(np.stack(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
     )
