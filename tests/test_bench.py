@@ -182,6 +182,12 @@ def test_families_section(tiny_bench):
         assert f"crops: {name} (" in text
     _finite(result, "slowest_ms_per_cell")
     assert "slowest_recipe_ms_per_cell" in text
+    # the default recipe adapted without labels: a run wbc adapt wrote, and on the sample
+    adapted = result["adapted"]
+    assert bench.RECIPES[adapted["recipe"]] == [f"model.family={load_config().model.family}"]
+    assert adapted["parts"][0] == "standardisation"
+    _finite(adapted, "run_ms_per_cell", "on_sample_ms_per_cell")
+    assert "adapted_default_ms_per_cell" in text and "adapted by wbc adapt" in text
 
 
 @pytest.mark.slow  # wbc train (the study recipe) in a subprocess

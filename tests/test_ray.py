@@ -258,3 +258,11 @@ def test_count_on_ray_gives_the_local_differential(cluster, data_dir, features_r
     assert local.exit_code == remote.exit_code == 0, remote.output
     assert json.loads(remote.stdout) == json.loads(local.stdout)
     assert json.loads(local.stdout)["cells"] > 0
+    # adapted on the sample: the cells are read again here, whoever classified them first
+    adapted_args = [*args, "--adapt", "always"]
+    local_adapted = CliRunner().invoke(cli, adapted_args)
+    remote_adapted = CliRunner().invoke(cli, [*adapted_args, "--executor", "ray"])
+    assert local_adapted.exit_code == remote_adapted.exit_code == 0, remote_adapted.output
+    assert json.loads(remote_adapted.stdout) == json.loads(local_adapted.stdout)
+    record = json.loads(local_adapted.stdout)["adapted"]
+    assert record["mode"] == "always" and record["cells"] == json.loads(local.stdout)["cells"]
