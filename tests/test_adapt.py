@@ -444,6 +444,13 @@ def test_predict_adapts_only_when_asked_and_marks_its_rows(features_run, tmp_pat
     ]
     assert adapted["adapted"] == 24 and "adaptation advised" not in stderr
     assert "answered after adapting the model on these 24 images" in stderr
+    assert "fewer than 20" not in stderr
+    two = CliRunner().invoke(
+        cli,
+        ["predict", *map(str, sorted(lab.iterdir())[:2]), "--model", str(run_dir)]
+        + ["--adapt", "always"],
+    )
+    assert two.exit_code == 0 and "warning: adapting on 2 cells, fewer than 20" in two.stderr
     csv = CliRunner().invoke(
         cli, ["predict", str(lab), "--model", str(run_dir), "--format", "csv", "--adapt", "always"]
     )
@@ -472,6 +479,7 @@ def test_whole_smears_are_cut_to_their_cell_as_predict_does(features_run, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert sorted(decisions) == [((40, 40), False)] + [((48, 64), True)] * 4
+    assert "warning: adapting on 5 cells, fewer than 20" in result.output
     info = json.loads((tmp_path / "a" / "run.json").read_text())["adaptation"]
     assert info["images"] == 5 and info["cells"] == 5
 

@@ -141,6 +141,18 @@ def read_reference(run_dir: Path) -> Optional[DomainReference]:
         raise ModelError(f"{path}: not a valid domain reference") from None
 
 
+def few_cells_warning(cells: int) -> Optional[str]:
+    """One line when a lab's statistics would come from fewer than ``ADVISE_CELLS`` cells, the
+    least the advice ever judges; None otherwise. Adapting still goes ahead: it was asked for."""
+    if cells >= ADVISE_CELLS:
+        return None
+    return (
+        f"warning: adapting on {cells} cell{'' if cells == 1 else 's'}, fewer than "
+        f"{ADVISE_CELLS}: the mean and spread of so few cells mostly reflect which cells they "
+        "are, not the lab's stain"
+    )
+
+
 def adaptation_advice(flagged: int, total: int, run_dir, folder=None) -> Optional[str]:
     """One line advising ``wbc adapt`` when ``flagged`` of ``total`` cells are out of domain
     (at least ``ADVISE_SHARE`` of at least ``ADVISE_CELLS``); None otherwise. ``folder``: the

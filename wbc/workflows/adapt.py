@@ -208,7 +208,12 @@ def adapt(
     from wbc import __version__
     from wbc.core.manifest import atomic_path, write_json
     from wbc.core.runfolder import RUN_INFO_NAME
-    from wbc.imaging.domain import fit_reference, stain_vector, write_reference
+    from wbc.imaging.domain import (
+        few_cells_warning,
+        fit_reference,
+        stain_vector,
+        write_reference,
+    )
     from wbc.models.adaptation import AdaptedClassifier, write_correction
     from wbc.models.runs import RUN_DEFINITION_FILES, load_run, resolve_model_path
     from wbc.workflows.evaluate import evaluate
@@ -226,6 +231,8 @@ def adapt(
         )
     cells, facts = load_cells(run, unlabelled, input_kind, echo)
     echo(f"adapting {run.model_path} on {facts['cells']} cells")
+    if warning := few_cells_warning(facts["cells"]):
+        echo(warning)
     if priors not in PRIOR_MODES:
         raise ValueError(f"priors must be one of {PRIOR_MODES}, not {priors!r}")
     calib = calibration_folder(run, calibration) if priors != "never" else None

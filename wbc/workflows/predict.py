@@ -522,7 +522,7 @@ def adapt_on_sample(
     - ``always``: whatever the flag says (an adapted run with a prior correction is refused).
     """
     from wbc.core.manifest import sha256_file
-    from wbc.imaging.domain import adaptation_advice
+    from wbc.imaging.domain import adaptation_advice, few_cells_warning
     from wbc.models.adaptation import AdaptedClassifier
     from wbc.models.runs import load_run
 
@@ -569,6 +569,8 @@ def adapt_on_sample(
         f"adapting {run.model_path} on this sample's {len(canonical)} cells "
         f"({flagged} of {judged} out of domain)"
     )
+    if warning := few_cells_warning(len(canonical)):
+        echo(warning)
     adapted = load_run(run.model_path)
     parts = adapted.model.adapt_to(canonical, echo, True)
     predictor = Predictor.from_run(adapted, engine=engine, cache=False)
