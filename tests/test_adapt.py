@@ -246,6 +246,36 @@ def features_run(tmp_path_factory):
     return run, root
 
 
+def test_cells_adapted_on_are_answered_without_measuring_them_again(
+    features_run, tmp_path, monkeypatch
+):
+    from wbc.models import features
+    from wbc.models.runs import load_run, resolve_model_path
+    from wbc.workflows.adapt import load_cells
+    from wbc.workflows.predict import Predictor
+
+    run_dir, _ = features_run
+    run = load_run(resolve_model_path(run_dir))
+    cells, _ = load_cells(run, lab_images(tmp_path / "lab", n=24))
+    others, _ = load_cells(run, lab_images(tmp_path / "more", n=3, seed=8))
+    measured = []
+    real = features._measure
+
+    def counting(images, colour, nucleus):
+        measured.append(len(images))
+        return real(images, colour, nucleus)
+
+    monkeypatch.setattr(features, "_measure", counting)
+    run.model.adapt_to(cells, lambda _m: None, True)
+    assert measured == [24]
+    mixed = np.concatenate([cells[::-1], others])  # another order, and 3 cells it never saw
+    remembered = Predictor(run.model, cache=False)(mixed)
+    assert measured == [24, 3]
+    run.model.adapted_measurements.clear()
+    np.testing.assert_array_equal(Predictor(run.model, cache=False)(mixed), remembered)
+    assert measured == [24, 3, 27]
+
+
 def test_features_scaler_is_reestimated_and_priors_recorded(features_run, tmp_path):
     from wbc.models.runs import load_run
 

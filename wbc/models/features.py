@@ -76,18 +76,41 @@ def _measure(images: np.ndarray, colour: str, nucleus: str) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _cell_keys(cells: np.ndarray) -> list[bytes]:
+    """Each cell's content digest: the key of its measurements."""
+    return [hashlib.blake2b(cell.tobytes(), digest_size=16).digest() for cell in cells]
+
+
 class FeatureEngine(Engine):
     """uint8 crops -> features -> the scikit-learn model's probabilities, one column per class
-    of the run (a class the training side lacked gets probability 0)."""
+    of the run (a class the training side lacked gets probability 0). ``known``: measurements
+    by ``_cell_keys`` digest, used instead of measuring those cells again."""
 
     engine = "scikit-learn"
 
-    def __init__(self, pipeline, n_classes: int, colour: str, nucleus: str):
+    def __init__(
+        self,
+        pipeline,
+        n_classes: int,
+        colour: str,
+        nucleus: str,
+        known: dict[bytes, np.ndarray] | None = None,
+    ):
         self.pipeline = pipeline
         self.n_classes = n_classes
         self.colour = colour
         self.nucleus = nucleus
+        self.known = known if known is not None else {}
         self.columns = np.asarray(pipeline.classes_, dtype=np.int64)
+
+    def measure(self, batch: np.ndarray) -> np.ndarray:
+        cells = resize_batch(batch, (WORK_SIDE, WORK_SIDE))
+        if not self.known or not len(cells):
+            return _measure(cells, self.colour, self.nucleus)
+        keys = _cell_keys(cells)
+        missing = [i for i, key in enumerate(keys) if key not in self.known]
+        fresh = iter(_measure(cells[missing], self.colour, self.nucleus) if missing else ())
+        return np.stack([self.known[key] if key in self.known else next(fresh) for key in keys])
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         out = np.zeros((len(features), self.n_classes), np.float64)
@@ -96,9 +119,7 @@ class FeatureEngine(Engine):
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.probabilities(
-            _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour, self.nucleus)
-        )
+        return self.probabilities(self.measure(batch))
 
 
 class FeatureClassifier(Classifier):
@@ -109,11 +130,16 @@ class FeatureClassifier(Classifier):
         self.colour = colour
         self.nucleus = nucleus
         self.image_size = (WORK_SIDE, WORK_SIDE)
+        # The measurements of the cells adapt_to adapted on, by content: classifying those
+        # cells next (wbc count --adapt, wbc adapt's prior step) does not measure them again.
+        self.adapted_measurements: dict[bytes, np.ndarray] = {}
 
     def engine(self, name: str = "auto", cache: bool = True, tta: bool = False) -> Engine:
         """``tta`` changes nothing here: the measurements are made on the cell's masks, so they
         barely change under rotation or mirroring, and computing them 8 times would cost 8x."""
-        return FeatureEngine(self.pipeline, self.n_classes, self.colour, self.nucleus)
+        return FeatureEngine(
+            self.pipeline, self.n_classes, self.colour, self.nucleus, self.adapted_measurements
+        )
 
     def explain(self, pixels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
         """The features whose typical value (the training mean) would lower the predicted
@@ -159,11 +185,9 @@ class FeatureClassifier(Classifier):
         from wbc.models.adaptation import class_balanced_scaler
 
         echo(f"measuring {len(pixels)} cells")
-        features = _measure(
-            resize_batch(np.asarray(pixels, np.uint8), self.image_size),
-            self.colour,
-            self.nucleus,
-        )
+        cells = resize_batch(np.asarray(pixels, np.uint8), self.image_size)
+        features = _measure(cells, self.colour, self.nucleus)
+        self.adapted_measurements.update(zip(_cell_keys(cells), features))
         facts = class_balanced_scaler(self.pipeline, features, echo, balanced)
         return [
             {
