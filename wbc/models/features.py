@@ -254,7 +254,7 @@ class FeatureClassifier(Classifier):
         }
 
     def export_inputs(self, batch: np.ndarray) -> np.ndarray:
-        return _measure(resize_batch(batch, (WORK_SIDE, WORK_SIDE)), self.colour, self.nucleus)
+        return self.engine().measure(batch)
 
 
 def _schema_types(node: Any) -> set[str]:
