@@ -638,6 +638,33 @@ def test_relative_colour_is_each_region_against_the_whole_cell():
         load_config(overrides=["model.features.colour=relatve"])
 
 
+def test_optical_colour_is_unchanged_when_the_stain_is_stronger():
+    """A stain twice as strong doubles every optical density (Beer-Lambert), as ``I**2`` does on
+    a white background: the optical measurements stay, the absolute ones move."""
+    from wbc.models.nucleus import OPTICAL_STATS, REGIONS, SHAPE_FEATURES
+
+    rng = np.random.default_rng(5)
+    image = disk(disk(canvas(), (64, 64), 34, colour=(200, 170, 205)), (64, 64), 18)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    stronger = np.round(255.0 * (image / 255.0) ** 2).astype(np.uint8)
+    names = feature_names("optical")
+    assert len(names) == len(SHAPE_FEATURES) + len(REGIONS) * len(OPTICAL_STATS)
+    optical = dict(zip(names, cell_features(image, "optical").tolist()))
+    optical_stronger = dict(zip(names, cell_features(stronger, "optical").tolist()))
+    for region in REGIONS:
+        shares = [optical[f"{region}_od_{c}_share"] for c in ("red", "green", "blue")]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    assert optical["nucleus_density_ratio"] > 1.0 > optical["outer_cytoplasm_density_ratio"]
+    # Within 15%: rounding to 8 bits moves the spreads of the nearly white pixels (the ring's).
+    for name in names[len(SHAPE_FEATURES) :]:
+        assert optical_stronger[name] == pytest.approx(optical[name], rel=0.15, abs=0.01), name
+    absolute = values(image)
+    assert values(stronger)["nucleus_value"] < absolute["nucleus_value"] - 0.1
+    assert load_config(overrides=["model.features.colour=optical"]).model.features.colour == (
+        "optical"
+    )
+
+
 def test_features_init_refits_with_the_earlier_training_crops(features_run, crop_data, tmp_path):
     from wbc.models.features import TRAINING_FEATURES, read_training_features
     from wbc.workflows.train import train

@@ -135,7 +135,9 @@ class FeaturesConfig:
     """The ``features`` family: nucleus and cell measurements + scikit-learn (``features.py``)."""
 
     classifier: str = "svm"  # svm (RBF) | boosting (histogram gradient boosting)
-    colour: str = "absolute"  # absolute | relative (against the whole cell) | none (shape only)
+    # absolute | relative (against the whole cell) | optical (ratios of optical densities: a
+    # stronger or weaker stain cancels) | none (shape only)
+    colour: str = "absolute"
     # density (any stain: the densest optical-density level) | contrast (blue - red: one stain)
     nucleus: str = "density"
     svm_c: float = 10.0  # the SVM's C
@@ -224,7 +226,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.family": (),
     "model.cnn.normalization": ("batch", "group"),
     "model.features.classifier": ("svm", "boosting"),
-    "model.features.colour": ("absolute", "relative", "none"),
+    "model.features.colour": ("absolute", "relative", "optical", "none"),
     "model.features.nucleus": ("density", "contrast"),
     "train.subset": ("small", "medium", "full"),
     "train.class_weight": ("none", "balanced"),

@@ -88,9 +88,19 @@ COLOUR_STATS = (
     "blue_minus_red",  # mean blue - red, /255: the stain contrast
     "granularity",  # std of the Laplacian of the grey level: granules and chromatin texture
 )
+# ``optical`` colour: each is unchanged when every optical density is multiplied by one factor,
+# as a stain's concentration or staining time multiplies it (Beer-Lambert), and a gamma does.
+OPTICAL_STATS = (
+    "od_red_share",
+    "od_green_share",
+    "od_blue_share",  # the mean optical density's share in each channel: the stain's hue
+    "density_ratio",  # the region's mean density (summed over channels) / the whole cell's
+    "density_cv",  # std / mean of the density: how even the stain is
+    "density_texture",  # std of the density's Laplacian / its mean: granules and chromatin
+)
 
 
-COLOUR_MODES = ("absolute", "relative", "none")
+COLOUR_MODES = ("absolute", "relative", "optical", "none")
 # Stats that are spreads: relative to the cell they are ratios, the others differences.
 SPREAD_STATS = {"red_std", "green_std", "blue_std", "lightness_std", "granularity"}
 
@@ -101,10 +111,16 @@ def feature_names(colour: str = "absolute") -> tuple[str, ...]:
     ``colour``: ``absolute`` (shape, then each region's colour as measured on the white-balanced
     crop), ``relative`` (shape, then each region's colour against the whole cell's: a
     difference of means, a ratio of spreads, so that a stain that shifts every pixel alike
-    changes little) or ``none`` (shape only).
+    changes little), ``optical`` (shape, then ``OPTICAL_STATS`` of each region: ratios of optical
+    densities, so that a stain's strength, which multiplies them, cancels) or ``none`` (shape
+    only).
     """
     if colour == "none":
         return SHAPE_FEATURES
+    if colour == "optical":
+        return SHAPE_FEATURES + tuple(
+            f"{region}_{stat}" for region in REGIONS for stat in OPTICAL_STATS
+        )
     suffix = "" if colour == "absolute" else "_rel"
     return SHAPE_FEATURES + tuple(
         f"{region}_{stat}{suffix}" for region in REGIONS for stat in COLOUR_STATS
@@ -289,13 +305,40 @@ def colour_features(table: np.ndarray, mask: np.ndarray) -> list[float]:
     ]
 
 
+def optical_features(seg: Segmentation) -> list[float]:
+    """``OPTICAL_STATS`` of each region of ``seg`` in ``REGIONS`` order (zeros when empty)."""
+    from wbc.imaging.color import optical_density
+
+    density_rgb = optical_density(seg.image)
+    density = density_rgb.sum(axis=-1)
+    laplacian = cv2.Laplacian(density, cv2.CV_32F, ksize=3)
+    cell = seg.hull | seg.ring
+    cell_density = float(density[cell].mean()) if cell.any() else 0.0
+    values: list[float] = []
+    for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring):
+        mean = float(density[mask].mean()) if mask.any() else 0.0
+        if mean <= 1e-6:  # an empty or unstained region has no hue and no ratios
+            values += [0.0] * len(OPTICAL_STATS)
+            continue
+        shares = density_rgb[mask].mean(axis=0) / mean
+        values += [
+            *shares.tolist(),
+            mean / cell_density,
+            float(density[mask].std()) / mean,
+            float(laplacian[mask].std()) / mean,
+        ]
+    return values
+
+
 def cell_features(
     rgb: np.ndarray, colour: str = "absolute", nucleus: str = DEFAULT_NUCLEUS
 ) -> np.ndarray:
     """The ``feature_names(colour)`` values of one crop (uint8 RGB): float32 vector."""
     seg = segment(rgb, nucleus)
     values = shape_features(seg)
-    if colour != "none":
+    if colour == "optical":
+        values += optical_features(seg)
+    elif colour != "none":
         table = pixel_table(seg.image)
         regions = [
             colour_features(table, mask) for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring)
