@@ -143,6 +143,11 @@ class Segmentation:
         return self.hull & ~self.nucleus
 
     @property
+    def regions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The masks of ``REGIONS``, in that order."""
+        return self.nucleus, self.inner_cytoplasm, self.ring
+
+    @property
     def found(self) -> bool:
         return bool(self.nucleus.any())
 
@@ -315,7 +320,7 @@ def optical_features(seg: Segmentation) -> list[float]:
     cell = seg.hull | seg.ring
     cell_density = float(density[cell].mean()) if cell.any() else 0.0
     values: list[float] = []
-    for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring):
+    for mask in seg.regions:
         mean = float(density[mask].mean()) if mask.any() else 0.0
         if mean <= 1e-6:  # an empty or unstained region has no hue and no ratios
             values += [0.0] * len(OPTICAL_STATS)
@@ -340,9 +345,7 @@ def cell_features(
         values += optical_features(seg)
     elif colour != "none":
         table = pixel_table(seg.image)
-        regions = [
-            colour_features(table, mask) for mask in (seg.nucleus, seg.inner_cytoplasm, seg.ring)
-        ]
+        regions = [colour_features(table, mask) for mask in seg.regions]
         if colour == "relative":
             cell = colour_features(table, seg.hull | seg.ring)
             spread = [stat in SPREAD_STATS for stat in COLOUR_STATS]
