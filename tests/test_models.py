@@ -665,6 +665,17 @@ def test_optical_colour_is_unchanged_when_the_stain_is_stronger():
     )
 
 
+def test_the_config_offers_the_colour_modes_and_nucleus_rules_the_features_family_has():
+    """``wbc.core.config`` cannot import the models layer, so it lists the choices itself."""
+    from wbc.core.config import CHOICES
+    from wbc.models.nucleus import COLOUR_MODES, NUCLEUS_METHODS
+
+    assert set(CHOICES["model.features.colour"]) == set(COLOUR_MODES)
+    assert set(CHOICES["model.features.nucleus"]) == set(NUCLEUS_METHODS)
+    for mode in COLOUR_MODES:
+        assert len(cell_features(disk(canvas(), (64, 64), 20), mode)) == len(feature_names(mode))
+
+
 def test_features_init_refits_with_the_earlier_training_crops(features_run, crop_data, tmp_path):
     from wbc.models.features import TRAINING_FEATURES, read_training_features
     from wbc.workflows.train import train
