@@ -534,3 +534,29 @@ def test_normalised_run_carries_its_reference_and_fine_tunes_with_frozen_feature
         )
     ]
     assert any(changed)
+
+
+def test_optical_density_looked_up_for_8_bit_images_equals_the_formula():
+    """The uint8 path reads a table; it must give the formula's values to the bit, also on a
+    strided view, or every trained features model would see other measurements."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    image[0, 0] = (0, 1, 255)  # the floor (0 read as 1) and white
+    for view in (image, image[::2, ::3]):
+        expected = np.maximum(-np.log(np.maximum(view.astype(np.float32), 1.0) / 255.0), 0.0)
+        looked_up = color.optical_density(view)
+        assert looked_up.dtype == np.float32
+        np.testing.assert_array_equal(looked_up, expected)
+    as_float = color.optical_density(image.astype(np.float32))  # not uint8: the formula itself
+    np.testing.assert_array_equal(as_float, color.optical_density(image))
+
+
+def test_background_is_the_median_of_the_brightest_tenth():
+    rng = np.random.default_rng(4)
+    image = rng.integers(60, 200, (40, 50, 3)).astype(np.uint8)
+    image[:4] = (230, 220, 180)  # a yellow band of 200 pixels: the brightest tenth and more
+    np.testing.assert_array_equal(color.background(image), [230, 220, 180])
+    pixels = image.reshape(-1, 3).astype(np.float32)
+    brightness = pixels.sum(axis=1)
+    top = pixels[brightness >= np.percentile(brightness, 90)]
+    np.testing.assert_array_equal(color.background(image), np.median(top, axis=0))

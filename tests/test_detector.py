@@ -180,3 +180,12 @@ def test_a_magnified_cell_wider_than_half_the_frame_is_still_found():
     assert found, "nothing detected"
     assert_not_frame_sized(image, found)
     assert iou(found[0], truth) > 0.5, (found[0], truth)
+
+
+def test_label_mask_is_isin_by_a_table():
+    from wbc.data.cells import label_mask
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 9, (30, 40)).astype(np.int32)
+    for kept in ([], [0], [3, 7], np.array([8, 1, 1])):
+        np.testing.assert_array_equal(label_mask(labels, 9, kept), np.isin(labels, kept))

@@ -276,6 +276,8 @@ def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray | None:
 
 # Natural log of every 8-bit level (0 read as 1): optical density up to a per-channel constant.
 _LOG = np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0))
+# The same table per channel, for cv2.LUT: three times faster than indexing _LOG with the image.
+_LOG_RGB = np.ascontiguousarray(np.repeat(_LOG[:, None], 3, axis=1).reshape(1, 256, 3))
 
 
 def stain_map(rgb: np.ndarray) -> np.ndarray:
@@ -296,7 +298,7 @@ def _stain_from_log(log_rgb: np.ndarray) -> np.ndarray:
 
 def _density_from_log(log_rgb: np.ndarray) -> np.ndarray:
     """Total optical density (float32, up to a constant), smoothed as the stain map is."""
-    return cv2.GaussianBlur(-log_rgb.sum(axis=2), (5, 5), 0)
+    return cv2.GaussianBlur(-channel_sum(log_rgb), (5, 5), 0)
 
 
 def _dense_level(density: np.ndarray, core: np.ndarray) -> float:
@@ -306,6 +308,20 @@ def _dense_level(density: np.ndarray, core: np.ndarray) -> float:
         return light
     dense = float(np.median(density[core]))
     return light + _DENSITY_LEVEL * (dense - light)
+
+
+def channel_sum(array: np.ndarray) -> np.ndarray:
+    """The sum over the last axis of an (..., 3) array: the same values as ``sum(axis=-1)``,
+    which numpy computes several times slower on rows of three."""
+    return array[..., 0] + array[..., 1] + array[..., 2]
+
+
+def label_mask(labels: np.ndarray, count: int, kept: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Pixels whose label (0..count-1, as OpenCV's connected components number them) is one of
+    ``kept``: ``np.isin`` by a lookup table, a tenth of its cost on a crop."""
+    table = np.zeros(count, bool)
+    table[np.asarray(kept, np.int64)] = True
+    return table[labels]
 
 
 def _ellipse(size: int) -> np.ndarray:
@@ -339,7 +355,7 @@ def detect_cells(rgb: np.ndarray, work_side: int = _WORK_SIDE) -> list[Box]:
     small = cv2.resize(image, (work_w, work_h), interpolation=interpolation)
 
     # One table lookup serves the stain map and the total density.
-    log_rgb = _LOG[small]
+    log_rgb = cv2.LUT(small, _LOG_RGB)
     stain = cv2.GaussianBlur(_stain_from_log(log_rgb), (5, 5), 0)
     # Levels from every other pixel in each direction (a nucleus spans many): 4x cheaper.
     reference, peak = (float(v) for v in np.percentile(stain[::2, ::2], (50, _PEAK_Q)))
@@ -404,10 +420,10 @@ def detect_cells(rgb: np.ndarray, work_side: int = _WORK_SIDE) -> list[Box]:
         local = max(local, reference)
         cyto = (smooth > local + _CYTO_LEVEL * (level - local)).astype(np.uint8)
         cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _ellipse(5)) | nucleus
-        _, cyto_labels = cv2.connectedComponents(cyto, connectivity=8)
-        ids = np.unique(cyto_labels[np.isin(labels, cell["labels"])])
-        ids = ids[ids > 0]
-        ys, xs = np.nonzero(np.isin(cyto_labels, ids))
+        cyto_count, cyto_labels = cv2.connectedComponents(cyto, connectivity=8)
+        touched = cyto_labels[label_mask(labels, count, cell["labels"])]
+        ids = np.unique(touched[touched > 0])
+        ys, xs = np.nonzero(label_mask(cyto_labels, cyto_count, ids))
         if len(xs):
             grown = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
         else:

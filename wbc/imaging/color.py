@@ -52,6 +52,7 @@ import numpy as np
 from skimage.color import hed_from_rgb, rgb_from_hed, separate_stains
 
 from wbc.core.errors import ModelError
+from wbc.data.cells import channel_sum
 
 INPUTS = ("rgb", "gray", "hematoxylin")
 NORMALIZERS = ("none", "reinhard", "macenko", "balance")
@@ -88,7 +89,7 @@ def background(rgb: np.ndarray) -> np.ndarray:
     Near-white for the Kaggle smears, yellow for tecom-crops. Clipped to [128, 255] per channel.
     """
     pixels = np.asarray(rgb).reshape(-1, 3).astype(np.float32)
-    brightness = pixels.sum(axis=1)
+    brightness = channel_sum(pixels)
     top = pixels[brightness >= np.percentile(brightness, _BACKGROUND_TOP)]
     return np.clip(np.median(top, axis=0), _MIN_BACKGROUND, 255.0)
 
@@ -107,8 +108,21 @@ def optical_density(rgb: np.ndarray) -> np.ndarray:
     a black pixel) and divides by ln(1e6); Macenko's BETA threshold and percentiles are in plain
     natural-log OD with a floor of one grey level (OD at most ln 255 = 5.5).
     """
+    array = np.asarray(rgb)
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3:
+        return cv2.LUT(np.ascontiguousarray(array), _OD_TABLE)  # the same values, a third the cost
+    return _od(array)
+
+
+def _od(rgb: np.ndarray) -> np.ndarray:
     intensity = np.maximum(np.asarray(rgb, np.float32), 1.0) / 255.0
     return np.maximum(-np.log(intensity), 0.0)
+
+
+# Every 8-bit level's optical density, per channel (1, 256, 3) as cv2.LUT takes it.
+_OD_TABLE = np.ascontiguousarray(
+    np.repeat(_od(np.arange(256, dtype=np.uint8))[:, None], 3, axis=1).reshape(1, 256, 3)
+)
 
 
 def foreground(rgb: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -63,7 +64,12 @@ PLAIN_TYPES = tuple(
     for name in ("dict", "list", "tuple", "str", "int", "float", "bool", "NoneType")
 )
 CALIBRATION_FOLDS = 5  # calibrated SVMs averaged, each fitted on 4/5 and calibrated on 1/5
-FEATURE_THREADS = 4  # OpenCV releases the GIL: measuring crops in threads uses both cores
+# OpenCV releases the GIL, so measuring crops in threads uses more than one core; but most of the
+# measuring is small numpy calls that hold it, and threads beyond the cores only queue for it.
+# On 2 cores, measuring 600 crops took 3.7 ms per crop in 2 threads, 4.5 in 4 and 4.8 in 1;
+# predicting tecom's crops, whose decoding threads run beside, 9.2 ms per cell with 2, 9.8 with
+# 4 (medians of alternated passes, docs/PERFORMANCE.md). So one per core, at most 4.
+FEATURE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _measure(images: np.ndarray, colour: str, nucleus: str) -> np.ndarray:

@@ -42,6 +42,8 @@ import numpy as np
 from skimage.filters import threshold_multiotsu
 from skimage.measure import regionprops
 
+from wbc.data.cells import channel_sum, label_mask
+
 WORK_SIDE = 128  # pixels: every size below is a fraction of this side
 NUCLEUS_FLOOR = 20.0  # blue-red of at least this marks nuclear stain (white-balanced image)
 NUCLEUS_PERCENTILE = 75.0  # ... and above this percentile of the crop's blue-red
@@ -166,7 +168,7 @@ def _nuclear_pixels(image: np.ndarray, method: str) -> np.ndarray:
     if method == "density":
         from wbc.imaging.color import optical_density
 
-        density = cv2.GaussianBlur(optical_density(image).sum(axis=-1), (0, 0), DENSITY_BLUR)
+        density = cv2.GaussianBlur(channel_sum(optical_density(image)), (0, 0), DENSITY_BLUR)
         if float(density.max() - density.min()) <= 1e-6:  # a flat crop holds no nucleus
             return np.zeros(density.shape, np.uint8)
         threshold = float(threshold_multiotsu(density, classes=3)[1])
@@ -197,7 +199,7 @@ def nucleus_mask(image: np.ndarray, method: str = DEFAULT_NUCLEUS) -> np.ndarray
     ]
     if not kept:
         kept = [1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
-    return np.isin(labels, kept)
+    return label_mask(labels, n, kept)
 
 
 def segment(rgb: np.ndarray, method: str = DEFAULT_NUCLEUS) -> Segmentation:
@@ -276,7 +278,7 @@ def shape_features(seg: Segmentation) -> list[float]:
 def pixel_table(image: np.ndarray) -> np.ndarray:
     """Per pixel, what ``colour_features`` averages: RGB (0..1), hue angle, saturation and
     value (0..1), CIELAB (L, a, b over 100) and the Laplacian of the grey level (/255).
-    float32 (H, W, 11), computed once per crop and indexed by each region's mask."""
+    float32 (H, W, 10), computed once per crop and indexed by each region's mask."""
     rgb = image.astype(np.float32) / 255.0
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB) / 100.0
@@ -315,7 +317,7 @@ def optical_features(seg: Segmentation) -> list[float]:
     from wbc.imaging.color import optical_density
 
     density_rgb = optical_density(seg.image)
-    density = density_rgb.sum(axis=-1)
+    density = channel_sum(density_rgb)
     laplacian = cv2.Laplacian(density, cv2.CV_32F, ksize=3)
     cell = seg.hull | seg.ring
     cell_density = float(density[cell].mean()) if cell.any() else 0.0
