@@ -68,7 +68,7 @@ CALIBRATION_FOLDS = 5  # calibrated SVMs averaged, each fitted on 4/5 and calibr
 # measuring is small numpy calls that hold it, and threads beyond the cores only queue for it.
 # On 2 cores, measuring 600 crops took 3.7 ms per crop in 2 threads, 4.5 in 4 and 4.8 in 1;
 # predicting tecom's crops, whose decoding threads run beside, 9.2 ms per cell with 2, 9.8 with
-# 4 (medians of alternated passes, docs/PERFORMANCE.md). So one per core, at most 4.
+# 4 (research/measuring_threads.py; docs/PERFORMANCE.md). So one per core, at most 4.
 FEATURE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
