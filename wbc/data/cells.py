@@ -421,9 +421,9 @@ def detect_cells(rgb: np.ndarray, work_side: int = _WORK_SIDE) -> list[Box]:
         cyto = (smooth > local + _CYTO_LEVEL * (level - local)).astype(np.uint8)
         cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _ellipse(5)) | nucleus
         cyto_count, cyto_labels = cv2.connectedComponents(cyto, connectivity=8)
+        # The cytoplasm pieces that hold this cell's nucleus pixels (0 is the background).
         touched = cyto_labels[label_mask(labels, count, cell["labels"])]
-        ids = np.unique(touched[touched > 0])
-        ys, xs = np.nonzero(label_mask(cyto_labels, cyto_count, ids))
+        ys, xs = np.nonzero(label_mask(cyto_labels, cyto_count, touched[touched > 0]))
         if len(xs):
             grown = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
         else:
