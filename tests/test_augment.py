@@ -325,6 +325,10 @@ def test_stain_off_keeps_the_earlier_key(src, tmp_path):
         augment_params(off)
     )
     assert "stain" in augment_params(config())  # the default's scale jitter is a parameter
+    # a setting added later is named only when on: copies made before it stay current
+    assert "stain_strength" not in augment_params(config())["stain"]
+    strong = augment_params(config("color.stain_strength=1"))
+    assert strong["stain"]["stain_strength"] == 1.0 and strong != augment_params(config())
 
 
 def test_stained_copies_do_not_depend_on_the_number_of_workers(src, tmp_path):

@@ -143,6 +143,8 @@ def test_parse_override_nests_dotted_keys(parts, value):
         ("color.hed_shift=1.5", "hed_shift"),
         ("color.scale_jitter=0.6", "scale_jitter"),
         ("color.scale_jitter=-0.1", "scale_jitter"),
+        ("color.stain_strength=-0.5", "stain_strength"),
+        ("color.stain_strength=4", "stain_strength"),
         ("color.randstainna=3", "expected true or false"),
     ],
 )

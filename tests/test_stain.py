@@ -1,4 +1,5 @@
-"""Stain augmentation of the training copies (wbc/data/stain.py): HED jitter, RandStainNA."""
+"""Stain augmentation of the training copies (wbc/data/stain.py): HED jitter, RandStainNA, stain
+strength."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from wbc.data.stain import (
     randstainna,
     scale_factor,
     stain_copy,
+    stain_strength,
     unclipped_hed,
 )
 
@@ -101,3 +103,40 @@ def test_randstainna_needs_its_distribution(smear):
     color = load_config(overrides=["color.randstainna=true"]).color
     with pytest.raises(ValueError, match="LAB distribution"):
         stain_copy(smear, color, rng())
+
+
+def optical_density(rgb):
+    return -np.log(np.maximum(np.asarray(rgb, float), 1.0) / 255.0)
+
+
+def test_stain_strength_scales_every_optical_density_by_one_factor_in_its_range(smear):
+    factors = []
+    for seed in range(12):
+        out = stain_strength(smear, 1.0, rng(seed))
+        assert out.shape == smear.shape and out.dtype == np.uint8
+        assert (out[:4, :4] == 255).all()  # no stain stays no stain
+        stained = (smear > 40) & (smear < 200)  # away from 8-bit rounding at both ends
+        ratio = optical_density(out)[stained] / optical_density(smear)[stained]
+        assert np.ptp(ratio) < 0.1  # one factor for every pixel and channel, bar rounding
+        factors.append(float(np.median(ratio)))
+    assert 0.5 - 0.02 <= min(factors) and max(factors) <= 2.0 + 0.05
+    assert min(factors) < 0.8 and max(factors) > 1.25  # both weaker and stronger stains drawn
+
+
+def test_stain_strength_keeps_the_white_balanced_image_a_power_of_itself(smear):
+    # After white balance (divide by the background), the copy is the balanced original to the
+    # same power: the balance cannot undo a stronger or weaker stain.
+    background = np.array([230.0, 220.0, 235.0])
+    tinted = np.clip(smear.astype(float) * background / 255.0, 0, 255).astype(np.uint8)
+    out = stain_strength(tinted, 1.0, rng(5))
+    factor = np.log(out[:4, :4].mean(axis=(0, 1)) / 255.0) / np.log(background / 255.0)
+    ratio_in = np.log(tinted[10:40].astype(float) / background)
+    ratio_out = np.log(np.maximum(out[10:40], 1).astype(float) / out[:4, :4].mean(axis=(0, 1)))
+    usable = ratio_in < -0.2
+    assert np.allclose(ratio_out[usable] / ratio_in[usable], factor.mean(), atol=0.12)
+
+
+def test_stain_strength_off_draws_nothing(smear):
+    generator = rng(3)
+    assert stain_strength(smear, 0.0, generator) is smear
+    assert generator.uniform() == rng(3).uniform()

@@ -98,6 +98,9 @@ class ColorConfig:
     # zoom each copy by U(1-z, 1+z), both axes alike; 0.2 by default: the one stain-robustness
     # setting that helped on another lab without an in-domain cost (docs/RESULTS.md, issue 23)
     scale_jitter: float = 0.2
+    # every optical density times one factor, log-uniform in [1/(1+s), 1+s]: a weaker or stronger
+    # stain (Beer-Lambert), which white balance cannot undo
+    stain_strength: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -359,6 +362,7 @@ def _validate(config: Config) -> None:
         (0 <= config.color.hed_jitter < 1, "color.hed_jitter must be in [0, 1)"),
         (0 <= config.color.hed_shift <= 1, "color.hed_shift must be in [0, 1]"),
         (0 <= config.color.scale_jitter <= 0.5, "color.scale_jitter must be in [0, 0.5]"),
+        (0 <= config.color.stain_strength <= 3, "color.stain_strength must be in [0, 3]"),
         (
             config.train.feed == "tfdata"
             or not any(

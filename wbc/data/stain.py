@@ -1,4 +1,5 @@
-"""Stain augmentation of the training copies: HED jitter, RandStainNA, scale jitter (issue 23).
+"""Stain augmentation of the training copies: HED jitter, RandStainNA, stain strength, scale jitter
+(issue 23).
 
 The augment stage makes every training copy; these steps run on each copy after its geometric
 transform, so they reach every family (the features SVM trains on the same copies as the Keras
@@ -16,6 +17,11 @@ draws (and the copies made with every step off) unchanged.
 * ``randstainna`` (Shen et al. 2022): fit a normal distribution to each LAB channel's per-image
   mean and standard deviation over the lab's originals (``lab_distribution``), draw a virtual
   template from it per copy, and Reinhard-map the copy to that template.
+* ``stain_strength``: every pixel's optical density (against white, per channel) times one
+  factor, log-uniform in [1/(1+s), 1+s]. By Beer-Lambert a dye's concentration or staining time
+  scales every density alike, and white balance (the default's only colour step) divides by the
+  background, which a per-channel power leaves in place: ``(I/B)**f`` after balance, so the
+  absolute colour measurements see the spread another lab's stain strength puts on them.
 * scale jitter: one zoom factor U(1-z, 1+z) for both axes (the geometric engines' ``zx``/``zy``),
   since another lab's microscope and crop frame the cell at another size.
 
@@ -46,17 +52,27 @@ class LabDistribution(NamedTuple):
 
 def stain_enabled(color: Any) -> bool:
     """Whether a ``ColorConfig`` asks for any stain step of the training copies."""
-    return bool(color.hed_jitter or color.hed_shift or color.randstainna or color.scale_jitter)
+    return bool(
+        color.hed_jitter
+        or color.hed_shift
+        or color.randstainna
+        or color.scale_jitter
+        or color.stain_strength
+    )
 
 
 def stain_params(color: Any) -> dict[str, Any]:
-    """The stain settings that decide the copies, for the augment stage's manifest."""
-    return {
+    """The stain settings that decide the copies, for the augment stage's manifest. A newer
+    setting is named only when on, so that the copies made before it existed stay current."""
+    params = {
         "hed_jitter": color.hed_jitter,
         "hed_shift": color.hed_shift,
         "randstainna": color.randstainna,
         "scale_jitter": color.scale_jitter,
     }
+    if color.stain_strength:
+        params["stain_strength"] = color.stain_strength
+    return params
 
 
 def _to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -130,6 +146,17 @@ def unclipped_hed(rgb: np.ndarray) -> np.ndarray:
     return (np.log(values) / np.log(1e-6)) @ hed_from_rgb
 
 
+def stain_strength(rgb: np.ndarray, strength: float, rng: np.random.Generator) -> np.ndarray:
+    """``rgb`` (uint8) with every optical density times one factor, log-uniform in
+    [1/(1+strength), 1+strength]: ``255 * (rgb/255)**factor``, one table for all channels.
+    0: the image as it is (and nothing drawn)."""
+    if not strength:
+        return rgb
+    factor = float(np.exp(rng.uniform(-np.log1p(strength), np.log1p(strength))))
+    table = 255.0 * (np.arange(256) / 255.0) ** factor
+    return cv2.LUT(np.ascontiguousarray(rgb, np.uint8), np.clip(table + 0.5, 0, 255).astype(np.uint8))
+
+
 def scale_factor(scale_jitter: float, rng: np.random.Generator) -> float:
     """The zoom of one copy: U(1-z, 1+z), 1 when off."""
     return float(rng.uniform(1 - scale_jitter, 1 + scale_jitter)) if scale_jitter else 1.0
@@ -141,10 +168,12 @@ def stain_copy(
     rng: np.random.Generator,
     distribution: LabDistribution | None = None,
 ) -> np.ndarray:
-    """The colour steps of one training copy: RandStainNA's template, then HED jitter."""
+    """The colour steps of one training copy: RandStainNA's template, HED jitter, then the stain's
+    strength (last, so that switching it on leaves the earlier steps' draws as they were)."""
     out = rgb
     if color.randstainna:
         if distribution is None:
             raise ValueError("color.randstainna needs the training images' LAB distribution")
         out = randstainna(out, distribution, rng)
-    return hed_jitter(out, color.hed_jitter, color.hed_shift, rng)
+    out = hed_jitter(out, color.hed_jitter, color.hed_shift, rng)
+    return stain_strength(out, color.stain_strength, rng)

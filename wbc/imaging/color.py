@@ -22,9 +22,9 @@ another lab's images (another stain, camera or background, e.g. the yellow-backg
   depends on the cell's class. ``wbc adapt`` then moves the measurements to the lab's cells,
   class-balanced (docs/RESULTS.md, "White balance only").
 
-Stain augmentation (``color.hed_jitter``, ``hed_shift``, ``randstainna``, ``scale_jitter``) is
-not here: it changes the augment stage's training copies (``wbc/data/stain.py``), which every
-family trains on, and that stage sits below this module.
+Stain augmentation (``color.hed_jitter``, ``hed_shift``, ``randstainna``, ``stain_strength``,
+``scale_jitter``) is not here: it changes the augment stage's training copies
+(``wbc/data/stain.py``), which every family trains on, and that stage sits below this module.
 
 Backgrounds: a smear's background is pale grey, another lab's may be yellow. Before stain
 normalisation and deconvolution each image is divided by its own background colour (the median
