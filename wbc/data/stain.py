@@ -52,13 +52,7 @@ class LabDistribution(NamedTuple):
 
 def stain_enabled(color: Any) -> bool:
     """Whether a ``ColorConfig`` asks for any stain step of the training copies."""
-    return bool(
-        color.hed_jitter
-        or color.hed_shift
-        or color.randstainna
-        or color.scale_jitter
-        or color.stain_strength
-    )
+    return any(stain_params(color).values())
 
 
 def stain_params(color: Any) -> dict[str, Any]:
