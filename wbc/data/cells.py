@@ -276,8 +276,6 @@ def _as_rgb_uint8(rgb: np.ndarray) -> np.ndarray | None:
 
 # Natural log of every 8-bit level (0 read as 1): optical density up to a per-channel constant.
 _LOG = np.log(np.maximum(np.arange(256, dtype=np.float32), 1.0))
-# The same table per channel, for cv2.LUT: three times faster than indexing _LOG with the image.
-_LOG_RGB = np.ascontiguousarray(np.repeat(_LOG[:, None], 3, axis=1).reshape(1, 256, 3))
 
 
 def stain_map(rgb: np.ndarray) -> np.ndarray:
@@ -355,7 +353,8 @@ def detect_cells(rgb: np.ndarray, work_side: int = _WORK_SIDE) -> list[Box]:
     small = cv2.resize(image, (work_w, work_h), interpolation=interpolation)
 
     # One table lookup serves the stain map and the total density.
-    log_rgb = cv2.LUT(small, _LOG_RGB)
+    # cv2.LUT applies one table to every channel: three times faster than indexing _LOG.
+    log_rgb = cv2.LUT(small, _LOG)
     stain = cv2.GaussianBlur(_stain_from_log(log_rgb), (5, 5), 0)
     # Levels from every other pixel in each direction (a nucleus spans many): 4x cheaper.
     reference, peak = (float(v) for v in np.percentile(stain[::2, ::2], (50, _PEAK_Q)))

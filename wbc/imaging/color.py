@@ -119,10 +119,8 @@ def _od(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(-np.log(intensity), 0.0)
 
 
-# Every 8-bit level's optical density, per channel (1, 256, 3) as cv2.LUT takes it.
-_OD_TABLE = np.ascontiguousarray(
-    np.repeat(_od(np.arange(256, dtype=np.uint8))[:, None], 3, axis=1).reshape(1, 256, 3)
-)
+# Every 8-bit level's optical density: cv2.LUT applies it to each channel.
+_OD_TABLE = _od(np.arange(256, dtype=np.uint8))
 
 
 def foreground(rgb: np.ndarray) -> np.ndarray:
