@@ -54,13 +54,13 @@ def cnn_run(run_dir):
     return run_dir
 
 
-def lab_images(root, n=12, seed=3):
+def lab_images(root, n=12, seed=3, background=(230, 215, 120)):
     """A lab's cells: square images with another stain (a yellow background)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     for i in range(n):
-        image = np.empty((40, 40, 3), np.uint8)
-        image[:] = (230, 215, 120)
+        image = np.empty((40, 40, 3), np.float64)
+        image[:] = background
         r = 6 + i % 8
         yy, xx = np.mgrid[:40, :40]
         image[(yy - 20) ** 2 + (xx - 20) ** 2 <= r * r] = (120, 50, 90)
@@ -411,6 +411,38 @@ def test_predict_advises_adaptation_for_a_folder_of_another_stain(features_run, 
     )
     again = CliRunner().invoke(cli, ["predict", str(lab), "--model", str(tmp_path / "adapted")])
     assert again.exit_code == 0 and "adaptation advised" not in again.stderr
+
+
+def test_saturated_backgrounds_are_reported_by_predict_count_and_adapt(features_run, tmp_path):
+    run_dir, root = features_run
+    # the lab's light, overexposed: red and green beyond the camera's 255, blue not
+    bright = lab_images(tmp_path / "bright", n=20, background=(300, 280, 120))
+    warning = "warning: 20 of 20 images have a saturated background (red in 20, green in 20)"
+    predicted = CliRunner().invoke(
+        cli, ["predict", str(bright), "--model", str(run_dir), "--format", "json"]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert warning in predicted.stderr
+    document = json.loads(predicted.stdout)
+    assert document["saturated_background"] == 20
+    assert all(row["saturated_background"] == ["red", "green"] for row in document["predictions"])
+    counted, _ = count_json(bright, run_dir, "--adapt", "never")
+    assert counted["saturated_background"] == {
+        "images": 20, "of": 20, "red": 20, "green": 20, "blue": 0
+    }  # fmt: skip
+    table = CliRunner().invoke(cli, ["count", str(bright), "--model", str(run_dir)])
+    assert table.exit_code == 0 and warning in table.stdout
+    adapted = invoke(
+        "adapt", run_dir, "--unlabelled", bright, "--out", tmp_path / "a", "--priors", "never"
+    )
+    assert warning in adapted.output
+    record = json.loads((tmp_path / "a" / "run.json").read_text())["adaptation"]
+    assert record["saturated_background"]["images"] == 20
+    # the same light within the camera's range, and the training lab's own cells: nothing to say
+    for folder in (lab_images(tmp_path / "lab", n=20), root / "test"):
+        quiet = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(run_dir)])
+        assert quiet.exit_code == 0 and "saturated background" not in quiet.stderr
+    assert count_json(root / "test", run_dir)[0]["saturated_background"]["images"] == 0
 
 
 def count_json(folder, model, *extra):

@@ -235,6 +235,20 @@ def test_balance_divides_by_the_background_and_needs_no_reference():
         color.reference_from_images([yellow], "balance")
 
 
+def test_saturated_channels_are_those_where_the_background_clipped():
+    # An overexposed yellow light: red beyond 255 (clipped), green just below, blue well below.
+    overexposed = cells_image((262, 246, 170), (220, 170, 120), (140, 60, 70))
+    assert color.saturated_channels(overexposed) == ("red",)
+    white = cells_image((300, 300, 300), (220, 170, 120), (140, 60, 70))
+    assert color.saturated_channels(white) == ("red", "green", "blue")
+    kaggle_like = cells_image((205, 206, 202), (180, 150, 160), (90, 40, 110))
+    assert color.saturated_channels(kaggle_like) == ()
+    # a whole smear is judged on a strided sample: the same verdict as its every pixel
+    smear = cells_image((258, 240, 200), (220, 170, 120), (140, 60, 70), size=(480, 640))
+    assert color.saturated_channels(smear) == ("red",)
+    assert color.background(smear[::4, ::4])[0] == color.background(smear)[0] == 255
+
+
 def test_macenko_recovers_known_stain_vectors():
     stains = np.stack([unit(0.70, 0.60, 0.30), unit(0.25, 0.60, 0.75)])
     estimated = color.macenko_stains(color.optical_density(two_stain_image(stains)))

@@ -12,7 +12,14 @@ from PIL import Image
 
 from wbc.cli import cli
 from wbc.core.config import load_config
-from wbc.imaging.domain import QUANTILE, fit_reference, read_reference
+from wbc.imaging.domain import (
+    ADVISE_SHARE,
+    QUANTILE,
+    fit_reference,
+    read_reference,
+    saturation_summary,
+    saturation_warning,
+)
 
 from conftest import CLASSES, make_class_folders
 
@@ -77,8 +84,23 @@ def test_train_writes_the_reference_and_predict_flags_another_stain(tmp_path):
         cli, ["predict", str(strange[0]), "--model", str(run_dir), "--format", "csv"]
     )
     header, row = csv_out.stdout.splitlines()[:2]
-    assert "out_of_domain" in header.split(",") and row.split(",")[-2] == "true"
+    columns = dict(zip(header.split(","), row.split(",")))
+    assert columns["out_of_domain"] == "true" and columns["saturated_background"] == ""
 
     counted = CliRunner().invoke(cli, ["count", str(other), "--model", str(run_dir)])
     assert counted.exit_code == 0, counted.output
     assert f"{len(strange)} of {len(strange)} cells are out of domain" in counted.output
+
+
+def test_saturation_warning_counts_images_and_channels_and_needs_a_tenth_of_them():
+    per_image = [("red", "green")] * 3 + [("red",)] + [()] * 16
+    summary = saturation_summary(per_image)
+    assert summary == {"images": 4, "of": 20, "red": 4, "green": 3, "blue": 0}
+    warning = saturation_warning(summary)
+    assert warning.startswith("warning: 4 of 20 images have a saturated background")
+    assert "(red in 4, green in 3)" in warning and "lower the exposure" in warning
+    # below the advice's share (one image in 20 is 5%): a stray bright image is not a lab's camera
+    assert ADVISE_SHARE > 1 / 20
+    assert saturation_warning(saturation_summary([("blue",)] + [()] * 19)) is None
+    assert saturation_warning(saturation_summary([()] * 20)) is None
+    assert saturation_warning(saturation_summary([])) is None and saturation_warning(None) is None

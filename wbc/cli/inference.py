@@ -107,6 +107,12 @@ def predict(
         )
     text = format_predictions(rows, fmt, top, model=str(run.model_path), classes=run.classes)
     write_output(text, output)
+    if run.domain is not None:
+        from wbc.imaging.domain import saturation_summary, saturation_warning
+
+        judged = [row["saturated_background"] for row in rows if not row["error"]]
+        if warning := saturation_warning(saturation_summary(judged)):
+            echo_err(warning)
     if any(row.get("adapted") for row in rows):
         echo_err(
             f"answered after adapting the model on these {len(rows)} images' cells (no labels); "

@@ -13,6 +13,11 @@ A prediction row then carries ``stain_distance`` and ``out_of_domain`` (distance
 threshold), beside ``confidence`` (the top probability). When many cells of one batch are
 flagged, the folder is likely another lab's, and ``adaptation_advice`` says to adapt the run to
 it from its unlabelled cells (``wbc adapt``).
+
+A second check needs no reference: an image whose background the camera clipped
+(``wbc.imaging.color.saturated_channels``) has lost that channel's true level, which white
+balance cannot recover; ``saturation_warning`` says so when at least ``ADVISE_SHARE`` of a
+batch's images are clipped.
 """
 
 from __future__ import annotations
@@ -165,4 +170,33 @@ def adaptation_advice(flagged: int, total: int, run_dir, folder=None) -> Optiona
         f"adaptation advised: {flagged} of {total} cells ({flagged / total:.0%}) have a stain "
         f"unlike the training images; wbc adapt {run_dir} --unlabelled {where} "
         f"--out {run_dir.parent / (run_dir.name + '-adapted')}"
+    )
+
+
+def saturation_summary(per_image: Sequence[Sequence[str]]) -> dict[str, int]:
+    """How many of the images judged have a saturated background, in all and per channel, from
+    each image's ``wbc.imaging.color.saturated_channels``."""
+    from wbc.imaging.color import CHANNELS
+
+    summary = {"images": sum(1 for channels in per_image if channels), "of": len(per_image)}
+    summary.update({name: sum(name in channels for channels in per_image) for name in CHANNELS})
+    return summary
+
+
+def saturation_warning(summary: Optional[dict[str, int]]) -> Optional[str]:
+    """One line when at least ``ADVISE_SHARE`` of the images judged (``saturation_summary``) have
+    a saturated background; None otherwise. The same share as the adaptation advice, fixed
+    before it was measured. The answers do move: overexposing the training lab's held-out
+    crops until red and green clip cost the default 2 and 6 of 28 cells (docs/RESULTS.md, "A
+    saturated background")."""
+    if not summary or not summary["images"] or summary["images"] < ADVISE_SHARE * summary["of"]:
+        return None
+    from wbc.imaging.color import CHANNELS
+
+    where = ", ".join(f"{name} in {summary[name]}" for name in CHANNELS if summary[name])
+    return (
+        f"warning: {summary['images']} of {summary['of']} images have a saturated background "
+        f"({where}): the camera clipped the light there, so white balance cannot recover those "
+        "channels and the answers can change; for new images, lower the exposure or the lamp "
+        "until the background is below 255"
     )

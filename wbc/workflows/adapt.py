@@ -73,8 +73,12 @@ def load_cells(
     echo: Callable[[str], None] = no_echo,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The lab's cells as the run's uint8 model inputs (N, H, W, 3), in content-digest order,
-    and what was read: folder, images, cells, skipped, digest."""
-    from wbc.workflows.predict import iter_loaded, load_input, require_images
+    and what was read: folder, images, cells, skipped, digest, and how many images have a
+    saturated background (``wbc.imaging.domain.saturation_summary``; echoed as a warning)."""
+    from wbc.core.imageio import read_rgb
+    from wbc.imaging.color import saturated_channels
+    from wbc.imaging.domain import saturation_summary, saturation_warning
+    from wbc.workflows.predict import iter_loaded, main_input, require_images
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -83,14 +87,19 @@ def load_cells(
     digest, each = folder_digest(files)
     files = [path for _, path in sorted(zip(each, files), key=lambda pair: pair[0])]
     echo(f"reading {len(files)} images under {folder}")
-    cells, skipped = [], []
-    for path, loaded in iter_loaded(
-        files, lambda p: load_input(p, run.spec, run.crop_size, input_kind=input_kind)
-    ):
+
+    def load(path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+        rgb = read_rgb(path)
+        pixels = main_input(rgb, path, run.spec, run.crop_size, input_kind=input_kind)
+        return pixels, saturated_channels(rgb)
+
+    cells, skipped, saturated = [], [], []
+    for path, loaded in iter_loaded(files, load):
         if isinstance(loaded, BadImage):
             skipped.append({"path": str(path), "reason": loaded.reason})
         else:
-            cells.append(loaded)
+            cells.append(loaded[0])
+            saturated.append(loaded[1])
     if not cells:
         reason = skipped[0]["reason"] if skipped else "no image"
         raise DataError(
@@ -104,7 +113,10 @@ def load_cells(
         "digest": f"sha256:{digest}",
         "input": input_kind,
         "labels_used": False,
+        "saturated_background": saturation_summary(saturated),
     }
+    if warning := saturation_warning(facts["saturated_background"]):
+        echo(warning)
     return np.stack(cells), facts
 
 

@@ -271,6 +271,10 @@ def render_card(
         "of the image's stain statistics to the training images' (`domain.json`). It marks "
         "images unlike the training data; it is not a guarantee that unflagged answers are "
         "right.",
+        "- **Exposure:** the colour measurements need an unclipped background. Where the "
+        "camera saturated it (`saturated_background` on a prediction; a warning when 10% of a "
+        "batch's images are), white balance cannot recover the clipped channels, and the "
+        "answers move.",
         "- **Basophils** (and every cell type outside the classes above) are never predicted.",
         "- One lab, one camera, 349 source images in the public data: small for a medical "
         "image classifier.",

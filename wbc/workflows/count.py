@@ -13,7 +13,7 @@ import numpy as np
 
 from wbc.core.errors import DataError
 from wbc.core.progress import no_echo
-from wbc.imaging.domain import adaptation_advice
+from wbc.imaging.domain import adaptation_advice, saturation_summary, saturation_warning
 from wbc.workflows.predict import (
     DEFAULT_BATCH,
     Predictor,
@@ -142,6 +142,10 @@ def _differential(
         "no_cells": no_cells,
         # cells whose stain lies beyond the run's out-of-domain threshold (None: no domain.json)
         "out_of_domain": flagged if run.domain is not None else None,
+        # images whose background the camera clipped (wbc.imaging.domain.saturation_summary)
+        "saturated_background": saturation_summary([r.saturated for r in results if not r.error])
+        if run.domain is not None
+        else None,
         "adaptation_advised": None
         if run.domain is None or adaptation is not None
         else adaptation_advice(flagged, sum(counts), run.run_dir, folder),
@@ -166,6 +170,8 @@ def format_count(result: dict[str, Any], fmt: str = "table") -> str:
             f"{result['out_of_domain']} of {result['cells']} cells are out of domain "
             "(stain unlike the training images): check them before trusting the counts\n"
         )
+    if warning := saturation_warning(result.get("saturated_background")):
+        table += warning + "\n"
     if result.get("adaptation_advised"):
         table += result["adaptation_advised"] + "\n"
     if result.get("adapted"):

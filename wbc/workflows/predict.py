@@ -177,7 +177,14 @@ def load_input(
     path: Path, spec: InputSpec, crop_size: int = 256, *, input_kind: str = "auto"
 ) -> np.ndarray:
     """One image file -> its uint8 model input. Raises ``BadImage`` (unreadable, no WBC found)."""
-    inputs = model_inputs(read_rgb(path), spec, crop_size, input_kind=input_kind)
+    return main_input(read_rgb(path), path, spec, crop_size, input_kind=input_kind)
+
+
+def main_input(
+    rgb: np.ndarray, path: Path, spec: InputSpec, crop_size: int = 256, *, input_kind: str = "auto"
+) -> np.ndarray:
+    """``rgb``, read from ``path``, -> its uint8 model input. Raises ``BadImage`` (no WBC found)."""
+    inputs = model_inputs(rgb, spec, crop_size, input_kind=input_kind)
     if not inputs:
         raise BadImage(path, "no white blood cell found")
     return inputs[0].pixels
@@ -294,6 +301,9 @@ class FileResult:
     distances: list[float] = field(
         default_factory=list
     )  # stain distance per cell (wbc.imaging.domain)
+    # channels in which the image's background is clipped (wbc.imaging.color.saturated_channels);
+    # measured with the distances
+    saturated: tuple[str, ...] = ()
 
 
 def classify_files(
@@ -314,20 +324,20 @@ def classify_files(
     ``all_cells``: one result per WBC found (for counting); otherwise the main WBC only, and an
     image in which no WBC is found gets ``error``. ``progress(n)`` is called as files are done.
     ``domain``: a ``wbc.imaging.domain.DomainReference``; each cell's stain distance from it is
-    measured
-    (in the decoding threads) into ``FileResult.distances``.
+    measured (in the decoding threads) into ``FileResult.distances``, and whether the image's
+    background is saturated into ``FileResult.saturated``.
     """
+    from wbc.imaging.color import saturated_channels
 
-    def load(path: Path) -> tuple[list[CellInput], list[float]]:
-        inputs = model_inputs(
-            read_rgb(path), spec, crop_size, input_kind=input_kind, all_cells=all_cells
-        )
+    def load(path: Path) -> tuple[list[CellInput], list[float], tuple[str, ...]]:
+        rgb = read_rgb(path)
+        inputs = model_inputs(rgb, spec, crop_size, input_kind=input_kind, all_cells=all_cells)
         if not inputs and not all_cells:
             raise BadImage(path, "no white blood cell found")
-        distances = (
-            [] if domain is None else domain.distances([cell.pixels for cell in inputs]).tolist()
-        )
-        return inputs, distances
+        if domain is None:
+            return inputs, [], ()
+        distances = domain.distances([cell.pixels for cell in inputs]).tolist()
+        return inputs, distances, saturated_channels(rgb)
 
     results: list[FileResult] = []
     batch: list[np.ndarray] = []
@@ -349,7 +359,7 @@ def classify_files(
         if isinstance(loaded, BadImage):
             result.error = loaded.reason
         else:
-            cells, result.distances = loaded
+            cells, result.distances, result.saturated = loaded
             for cell in cells:
                 result.boxes.append(cell.box)
                 batch.append(cell.pixels)
@@ -375,8 +385,8 @@ def prediction_rows(
 ) -> list[dict[str, Any]]:
     """One dict per file: file, class, probability (= confidence, the top probability), top
     (K dicts), probabilities, error; with ``domain`` (the run's ``wbc.imaging.domain`` reference)
-    also
-    ``stain_distance`` and ``out_of_domain`` (the distance above the run's threshold)."""
+    also ``stain_distance``, ``out_of_domain`` (the distance above the run's threshold) and
+    ``saturated_background`` (the channels in which the image's background is clipped)."""
     k = max(1, min(int(top), len(classes)))
     rows = []
     for result in results:
@@ -393,6 +403,7 @@ def prediction_rows(
             distance = result.distances[0] if result.distances else None
             row["stain_distance"] = None if distance is None else round(float(distance), 3)
             row["out_of_domain"] = None if distance is None else bool(domain.outside(distance))
+            row["saturated_background"] = list(result.saturated)
         if result.error is None and result.probabilities:
             probs = np.asarray(result.probabilities[0], dtype=np.float64)
             best = _top(probs, classes, k)
@@ -625,6 +636,7 @@ def format_predictions(
             "images": len(rows),
             "failed": sum(1 for r in rows if r["error"]),
             "out_of_domain": sum(1 for r in rows if r.get("out_of_domain")),
+            "saturated_background": sum(1 for r in rows if r.get("saturated_background")),
             # rows answered by the model adapted on these images (--adapt)
             "adapted": sum(1 for r in rows if r.get("adapted")),
             "predictions": list(rows),
@@ -640,7 +652,7 @@ def format_predictions(
         adapted = any("adapted" in r for r in rows)
         writer.writerow(
             header
-            + (["stain_distance", "out_of_domain"] if flagged else [])
+            + (["stain_distance", "out_of_domain", "saturated_background"] if flagged else [])
             + (["adapted"] if adapted else [])
             + ["error"]
         )
@@ -659,6 +671,7 @@ def format_predictions(
                 cells += [
                     "" if r.get("stain_distance") is None else f"{r['stain_distance']:.3f}",
                     "" if r.get("out_of_domain") is None else str(r["out_of_domain"]).lower(),
+                    "+".join(r.get("saturated_background") or ()),
                 ]
             if adapted:
                 cells.append(str(bool(r.get("adapted"))).lower())
@@ -717,6 +730,7 @@ class _Classify:
                     "probabilities": [np.asarray(p, np.float64).tolist() for p in r.probabilities],
                     "error": r.error,
                     "distances": list(r.distances),
+                    "saturated": list(r.saturated),
                 }
             )
             for r in results
@@ -770,5 +784,6 @@ def classify_on_ray(
         result.boxes = [tuple(b) if b is not None else None for b in data["boxes"]]
         result.probabilities = [np.asarray(p) for p in data["probabilities"]]
         result.distances = data["distances"]
+        result.saturated = tuple(data["saturated"])
         results.append(result)
     return results
