@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from wbc.core.manifest import write_atomic
+from wbc.imaging.domain import ADVISE_SHARE
 from wbc.models.registry import describe
 
 CARD_NAME = "MODEL_CARD.md"
@@ -272,9 +273,9 @@ def render_card(
         "images unlike the training data; it is not a guarantee that unflagged answers are "
         "right.",
         "- **Exposure:** the colour measurements need an unclipped background. Where the "
-        "camera saturated it (`saturated_background` on a prediction; a warning when 10% of a "
-        "batch's images are), white balance cannot recover the clipped channels, and the "
-        "answers move.",
+        "camera saturated it (`saturated_background` on a prediction; a warning when "
+        f"{ADVISE_SHARE:.0%} of a batch's images are), white balance cannot recover the "
+        "clipped channels, and the answers move.",
         "- **Basophils** (and every cell type outside the classes above) are never predicted.",
         "- One lab, one camera, 349 source images in the public data: small for a medical "
         "image classifier.",
